@@ -1,0 +1,1 @@
+"""The four stages: curate → synthesize → evaluate → instantiate."""

@@ -1,0 +1,21 @@
+"""The interface every evaluator implements."""
+from __future__ import annotations
+
+from typing import Protocol
+
+from schemas import Candidate, ObjectiveSpec, Prompt, Score
+
+
+class Evaluator(Protocol):
+    name: str  # the name objectives use: "math", "ifeval", "judge"
+    kind: str  # "verifier" (checked by code) | "judge" (a model's opinion)
+
+    def applies(self, prompt: Prompt) -> bool:
+        """Whether this evaluator can score responses to this prompt at all."""
+        ...
+
+    async def score(self, prompt: Prompt, candidates: list[Candidate],
+                    objective: ObjectiveSpec) -> list[Score]:
+        """One ``Score`` per candidate, in order. ``value`` in [0, 1], or ``None`` with
+        ``error`` set when it could not be scored (never a guess)."""
+        ...

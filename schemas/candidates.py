@@ -1,0 +1,34 @@
+"""The ``candidates`` topic: all N responses for one prompt travel as one message."""
+from __future__ import annotations
+
+from schemas.base import Part, Wire
+from schemas.objectives import ObjectiveSpec
+from schemas.prompts import Prompt
+
+
+class Sampling(Part, kw_only=True):
+    temperature: float
+    top_p: float
+    max_tokens: int
+    seed: int | None = None
+
+
+class Candidate(Part, kw_only=True):
+    id: str
+    text: str
+    backend: str
+    model: str
+    sampling: Sampling
+    strategy: str = "samples"
+    finish_reason: str | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    latency_s: float = 0.0
+
+
+class CandidateSet(Wire, tag="candidates.v1", kw_only=True):
+    id: str
+    prompt: Prompt
+    objective: ObjectiveSpec
+    candidates: list[Candidate]
+    created_at: float = 0.0

@@ -1,0 +1,60 @@
+"""The ``prompts`` and ``curated`` topics: a prompt as production sends it."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from schemas.base import Part, Wire, stable_id
+from schemas.objectives import ObjectiveSpec
+
+
+class Message(Part, kw_only=True):
+    """One chat turn (OpenAI/TRL shape). Tool calls and tool results fit, so agent
+    trajectories travel as plain history."""
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
+class Verification(Part, kw_only=True):
+    """How a response to this prompt can be checked by code.
+
+    ``math``: ``answer`` is the reference final answer (GSM8K's text after ``####``).
+    ``ifeval``: ``instruction_id_list`` + ``kwargs`` as IFEval defines them.
+    """
+
+    kind: Literal["math", "ifeval"]
+    answer: str | None = None
+    instruction_id_list: list[str] = []
+    kwargs: list[dict[str, Any]] = []
+
+
+class Prompt(Wire, tag="prompt.v1", kw_only=True):
+    id: str
+    messages: list[Message]
+    objective: str | None = None
+    tags: list[str] = []
+    source: str = "unknown"
+    metadata: dict[str, Any] = {}
+    verification: Verification | None = None
+    created_at: float = 0.0
+
+
+def prompt_id(messages: list[Message], source: str) -> str:
+    """Content-derived prompt id: the same prompt from the same source gets the same id."""
+    return "p-" + stable_id(source, messages)
+
+
+class Curated(Wire, tag="curated.v1", kw_only=True):
+    """A validated, scrubbed prompt bound to the objective spec that will process it.
+
+    The spec travels with the work, so every later stage applies the version that was
+    live when the prompt was consumed, and needs no lookup.
+    """
+
+    prompt: Prompt
+    objective: ObjectiveSpec
+    curated_at: float = 0.0
+

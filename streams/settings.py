@@ -1,0 +1,122 @@
+"""One frozen settings object, loaded from ``PREFSTREAM_*`` variables or a config file.
+
+Load it once at the edge (the CLI) and pass it in; nothing below reads ``os.environ``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+PREFIX = "PREFSTREAM_"
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message names the variable and the fix."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # bus
+    broker: str | None = None  # "host:port[,host:port]" or "kafka://..."; None = embedded Tansu
+    namespace: str = "prefstream"
+    partitions: int = 4
+    replication: int = 1
+    group: str = "prefstream"
+    enable_idempotence: bool = False  # on for Apache Kafka; Tansu's InitProducerId fails
+    session_timeout_s: float = 10.0  # Tansu's first join waits half of this
+    producer_linger_ms: int = 5
+    # models
+    model_path: str | None = None  # GGUF for the llamacpp backend; None = bundled Gemma 3 270M
+    llamacpp_threads: int = 1
+    llamacpp_ctx: int = 2048
+    openai_base_url: str | None = None
+    openai_api_key: str | None = field(default=None, repr=False)
+    request_timeout_s: float = 120.0
+    retries: int = 3
+    backoff_s: float = 0.5
+    max_inflight: int = 4  # model requests in flight per worker
+    # agents
+    default_objective: str = "default"
+    objective_wait_s: float = 30.0  # how long curate waits for an unknown objective to appear
+    # worker process
+    web_port: int = 0  # faust's web server (bound to 127.0.0.1); 0 = a free port
+    metrics_port: int = 0  # prometheus /metrics on 127.0.0.1; 0 = off
+    log_level: str = "INFO"
+    data_dir: str = ".prefstream"
+
+    @property
+    def brokers(self) -> list[str]:
+        if not self.broker:
+            raise SettingsError("no broker: set PREFSTREAM_BROKER=host:port (or run the embedded one)")
+        out = []
+        for part in self.broker.split(","):
+            part = part.strip().removeprefix("kafka://")
+            if part:
+                out.append(part)
+        return out
+
+    @property
+    def faust_broker(self) -> str:
+        return ";".join(f"kafka://{b}" for b in self.brokers)
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(name: str, typ: str, raw: Any) -> Any:
+    if raw is None or not isinstance(raw, str):
+        return raw
+    typ = typ.replace(" | None", "")
+    try:
+        if typ == "bool":
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if typ == "int":
+            return int(raw)
+        if typ == "float":
+            return float(raw)
+    except ValueError:
+        raise SettingsError(
+            f"{PREFIX}{name.upper()}={raw!r} is not a valid {typ}; set it to a {typ} or unset it"
+        ) from None
+    return raw
+
+
+def load(env: Mapping[str, str] | None = None, config_file: str | os.PathLike | None = None,
+         **overrides: Any) -> Settings:
+    """Settings from a config file (YAML mapping of field names), then ``PREFSTREAM_*``
+    variables, then explicit overrides — later wins."""
+    env = os.environ if env is None else env
+    known = {f.name: f for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    config_file = config_file or env.get(PREFIX + "CONFIG")
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise SettingsError(f"config file {path} does not exist; fix {PREFIX}CONFIG or --config")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise SettingsError(f"config file {path} must be a mapping of setting names to values")
+        for key, val in data.items():
+            if key not in known:
+                raise SettingsError(f"config file {path}: unknown setting {key!r}; known: {sorted(known)}")
+            values[key] = val
+    for name, f in known.items():
+        raw = env.get(PREFIX + name.upper())
+        if raw is not None and raw != "":
+            values[name] = raw
+        secret_file = env.get(PREFIX + name.upper() + "_FILE")
+        if secret_file and not f.repr:
+            values[name] = Path(secret_file).read_text().strip()
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    typed = {k: _coerce(k, str(known[k].type), v) for k, v in values.items()}
+    return Settings(**typed)

@@ -1,0 +1,86 @@
+"""Every topic, declared once: its name under the namespace, partitions, key and value type."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from schemas import CandidateSet, Curated, DeadLetter, JudgedSet, ObjectiveSpec, Outcome, PreferenceRecord, Prompt
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    short: str  # "prompts"
+    value_type: Any
+    key: str  # what the key holds
+    partitions: int | None = None  # None = the settings' default
+    compacted: bool = False
+
+
+PROMPTS = TopicSpec("prompts", Prompt, key="prompt id")
+CURATED = TopicSpec("curated", Curated, key="prompt id")
+OBJECTIVES = TopicSpec("objectives", ObjectiveSpec, key="objective name", partitions=1, compacted=True)
+CANDIDATES = TopicSpec("candidates", CandidateSet, key="prompt id")
+JUDGMENTS = TopicSpec("judgments", JudgedSet, key="prompt id")
+PREFERENCES = TopicSpec("preferences", PreferenceRecord, key="prompt id")
+OUTCOMES = TopicSpec("outcomes", Outcome, key="prompt id")
+DEADLETTERS = TopicSpec("deadletters", DeadLetter, key="prompt id or original key")
+
+ALL: tuple[TopicSpec, ...] = (PROMPTS, CURATED, OBJECTIVES, CANDIDATES, JUDGMENTS, PREFERENCES,
+                              OUTCOMES, DEADLETTERS)
+
+
+class Codec:
+    """One encoder and one typed decoder for a topic, built once."""
+
+    def __init__(self, value_type: Any) -> None:
+        self.value_type = value_type
+        self._encoder = msgspec.json.Encoder()
+        self._decoder = msgspec.json.Decoder(value_type)
+
+    def encode(self, value: Any) -> bytes:
+        return self._encoder.encode(value)
+
+    def decode(self, data: bytes) -> Any:
+        return self._decoder.decode(data)
+
+
+@dataclass(frozen=True)
+class Topic:
+    spec: TopicSpec
+    name: str
+    partitions: int
+    codec: Codec
+
+
+class Topics:
+    """The concrete topics of one namespace: ``topics.prompts.name == "prefstream.prompts"``."""
+
+    def __init__(self, namespace: str = "prefstream", partitions: int = 4) -> None:
+        if not namespace or any(c in namespace for c in " /\\"):
+            raise ValueError(f"namespace {namespace!r} must be non-empty with no spaces or slashes")
+        self.namespace = namespace
+        self._by_short = {
+            s.short: Topic(s, f"{namespace}.{s.short}", s.partitions or partitions, Codec(s.value_type))
+            for s in ALL
+        }
+
+    def __getattr__(self, short: str) -> Topic:
+        try:
+            return self.__dict__["_by_short"][short]
+        except KeyError:
+            raise AttributeError(short) from None
+
+    def __iter__(self):
+        return iter(self._by_short.values())
+
+    def by_name(self, name: str) -> Topic:
+        for t in self._by_short.values():
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+
+def from_settings(settings) -> Topics:
+    return Topics(settings.namespace, settings.partitions)
