@@ -1,0 +1,70 @@
+"""Topic creation and the small aiokafka clients the CLI uses (submit, tap, run)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from streams.settings import Settings
+from streams.topics import Topics
+
+logger = logging.getLogger(__name__)
+
+
+async def create_topics(settings: Settings, topics: Topics) -> list[str]:
+    """Create every topic explicitly with its partition count (auto-created topics get the
+    broker's default). Existing topics are left as they are. Returns the names created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.brokers, client_id="prefstream-admin")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [
+            NewTopic(t.name, t.partitions, settings.replication,
+                     topic_configs={"cleanup.policy": "compact"} if t.spec.compacted else {})
+            for t in topics if t.name not in existing
+        ]
+        if new:
+            try:
+                await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+        return [t.name for t in new]
+    finally:
+        await admin.close()
+
+
+def producer(settings: Settings, **kw) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.brokers,
+        enable_idempotence=settings.enable_idempotence,
+        linger_ms=settings.producer_linger_ms,
+        acks="all",
+        **kw,
+    )
+
+
+async def reader(settings: Settings, topic_names: list[str]) -> AIOKafkaConsumer:
+    """A group-less consumer assigned every partition of the topics, from the beginning.
+    Used by the run driver, the objectives registry and `tap`-like readers."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.brokers, enable_auto_commit=False,
+                                auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    tps = []
+    for name in topic_names:
+        parts = None
+        for _ in range(50):
+            parts = consumer.partitions_for_topic(name)
+            if parts:
+                break
+            await consumer._client.force_metadata_update()
+            await asyncio.sleep(0.1)
+        if not parts:
+            await consumer.stop()
+            raise RuntimeError(f"topic {name} does not exist; create it with `prefstream worker` or `run`")
+        tps += [TopicPartition(name, p) for p in sorted(parts)]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    return consumer

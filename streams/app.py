@@ -1,0 +1,100 @@
+"""The faust app: one worker runs the agents it is asked for over the namespace's topics."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from streams.broker import free_port
+from streams.metrics import Metrics
+from streams.objectives import ObjectiveRegistry
+from streams.runtime import Raw, Stage
+from streams.settings import Settings
+from streams.topics import Topic, Topics, from_settings
+
+logger = logging.getLogger(__name__)
+
+AGENTS = ("curate", "synthesize", "evaluate", "instantiate")
+
+
+@dataclass
+class Context:
+    """What the agent bindings share inside one worker."""
+
+    settings: Settings
+    topics: Topics
+    metrics: Metrics
+    objectives: ObjectiveRegistry = field(default_factory=ObjectiveRegistry)
+    backends: Any = None
+    evaluators: Any = None
+    channels: dict[str, faust.TopicT] = field(default_factory=dict)
+
+    def agent(self, app: faust.App, name: str, source: Topic, handler, concurrency: int = 1) -> None:
+        """Bind ``handler`` as a faust agent on ``source``; outputs go through faust's producer."""
+        if not self.channels:
+            self.channels.update({
+                t.name: app.topic(t.name, key_type=bytes, value_type=bytes, value_serializer="raw",
+                                  key_serializer="raw", partitions=t.partitions)
+                for t in self.topics
+            })
+        channels = self.channels
+
+        async def send(topic: Topic, key: bytes, value: bytes) -> None:
+            await channels[topic.name].send(key=key, value=value)
+
+        stage = Stage(name, source, self.topics, self.metrics, handler, send)
+
+        async def run(stream):
+            async for event in stream.events():
+                m = event.message
+                await stage.handle(Raw(m.topic, m.partition, m.offset, m.key, m.value))
+
+        app.agent(channels[source.name], name=f"prefstream.{name}", concurrency=concurrency)(run)
+
+
+def build_app(settings: Settings, agents: tuple[str, ...] = AGENTS) -> faust.App:
+    unknown = set(agents) - set(AGENTS)
+    if unknown:
+        raise ValueError(f"unknown agents {sorted(unknown)}; choose from {', '.join(AGENTS)}")
+    data_dir = Path(settings.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.group,
+        broker=settings.faust_broker,
+        key_serializer="raw",
+        value_serializer="raw",
+        datadir=str(data_dir / "faust"),
+        web_enabled=False,
+        web_bind="127.0.0.1",
+        web_host="127.0.0.1",
+        web_port=settings.web_port or free_port(),
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 5),
+        consumer_auto_offset_reset="earliest",
+        producer_linger=settings.producer_linger_ms / 1000,
+        producer_acks=-1,
+    )
+    ctx = Context(settings, from_settings(settings), Metrics())
+    if {"synthesize", "evaluate"} & set(agents):
+        from agents.backends import Backends
+        from agents.evaluators import build_evaluators
+
+        ctx.backends = Backends(settings)
+        ctx.evaluators = build_evaluators(ctx.backends)
+    if "curate" in agents:
+        @app.task
+        async def follow_objectives() -> None:
+            await ctx.objectives.follow(settings, ctx.topics)
+
+    import importlib
+
+    for name in agents:
+        importlib.import_module(f"agents.{name}").bind(app, ctx)
+    ctx.metrics.serve(settings.metrics_port)
+    app.prefstream = ctx  # for tests and the CLI
+    return app

@@ -1,0 +1,198 @@
+"""``prefstream run``: the one-shot main job.
+
+Starts the embedded broker (unless one is configured), creates the topics, publishes the
+objective, starts a worker process with every agent, submits the prompts, and waits until
+every prompt has ended — as preference records, a no-pair outcome or a dead letter —
+counting outcomes per prompt id (never lag: Tansu's end offsets are wrong). Then it
+writes ``preferences.jsonl`` and ``summary.json``.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+from tqdm import tqdm
+
+from schemas import DeadLetter, ObjectiveSpec, Outcome, PreferenceRecord, Prompt
+from streams.admin import create_topics, producer, reader
+from streams.broker import EmbeddedBroker
+from streams.settings import Settings
+from streams.tap import JsonlSink
+from streams.topics import Topics, from_settings
+
+logger = logging.getLogger(__name__)
+
+
+class RunError(RuntimeError):
+    pass
+
+
+@dataclass
+class Ledger:
+    """Per prompt id: how it ended. Balanced when every submitted id has ended."""
+
+    expected: set[str]
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    dead: dict[str, DeadLetter] = field(default_factory=dict)
+    records: dict[str, PreferenceRecord] = field(default_factory=dict)
+    other_dead: int = 0
+
+    def add_outcome(self, o: Outcome) -> None:
+        if o.prompt_id in self.expected:
+            self.outcomes[o.prompt_id] = o
+
+    def add_dead(self, d: DeadLetter) -> None:
+        if d.prompt_id in self.expected:
+            self.dead.setdefault(d.prompt_id, d)
+        else:
+            self.other_dead += 1
+
+    def ended(self, pid: str) -> bool:
+        if pid in self.dead:
+            return True
+        o = self.outcomes.get(pid)
+        return o is not None and all(r in self.records for r in o.record_ids)
+
+    def done(self) -> int:
+        return sum(1 for pid in self.expected if self.ended(pid))
+
+
+def start_worker(settings: Settings, broker: str, log_path: Path, env: dict[str, str]) -> subprocess.Popen:
+    env = {**env, "PREFSTREAM_BROKER": broker, "PREFSTREAM_NAMESPACE": settings.namespace,
+           "PREFSTREAM_DATA_DIR": str(log_path.parent / "worker-data"), "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "streams.cli", "worker"]
+    log = log_path.open("ab")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+
+
+def stop_process(proc: subprocess.Popen | None, grace: float = 15.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+async def publish_objective(settings: Settings, topics: Topics, spec: ObjectiveSpec) -> None:
+    p = producer(settings)
+    await p.start()
+    try:
+        await p.send_and_wait(topics.objectives.name, topics.objectives.codec.encode(spec), key=spec.name.encode())
+    finally:
+        await p.stop()
+
+
+async def drive(settings: Settings, topics: Topics, prompts: list[Prompt], sink: JsonlSink,
+                worker: subprocess.Popen | None, worker_log: Path | None, progress: bool = True) -> Ledger:
+    ledger = Ledger({p.id for p in prompts})
+    names = [topics.preferences.name, topics.outcomes.name, topics.deadletters.name]
+    consumer = await reader(settings, names)
+    prod = producer(settings)
+    await prod.start()
+    bar = tqdm(total=len(ledger.expected), desc="prompts", unit="prompt", disable=not progress, file=sys.stderr)
+    try:
+        codec = topics.prompts.codec
+        for p in prompts:
+            await prod.send(topics.prompts.name, codec.encode(p), key=p.id.encode())
+        await prod.flush()
+        while (n := ledger.done()) < len(ledger.expected):
+            if worker is not None and worker.poll() is not None:
+                raise RunError(f"the worker exited with code {worker.returncode}; see {worker_log}")
+            batch = await consumer.getmany(timeout_ms=500)
+            for msgs in batch.values():
+                for msg in msgs:
+                    _consume(topics, msg, ledger, sink)
+            sink.flush()
+            bar.update(ledger.done() - n)
+    finally:
+        bar.close()
+        await prod.stop()
+        await consumer.stop()
+    return ledger
+
+
+def _consume(topics: Topics, msg, ledger: Ledger, sink: JsonlSink) -> None:
+    topic = topics.by_name(msg.topic)
+    try:
+        value = topic.codec.decode(msg.value)
+    except msgspec.DecodeError as e:
+        logger.error("undecodable record at %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, e)
+        return
+    if isinstance(value, PreferenceRecord):
+        if value.prompt_id in ledger.expected:
+            ledger.records[value.id] = value
+            sink.write(value)
+    elif isinstance(value, Outcome):
+        ledger.add_outcome(value)
+    elif isinstance(value, DeadLetter):
+        ledger.add_dead(value)
+
+
+def summary(ledger: Ledger, prompts: list[Prompt], spec: ObjectiveSpec, seconds: float) -> dict:
+    outcomes = ledger.outcomes.values()
+    return {
+        "prompts": len(ledger.expected),
+        "candidates": sum(o.candidates for o in outcomes),
+        "pairs": sum(1 for r in ledger.records.values() if r.kind == "pair"),
+        "no_pair": sum(1 for pid, o in ledger.outcomes.items() if o.status == "no_pair" and pid not in ledger.dead),
+        "dropped": sum(1 for pid, o in ledger.outcomes.items() if o.status == "dropped" and pid not in ledger.dead),
+        "dead_letters": len(ledger.dead),
+        "seconds": round(seconds, 3),
+        "prompts_per_s": round(len(ledger.expected) / seconds, 4) if seconds > 0 else None,
+        "objective": spec.ref,
+        "no_pair_reasons": _count(o.reason.split(" ")[0:3] for o in outcomes if o.status == "no_pair"),
+        "dead_letter_reasons": _count([d.stage, d.error_type] for d in ledger.dead.values()),
+    }
+
+
+def _count(keys) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for k in keys:
+        k = " ".join(k)
+        out[k] = out.get(k, 0) + 1
+    return out
+
+
+def run(settings: Settings, prompts: list[Prompt], spec: ObjectiveSpec, out_dir: Path,
+        env: dict[str, str] | None = None, progress: bool = True) -> dict:
+    """Run the whole pipeline once over ``prompts``; returns the summary (also written)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not prompts:
+        raise RunError("no prompts to run; check --input and --limit")
+    prompts = [msgspec.structs.replace(p, objective=p.objective or spec.name) for p in prompts]
+    prompts = list({p.id: p for p in prompts}.values())  # the same prompt twice is one prompt
+    started = time.monotonic()
+    broker = None
+    worker = None
+    sink = JsonlSink(out_dir)
+    try:
+        if not settings.broker:
+            broker = EmbeddedBroker(log_path=out_dir / "broker.log").start()
+            settings = settings.replace(broker=broker.address)
+        topics = from_settings(settings)
+        asyncio.run(create_topics(settings, topics))
+        asyncio.run(publish_objective(settings, topics, spec))
+        log = out_dir / "worker.log"
+        worker = start_worker(settings, settings.broker, log, dict(os.environ if env is None else env))
+        ledger = asyncio.run(drive(settings, topics, prompts, sink, worker, log, progress))
+    finally:
+        sink.close()
+        stop_process(worker)
+        if broker:
+            broker.stop()
+    result = summary(ledger, prompts, spec, time.monotonic() - started)
+    (out_dir / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result

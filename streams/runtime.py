@@ -1,0 +1,110 @@
+"""What every agent binding shares: decode → process → emit, with failures as data.
+
+A stage's ``process()`` returns a list of ``Emit``; raising ``Rejected`` (or any error)
+turns the input into a ``DeadLetter`` carrying the reason, the msgspec error path and the
+original bytes, and the agent goes on with the next message.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+import msgspec
+
+from schemas import DeadLetter
+from streams.metrics import Metrics
+from streams.topics import Topic, Topics
+
+logger = logging.getLogger(__name__)
+
+_PATH = re.compile(r" - at `(\$[^`]*)`$")
+
+
+@dataclass(frozen=True)
+class Emit:
+    topic: str  # the topic's short name: "candidates"
+    key: str
+    value: Any
+
+
+class Rejected(Exception):
+    """A message this stage refuses, with the reason (it is dead-lettered, not retried)."""
+
+    def __init__(self, reason: str, prompt_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.prompt_id = prompt_id
+
+
+def error_path(err: Exception) -> str | None:
+    m = _PATH.search(str(err))
+    return m.group(1) if m else None
+
+
+def _prompt_id_of(value: Any) -> str | None:
+    for attr in ("prompt_id", "prompt"):
+        v = getattr(value, attr, None)
+        if isinstance(v, str):
+            return v
+        if v is not None and isinstance(getattr(v, "id", None), str):
+            return v.id
+    return getattr(value, "id", None) if type(value).__name__ == "Prompt" else None
+
+
+@dataclass
+class Raw:
+    """One consumed record, as the transport hands it over."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+class Stage:
+    """Runs one stage's handler over raw records and sends what it emits.
+
+    ``send(topic: Topic, key: bytes, value: bytes)`` is supplied by the binding (faust's
+    topic.send in a worker) so this class is testable without a broker.
+    """
+
+    def __init__(self, name: str, source: Topic, topics: Topics, metrics: Metrics,
+                 handler: Callable[[Any], Awaitable[list[Emit]]],
+                 send: Callable[[Topic, bytes, bytes], Awaitable[None]]) -> None:
+        self.name, self.source, self.topics, self.metrics = name, source, topics, metrics
+        self.handler, self.send = handler, send
+
+    async def handle(self, raw: Raw) -> None:
+        started = time.perf_counter()
+        self.metrics.messages_in.labels(self.name, self.source.spec.short).inc()
+        value = None
+        try:
+            value = self.source.codec.decode(raw.value)
+            emits = await self.handler(value)
+        except Exception as err:  # noqa: BLE001 - every failure becomes a dead letter
+            await self.dead_letter(raw, err, value)
+            return
+        for e in emits:
+            topic = getattr(self.topics, e.topic)
+            await self.send(topic, e.key.encode(), topic.codec.encode(e.value))
+            self.metrics.messages_out.labels(self.name, e.topic).inc()
+        self.metrics.processing.labels(self.name).observe(time.perf_counter() - started)
+
+    async def dead_letter(self, raw: Raw, err: Exception, value: Any = None) -> None:
+        kind = "rejected" if isinstance(err, Rejected) else (
+            "malformed" if isinstance(err, (msgspec.DecodeError, UnicodeDecodeError)) else "error")
+        prompt_id = getattr(err, "prompt_id", None) or (_prompt_id_of(value) if value is not None else None)
+        key = raw.key.decode("utf-8", "replace") if raw.key else None
+        logger.warning("%s: dead letter from %s[%d]@%d (%s): %s", self.name, raw.topic, raw.partition,
+                       raw.offset, type(err).__name__, err, exc_info=kind == "error")
+        letter = DeadLetter(
+            stage=self.name, error_type=type(err).__name__, error=str(err)[:2000], path=error_path(err),
+            original=raw.value, topic=raw.topic, partition=raw.partition, offset=raw.offset, key=key,
+            prompt_id=prompt_id, created_at=time.time(),
+        )
+        dl = self.topics.deadletters
+        await self.send(dl, (prompt_id or key or "").encode(), dl.codec.encode(letter))
+        self.metrics.dead_letters.labels(self.name, self.source.spec.short, kind).inc()
