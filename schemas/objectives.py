@@ -15,7 +15,7 @@ from schemas.base import Part, Wire
 class GeneratorSpec(Part, kw_only=True, omit_defaults=False):
     """One model that writes candidates, with its sampling parameters."""
 
-    backend: Literal["llamacpp", "openai", "vllm"] = "llamacpp"
+    backend: Literal["llamacpp", "openai", "vllm", "echo"] = "llamacpp"
     model: str = "gemma-3-270m"
     base_url: str | None = None
     temperature: float = 0.8
@@ -51,7 +51,7 @@ class EvaluatorSpec(Part, kw_only=True, omit_defaults=False):
 class JudgeSpec(Part, kw_only=True, omit_defaults=False):
     """The pointwise LLM judge: which model, and how it is asked."""
 
-    backend: Literal["llamacpp", "openai", "vllm"] = "llamacpp"
+    backend: Literal["llamacpp", "openai", "vllm", "echo"] = "llamacpp"
     model: str = "gemma-3-270m"
     base_url: str | None = None
     prompting: Literal["chat", "completion"] = "completion"

@@ -1,0 +1,79 @@
+"""One place that turns a spec (``GeneratorSpec``, ``JudgeSpec``) into a live generator.
+
+Generators are cached per (backend, model, base URL): a model is loaded, or an HTTP client
+opened, once per worker however many objectives name it.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from agents.backends.base import BackendError, Generator
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ModelSpec(Protocol):
+    backend: str
+    model: str
+    base_url: str | None
+
+
+class Backends:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._cache: dict[tuple[str, str, str | None], Generator] = {}
+
+    def get(self, spec: ModelSpec) -> Generator:
+        """The generator for ``spec``, built on first use. Building a llamacpp or vllm
+        generator loads the model (blocking, once)."""
+        base_url = self._base_url(spec) if spec.backend == "openai" else None
+        key = (spec.backend, spec.model, base_url)
+        gen = self._cache.get(key)
+        if gen is None:
+            gen = self._build(spec.backend, spec.model, base_url)
+            self._cache[key] = gen
+        return gen
+
+    def _base_url(self, spec: ModelSpec) -> str:
+        url = spec.base_url or self._settings.openai_base_url
+        if not url:
+            raise BackendError(
+                f"the openai backend for model {spec.model!r} has no server URL: set base_url "
+                "in the objective's spec or PREFSTREAM_OPENAI_BASE_URL "
+                "(e.g. http://127.0.0.1:8000/v1)",
+                retryable=False,
+            )
+        return url
+
+    def _build(self, backend: str, model: str, base_url: str | None) -> Generator:
+        s = self._settings
+        if backend == "llamacpp":
+            from agents.backends.llamacpp import LlamaCppGenerator
+
+            path = model if model.endswith(".gguf") else None
+            return LlamaCppGenerator(s, model_name=model, model_path=path)
+        if backend == "openai":
+            from agents.backends.openai import OpenAIGenerator
+
+            assert base_url is not None
+            return OpenAIGenerator(s, model=model, base_url=base_url, api_key=s.openai_api_key)
+        if backend == "echo":
+            from agents.backends.echo import EchoGenerator
+
+            return EchoGenerator(model)
+        if backend == "vllm":
+            from agents.backends.vllm import VLLMGenerator
+
+            return VLLMGenerator(s, model=model)
+        raise BackendError(f"unknown backend {backend!r}; known: llamacpp, openai, vllm, echo",
+                           retryable=False)
+
+    async def close(self) -> None:
+        gens, self._cache = list(self._cache.values()), {}
+        for gen in gens:
+            try:
+                await gen.close()
+            except Exception:  # closing one must not stop closing the rest
+                log.exception("closing %s backend for %s failed", gen.backend, gen.model)

@@ -1,0 +1,33 @@
+import pytest
+
+from agents import curate
+from schemas import Curated, Message, ObjectiveSpec, Prompt, Verification
+from streams.runtime import Rejected
+
+OBJ = {"default": ObjectiveSpec(name="default", version=3), "old": ObjectiveSpec(name="old", status="retired")}
+
+
+def P(**kw):
+    base = dict(id="p1", messages=[Message(role="user", content="What is 2+3?")])
+    return Prompt(**{**base, **kw})
+
+
+def test_routes_to_named_or_default_objective():
+    [e] = curate.process(P(), OBJ, "default")
+    assert e.topic == "curated" and e.key == "p1"
+    assert isinstance(e.value, Curated) and e.value.objective.ref == "default@3"
+
+
+@pytest.mark.parametrize("prompt,reason", [
+    (P(messages=[]), "no messages"),
+    (P(messages=[Message(role="user", content="")]), "empty"),
+    (P(messages=[Message(role="user", content="q"), Message(role="assistant", content="a")]), "assistant"),
+    (P(messages=[Message(role="user", content="x" * 300_000)]), "limit"),
+    (P(objective="nope"), "unknown objective"),
+    (P(objective="old"), "retired"),
+    (P(verification=Verification(kind="ifeval", instruction_id_list=["a", "b"], kwargs=[{}])), "kwargs"),
+])
+def test_refusals_carry_reason_and_prompt_id(prompt, reason):
+    with pytest.raises(Rejected, match=reason) as err:
+        curate.process(prompt, OBJ, "default")
+    assert err.value.prompt_id == "p1"
