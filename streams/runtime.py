@@ -83,6 +83,10 @@ class Stage:
         value = None
         try:
             value = self.source.codec.decode(raw.value)
+        except msgspec.DecodeError as err:
+            await self.dead_letter(raw, err, reason=f"not a {self.source.codec.tag} message: {err}")
+            return
+        try:
             emits = await self.handler(value)
         except Exception as err:  # noqa: BLE001 - every failure becomes a dead letter
             await self.dead_letter(raw, err, value)
@@ -93,15 +97,15 @@ class Stage:
             self.metrics.messages_out.labels(self.name, e.topic).inc()
         self.metrics.processing.labels(self.name).observe(time.perf_counter() - started)
 
-    async def dead_letter(self, raw: Raw, err: Exception, value: Any = None) -> None:
+    async def dead_letter(self, raw: Raw, err: Exception, value: Any = None, reason: str | None = None) -> None:
         kind = "rejected" if isinstance(err, Rejected) else (
-            "malformed" if isinstance(err, (msgspec.DecodeError, UnicodeDecodeError)) else "error")
+            "malformed" if isinstance(err, msgspec.DecodeError) else "error")
         prompt_id = getattr(err, "prompt_id", None) or (_prompt_id_of(value) if value is not None else None)
         key = raw.key.decode("utf-8", "replace") if raw.key else None
         logger.warning("%s: dead letter from %s[%d]@%d (%s): %s", self.name, raw.topic, raw.partition,
                        raw.offset, type(err).__name__, err, exc_info=kind == "error")
         letter = DeadLetter(
-            stage=self.name, error_type=type(err).__name__, error=str(err)[:2000], path=error_path(err),
+            stage=self.name, error_type=type(err).__name__, error=(reason or str(err))[:2000], path=error_path(err),
             original=raw.value, topic=raw.topic, partition=raw.partition, offset=raw.offset, key=key,
             prompt_id=prompt_id, created_at=time.time(),
         )

@@ -36,6 +36,7 @@ class Codec:
 
     def __init__(self, value_type: Any) -> None:
         self.value_type = value_type
+        self.tag = value_type.__struct_config__.tag
         self._encoder = msgspec.json.Encoder()
         self._decoder = msgspec.json.Decoder(value_type)
 

@@ -1,0 +1,31 @@
+# Two set-up commands (README): `make run` and `make test`. Both build the virtual
+# environment first (llama.cpp compiles from source: ~4 minutes, once).
+PY ?= python3.11
+VENV := .venv
+STAMP := $(VENV)/.installed
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install run test test-fast bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip wheel setuptools
+	$(VENV)/bin/pip install -e ".[cpu,test]"
+	touch $(STAMP)
+
+# The main job on the embedded default: Tansu broker + Gemma 3 270M on CPU, bundled prompts.
+run: $(STAMP)
+	$(VENV)/bin/prefstream run --input examples/prompts.jsonl --out out/example
+
+test: $(STAMP)
+	$(VENV)/bin/pytest
+
+# Without the tests that drive the real CPU model.
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -m "not model"
+
+clean:
+	rm -rf $(VENV) out .prefstream
