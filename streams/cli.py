@@ -17,6 +17,18 @@ from streams.settings import Settings, SettingsError, load
 logger = logging.getLogger("prefstream")
 
 
+def wait_for_stop() -> None:
+    """Block until SIGINT or SIGTERM (the mask is left alone, so child processes keep
+    their default signal handling)."""
+    import threading
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(3600):
+        pass
+
+
 def _settings(args) -> Settings:
     return load(config_file=getattr(args, "config", None))
 
@@ -26,10 +38,7 @@ def cmd_broker(args) -> int:
 
     with EmbeddedBroker(port=args.port) as b:
         print(b.address, flush=True)
-        try:
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
-        except KeyboardInterrupt:
-            pass
+        wait_for_stop()
     return 0
 
 
@@ -145,9 +154,7 @@ def cmd_up(args) -> int:
         worker = start_worker(settings, settings.broker, out / "worker.log", dict(os.environ))
         print(f"prefstream up: broker {settings.broker}, namespace {settings.namespace}; "
               f"submit with PREFSTREAM_BROKER={settings.broker} prefstream submit FILE; ^C stops", flush=True)
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
-    except KeyboardInterrupt:
-        pass
+        wait_for_stop()
     finally:
         stop_process(worker)
         if broker:
@@ -192,6 +199,10 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("broker", help="run the embedded broker (Tansu) in the foreground")
     b.add_argument("--port", type=int)
     b.set_defaults(fn=cmd_broker)
+
+    from streams.commands import register_all
+
+    register_all(sub)
     return p
 
 
@@ -199,13 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=os.environ.get("PREFSTREAM_LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from streams.commands import CliError
     from streams.inputs import InputError
     from streams.objectives import ObjectiveError
     from streams.run import RunError
 
     try:
         return args.fn(args)
-    except (SettingsError, InputError, ObjectiveError, RunError) as e:
+    except (SettingsError, InputError, ObjectiveError, RunError, CliError) as e:
         print(f"prefstream {args.command}: {e}", file=sys.stderr)
         return 2
 
