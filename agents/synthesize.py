@@ -1,6 +1,11 @@
 """synthesize: N candidate responses for one prompt, as one message.
 
 curated ──▶ [synthesize] ──▶ candidates
+
+The objective's ``synthesis.strategy`` picks how: ``samples``/``pool`` (N samples shared over
+the generators), ``contrastive`` (RLCD: positive vs negative system prompt), ``revise``
+(draft → critique → revision), ``perturb`` (a response and a degraded copy of it). A response
+captured from production (``metadata.production_response``) joins as model ``production``.
 """
 from __future__ import annotations
 
@@ -8,29 +13,22 @@ import asyncio
 import logging
 import time
 
-from agents.backends.base import GenRequest
-from schemas import Candidate, CandidateSet, Curated, GeneratorSpec, Prompt, Sampling, SynthesisSpec, stable_id
+from agents.backends.base import GenRequest, Generation
+from agents.synthesis.perturb import perturb
+from agents.synthesis.prompting import (chat_messages, contrastive_prompts, critique_prompt, last_user_text,
+                                        render_completion, revision_prompt)
+from schemas import (Candidate, CandidateSet, Curated, GeneratorSpec, ObjectiveSpec, Prompt, Sampling,
+                     SynthesisSpec, stable_id)
 from streams.runtime import Emit
 
 logger = logging.getLogger(__name__)
 
 
-def render_completion(prompt: Prompt, spec: SynthesisSpec) -> str:
-    """Few-shot completion text for base models: ``Question: …\\nAnswer:``."""
-    shots = "".join(f"Question: {s.question}\nAnswer: {s.answer}\n\n" for s in spec.few_shot)
-    turns = [m for m in prompt.messages if m.role in ("system", "user")]
-    system = "\n".join(m.content or "" for m in turns if m.role == "system")
-    question = next((m.content or "" for m in reversed(turns) if m.role == "user"), "")
-    head = f"{system}\n\n" if system else ""
-    return f"{head}{shots}Question: {question}\nAnswer:"
-
-
-def plan(spec: SynthesisSpec) -> list[GeneratorSpec]:
-    """Which generator writes each of the N candidates: explicit ``count``s first, the rest
+def plan(spec: SynthesisSpec, n: int | None = None) -> list[GeneratorSpec]:
+    """Which generator writes each of ``n`` candidates: explicit ``count``s first, the rest
     shared out by weight (largest remainder), in a stable order."""
-    n = spec.candidates
-    fixed = [(g, g.count) for g in spec.generators if g.count is not None]
-    out = [g for g, c in fixed for _ in range(c)]
+    n = spec.candidates if n is None else n
+    out = [g for g in spec.generators if g.count is not None for _ in range(g.count)]
     rest = [g for g in spec.generators if g.count is None]
     left = max(0, n - len(out))
     total = sum(g.weight for g in rest)
@@ -48,46 +46,118 @@ def base_seed(prompt_id: str, objective_ref: str, seed: int) -> int:
     return (int(stable_id(prompt_id, objective_ref), 16) + seed) % (2**31 - 1024)
 
 
-def request_for(prompt: Prompt, spec: SynthesisSpec, gen: GeneratorSpec, n: int, seed: int) -> GenRequest:
-    common = dict(n=n, temperature=gen.temperature, top_p=gen.top_p, max_tokens=gen.max_tokens, seed=seed,
-                  stop=list(spec.stop))
-    if spec.prompting == "completion":
-        return GenRequest(prompt=render_completion(prompt, spec), **common)
-    return GenRequest(messages=list(prompt.messages), **common)
+class Writer:
+    """Calls the generators for one prompt and turns generations into candidates."""
+
+    def __init__(self, prompt: Prompt, objective: ObjectiveSpec, backends) -> None:
+        self.prompt, self.objective, self.backends = prompt, objective, backends
+        self.spec = objective.synthesis
+        self.seed = base_seed(prompt.id, objective.ref, self.spec.seed)
+        self.index = 0
+
+    def request(self, gen: GeneratorSpec, n: int, system: str | None = None, text: str | None = None,
+                max_tokens: int | None = None) -> GenRequest:
+        common = dict(n=n, temperature=gen.temperature, top_p=gen.top_p, max_tokens=max_tokens or gen.max_tokens,
+                      seed=self.seed + self.index, stop=list(self.spec.stop))
+        if text is not None:
+            return GenRequest(prompt=text, **common)
+        if self.spec.prompting == "completion":
+            return GenRequest(prompt=render_completion(self.prompt, self.spec, system), **common)
+        return GenRequest(messages=chat_messages(self.prompt, system), **common)
+
+    async def call(self, gen: GeneratorSpec, req: GenRequest) -> tuple[int, list[Generation]]:
+        """One generator call; returns the position of its first generation and them."""
+        first = self.index
+        self.index += req.n
+        return first, await self.backends.get(gen).generate(req)
+
+    def candidate(self, gen: GeneratorSpec, g: Generation, pos: int, **extra) -> Candidate:
+        """A candidate; its id depends on where it was asked for, never on the text, so a
+        replay yields the same ids even from a non-deterministic server."""
+        seed = g.seed
+        cid = "c-" + stable_id(self.prompt.id, self.objective.ref, gen.backend, gen.model, pos, seed,
+                               extra.get("intent"))
+        return Candidate(id=cid, text=g.text, backend=gen.backend, model=gen.model, strategy=self.spec.strategy,
+                         sampling=Sampling(temperature=gen.temperature, top_p=gen.top_p,
+                                           max_tokens=gen.max_tokens, seed=seed),
+                         finish_reason=g.finish_reason, tokens_in=g.tokens_in, tokens_out=g.tokens_out,
+                         latency_s=g.latency_s, **extra)
+
+    async def samples(self, n: int, system: str | None = None, intent: str | None = None) -> list[Candidate]:
+        planned = plan(self.spec, n)
+        jobs = []
+        for gen in self.spec.generators:
+            k = sum(1 for g in planned if g is gen)
+            if k:
+                jobs.append((gen, self.index, self.request(gen, k, system)))
+                self.index += k
+        results = await asyncio.gather(*(self.backends.get(g).generate(r) for g, _, r in jobs))
+        return [self.candidate(gen, g, first + i, intent=intent)
+                for (gen, first, _), gens in zip(jobs, results) for i, g in enumerate(gens)]
+
+
+async def contrastive(w: Writer) -> list[Candidate]:
+    pos, neg = contrastive_prompts(w.spec, w.objective.principles)
+    n_pos = max(1, w.spec.candidates // 2)
+    n_neg = max(1, w.spec.candidates - n_pos)
+    good, bad = await asyncio.gather(w.samples(n_pos, pos, "positive"), w.samples(n_neg, neg, "negative"))
+    return good + bad
+
+
+async def revise(w: Writer) -> list[Candidate]:
+    drafts = await w.samples(max(1, w.spec.candidates // 2), intent="draft")
+    principles = w.objective.principles or ["The response is correct, helpful and follows the instructions."]
+    question, gen = last_user_text(w.prompt), w.spec.generators[0]
+    out = list(drafts)
+    for i, draft in enumerate(drafts):
+        principle = principles[(w.seed + i) % len(principles)]
+        _, [crit] = await w.call(gen, w.request(gen, 1, text=critique_prompt(question, draft.text, principle),
+                                                max_tokens=w.spec.critique_max_tokens))
+        pos, [rev] = await w.call(gen, w.request(gen, 1, text=revision_prompt(question, draft.text, crit.text)))
+        out.append(w.candidate(gen, rev, pos, intent="revision", parent=draft.id,
+                               critique=f"[{principle}] {crit.text.strip()}"))
+    return out
+
+
+async def perturbed(w: Writer) -> list[Candidate]:
+    originals = await w.samples(max(1, w.spec.candidates // 2), intent="original")
+    out = list(originals)
+    for c in originals:
+        hit = perturb(c.text, w.prompt, list(w.spec.perturbations))
+        if hit is None:
+            continue
+        name, text = hit
+        out.append(Candidate(id="c-" + stable_id(c.id, name), text=text, backend="perturb", model=f"perturb:{name}",
+                             sampling=c.sampling, strategy="perturb", intent="perturbed", parent=c.id))
+    return out
+
+
+async def sampled(w: Writer) -> list[Candidate]:
+    return await w.samples(w.spec.candidates)
+
+
+STRATEGIES = {"samples": sampled, "pool": sampled, "contrastive": contrastive, "revise": revise,
+              "perturb": perturbed}
+
+
+def production_candidate(prompt: Prompt) -> Candidate | None:
+    text = prompt.metadata.get("production_response")
+    if not isinstance(text, str) or not text:
+        return None
+    return Candidate(id="c-" + stable_id(prompt.id, "production", text), text=text, backend="production",
+                     model=str(prompt.metadata.get("production_model") or "production"), strategy="production",
+                     sampling=Sampling(temperature=-1, top_p=-1, max_tokens=-1), intent="production")
 
 
 async def process(curated: Curated, backends) -> list[Emit]:
     prompt, objective = curated.prompt, curated.objective
-    spec = objective.synthesis
-    seed0 = base_seed(prompt.id, objective.ref, spec.seed)
-    planned = plan(spec)
-    jobs, offset = [], 0
-    for gen in spec.generators:
-        n = sum(1 for g in planned if g is gen)
-        if n:
-            jobs.append((gen, offset, request_for(prompt, spec, gen, n, seed0 + offset)))
-            offset += n
-    results = await asyncio.gather(*(_generate(backends, gen, req) for gen, _, req in jobs))
-    candidates = []
-    for (gen, first, req), generations in zip(jobs, results):
-        for i, g in enumerate(generations):
-            seed = g.seed if g.seed is not None else req.seed + i
-            candidates.append(Candidate(
-                id="c-" + stable_id(prompt.id, objective.ref, gen.backend, gen.model, first + i, seed),
-                text=g.text, backend=gen.backend, model=gen.model, strategy=spec.strategy,
-                sampling=Sampling(temperature=gen.temperature, top_p=gen.top_p, max_tokens=gen.max_tokens,
-                                  seed=seed),
-                finish_reason=g.finish_reason, tokens_in=g.tokens_in, tokens_out=g.tokens_out,
-                latency_s=g.latency_s,
-            ))
+    candidates = await STRATEGIES[objective.synthesis.strategy](Writer(prompt, objective, backends))
+    prod = production_candidate(prompt)
+    if prod is not None:
+        candidates.append(prod)
     cset = CandidateSet(id="s-" + stable_id(prompt.id, objective.ref, [c.id for c in candidates]),
                         prompt=prompt, objective=objective, candidates=candidates, created_at=time.time())
     return [Emit("candidates", prompt.id, cset)]
-
-
-async def _generate(backends, gen: GeneratorSpec, req: GenRequest):
-    generator = backends.get(gen)
-    return await generator.generate(req)
 
 
 def bind(app, ctx) -> None:

@@ -24,6 +24,11 @@ class Candidate(Part, kw_only=True):
     tokens_in: int = 0
     tokens_out: int = 0
     latency_s: float = 0.0
+    # what the strategy meant this candidate to be: "positive"/"negative" (contrastive),
+    # "draft"/"revision" (revise), "original"/"perturbed" (perturb), "production" (captured)
+    intent: str | None = None
+    parent: str | None = None  # the candidate this one was derived from
+    critique: str | None = None  # revise: the critique the revision answers
 
 
 class CandidateSet(Wire, tag="candidates.v1", kw_only=True):

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from agents.backends.base import BackendError, GenRequest, Generation
+from agents.synthesis.prompting import tool_calls_text
 from schemas import Message
 from streams.settings import Settings
 
@@ -33,11 +34,26 @@ def bundled_model_path() -> str:
     return str(assemble())
 
 
+def fold_tools(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Gemma's format knows only user and model turns (llama.cpp drops the rest): an
+    assistant's tool calls become text in its turn, a tool result becomes a user turn."""
+    out = []
+    for m in messages:
+        m = dict(m)
+        if m.get("tool_calls"):
+            calls = tool_calls_text(m.pop("tool_calls"))
+            m["content"] = f"{m.get('content') or ''}\n[calls {calls}]".lstrip()
+        if m["role"] == "tool":
+            m = {"role": "user", "content": f"Tool result ({m.get('name') or 'tool'}): {m.get('content') or ''}"}
+        out.append(m)
+    return out
+
+
 def fold_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Gemma has no system role (llama.cpp's ``gemma`` format silently drops it): put system
     text at the top of the first user turn, as Gemma's own chat template does."""
     system = "\n\n".join(m.get("content") or "" for m in messages if m["role"] == "system")
-    rest = [dict(m) for m in messages if m["role"] != "system"]
+    rest = [dict(m) for m in fold_tools(messages) if m["role"] != "system"]
     if not system:
         return rest
     for m in rest:

@@ -288,3 +288,17 @@ def test_llamacpp_chat(backends):
                      max_tokens=8, seed=1)
     [g] = asyncio.run(gen.generate(req))
     assert g.text.strip() and g.tokens_in > 0 and g.seed == 1
+
+
+def test_gemma_folding_keeps_tool_calls_and_results_as_text():
+    from agents.backends.llamacpp import fold_system
+
+    msgs = [{"role": "system", "content": "Use tools."}, {"role": "user", "content": "17*23?"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "t", "type": "function", "function": {"name": "calc", "arguments": "17*23"}}]},
+            {"role": "tool", "name": "calc", "tool_call_id": "t", "content": "391"}]
+    out = fold_system(msgs)
+    assert [m["role"] for m in out] == ["user", "assistant", "user"]
+    assert out[0]["content"] == "Use tools.\n\n17*23?"
+    assert out[1]["content"] == "[calls calc(17*23)]" and "tool_calls" not in out[1]
+    assert out[2]["content"] == "Tool result (calc): 391"

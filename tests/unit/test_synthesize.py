@@ -1,8 +1,9 @@
 import asyncio
 
 from agents import synthesize
+from agents.synthesis.prompting import render_completion
 from agents.backends.echo import EchoGenerator
-from schemas import Curated, FewShot, GeneratorSpec, Message, ObjectiveSpec, Prompt, SynthesisSpec
+from schemas import Curated, FewShot, GeneratorSpec, Message, ObjectiveSpec, Prompt, SynthesisSpec, Verification
 
 
 class EchoBackends:
@@ -29,7 +30,7 @@ def test_plan_counts_then_weights():
 
 def test_render_completion_is_few_shot_question_answer():
     spec = SynthesisSpec(prompting="completion", few_shot=[FewShot(question="1+1?", answer="2")])
-    text = synthesize.render_completion(PROMPT, spec)
+    text = render_completion(PROMPT, spec)
     assert text.startswith("Be brief.\n\nQuestion: 1+1?\nAnswer: 2\n\n")
     assert text.endswith("Question: What is 2+3?\nAnswer:")
 
@@ -49,3 +50,80 @@ def test_process_writes_n_candidates_with_provenance():
     again = asyncio.run(synthesize.process(Curated(prompt=PROMPT, objective=obj), backends))[0].value
     assert [c.id for c in again.candidates] == [c.id for c in cset.candidates]
     assert again.id == cset.id
+
+
+class Recording(EchoGenerator):
+    def __init__(self, model, log):
+        super().__init__(model)
+        self.log = log
+
+    async def generate(self, req):
+        self.log.append(req)
+        return await super().generate(req)
+
+
+class RecordingBackends:
+    def __init__(self):
+        self.requests = []
+
+    def get(self, spec):
+        return Recording(spec.model, self.requests)
+
+
+def run_strategy(strategy, prompt=PROMPT, n=4, **spec_kw):
+    obj = ObjectiveSpec(name="o", principles=["Be correct.", "Be brief."],
+                        synthesis=SynthesisSpec(strategy=strategy, candidates=n, prompting="chat", **spec_kw))
+    backends = RecordingBackends()
+    [emit] = asyncio.run(synthesize.process(Curated(prompt=prompt, objective=obj), backends))
+    return emit.value.candidates, backends.requests
+
+
+def test_contrastive_sends_positive_and_negative_system_prompts_and_records_intent():
+    cands, reqs = run_strategy("contrastive")
+    assert [c.intent for c in cands] == ["positive", "positive", "negative", "negative"]
+    systems = [r.messages[0].content for r in reqs]
+    assert any("Follow every one" in s and "Be correct." in s for s in systems)
+    assert any("Break these principles" in s for s in systems)
+    assert all(r.messages[0].role == "system" for r in reqs)
+
+
+def test_revise_emits_draft_and_revision_with_critique_provenance():
+    cands, reqs = run_strategy("revise", n=2)
+    draft, rev = cands
+    assert (draft.intent, rev.intent, rev.parent) == ("draft", "revision", draft.id)
+    assert rev.critique.startswith("[Be ")
+    assert "Critique:" in reqs[1].prompt and "Rewrite the response" in reqs[2].prompt
+    assert draft.text in reqs[2].prompt
+
+
+def test_perturb_pairs_each_original_with_a_degraded_copy():
+    p = Prompt(id="p2", messages=[Message(role="user", content="What is 2+3?")],
+               verification=Verification(kind="math", answer="5"))
+    cands, _ = run_strategy("perturb", prompt=p)
+    originals = [c for c in cands if c.intent == "original"]
+    perturbed = [c for c in cands if c.intent == "perturbed"]
+    assert len(originals) == 2 and len(perturbed) == 2
+    assert {c.parent for c in perturbed} == {c.id for c in originals}
+    assert all(c.model == "perturb:wrong_answer" for c in perturbed)
+
+
+def test_production_response_joins_as_a_candidate():
+    p = Prompt(id="p3", messages=PROMPT.messages, metadata={"production_response": "It is 5.",
+                                                             "production_model": "prod-llm"})
+    cands, _ = run_strategy("samples", prompt=p, n=2)
+    assert [c.intent for c in cands] == [None, None, "production"]
+    assert cands[-1].text == "It is 5." and cands[-1].model == "prod-llm"
+
+
+def test_multi_turn_history_with_tool_calls_renders_as_a_transcript():
+    p = Prompt(id="p4", messages=[
+        Message(role="user", content="What is 17*23?"),
+        Message(role="assistant", content="", tool_calls=[{"id": "t1", "type": "function", "function": {
+            "name": "calc", "arguments": "{\"expr\": \"17*23\"}"}}]),
+        Message(role="tool", name="calc", tool_call_id="t1", content="391"),
+    ])
+    text = render_completion(p, SynthesisSpec(prompting="completion"))
+    assert text.endswith("User: What is 17*23?\nAssistant: [calls calc({\"expr\": \"17*23\"})]\n"
+                         "Tool result (calc): 391\nAssistant:")
+    cands, reqs = run_strategy("samples", prompt=p, n=1)
+    assert [m.role for m in reqs[0].messages] == ["user", "assistant", "tool"]

@@ -1,0 +1,1 @@
+"""Pieces the synthesize stage uses: prompt rendering and response perturbations."""
