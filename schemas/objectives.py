@@ -31,7 +31,11 @@ class FewShot(Part, kw_only=True, omit_defaults=False):
 
 
 class SynthesisSpec(Part, kw_only=True, omit_defaults=False):
-    strategy: Literal["samples"] = "samples"
+    # samples: N samples from the generators; pool: the same over several generators (each
+    # with weight/count); contrastive: RLCD, half under a positive and half under a negative
+    # system prompt; revise: draft → critique against a principle → revision; perturb: a
+    # good response and a deliberately degraded copy of it.
+    strategy: Literal["samples", "pool", "contrastive", "revise", "perturb"] = "samples"
     candidates: int = 4
     generators: list[GeneratorSpec] = msgspec.field(default_factory=lambda: [GeneratorSpec()])
     # "completion" renders the prompt as few-shot "Question: ...\nAnswer:" text (base models);
@@ -40,6 +44,14 @@ class SynthesisSpec(Part, kw_only=True, omit_defaults=False):
     few_shot: list[FewShot] = []
     stop: list[str] = []
     seed: int = 0
+    # contrastive: the system prompts (None = written from the objective's principles)
+    positive_prompt: str | None = None
+    negative_prompt: str | None = None
+    # revise: the critique's length; the principle is picked per prompt from `principles`
+    critique_max_tokens: int = 96
+    # perturb: which degradations to use, in order of preference where they apply
+    perturbations: list[Literal["wrong_answer", "drop_constraint", "truncate"]] = msgspec.field(
+        default_factory=lambda: ["wrong_answer", "drop_constraint", "truncate"])
 
 
 class EvaluatorSpec(Part, kw_only=True, omit_defaults=False):
