@@ -39,15 +39,27 @@ class Settings:
     request_timeout_s: float = 120.0
     retries: int = 3
     backoff_s: float = 0.5
+    breaker_threshold: int = 5  # consecutive failures that open a model server's circuit
+    breaker_cooldown_s: float = 5.0  # first open period (doubles per failed probe, ≤ 30 s)
+    outage_budget_s: float = 300.0  # a model request gives up (dead letter) after this long
     max_inflight: int = 4  # model requests in flight per worker
     # agents
     default_objective: str = "default"
     objective_wait_s: float = 30.0  # how long curate waits for an unknown objective to appear
     # worker process
     web_port: int = 0  # faust's web server (bound to 127.0.0.1); 0 = a free port
-    metrics_port: int = 0  # prometheus /metrics on 127.0.0.1; 0 = off
+    metrics_port: int = 9464  # prometheus /metrics; 0 = off
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so Prometheus can scrape it
     log_level: str = "INFO"
+    log_format: str = "text"  # "json": one JSON object per line, with topic/partition/offset fields
     data_dir: str = ".prefstream"
+    # ingest API + capture proxy (`prefstream ingest`)
+    ingest_keys: str | None = field(default=None, repr=False)  # comma-separated API keys
+    ingest_keys_file: str | None = None  # a file of API keys, one a line
+    ingest_max_bytes: int = 1 << 20  # request body limit (413 above it)
+    ingest_rate_limit: float = 100.0  # requests per second per key (burst the same); 0 = off
+    ingest_capture_rate: float = 1.0  # share of proxied requests captured as prompts
+    ingest_capture_queue: int = 1000  # captures waiting for the broker; more are dropped
 
     @property
     def brokers(self) -> list[str]:

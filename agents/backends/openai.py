@@ -21,6 +21,7 @@ import httpx
 import msgspec
 
 from agents.backends.base import BackendError, GenRequest, Generation
+from agents.backends.breaker import CircuitBreaker, CircuitOpen
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,9 @@ class OpenAIGenerator:
         self._attempts = max(1, settings.retries)
         self._backoff_s = settings.backoff_s
         self._sem = asyncio.Semaphore(max(1, settings.max_inflight))
+        self._budget_s = settings.outage_budget_s
+        self.breaker = CircuitBreaker(f"{model}@{self.base_url}", settings.breaker_threshold,
+                                      settings.breaker_cooldown_s)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(
             base_url=self.base_url, headers=headers,
@@ -97,11 +101,18 @@ class OpenAIGenerator:
         return body
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """One logical request: retried on transient failures, then ``BackendError``."""
+        """One logical request: retried on transient failures (waiting, with every other
+        request to this server, while its circuit is open), then ``BackendError``."""
         last = ""
-        for attempt in range(self._attempts):
+        deadline = time.monotonic() + self._budget_s
+        attempt = 0
+        while attempt < self._attempts:
             if attempt:
                 await asyncio.sleep(backoff_delay(attempt - 1, self._backoff_s))
+            try:
+                probe = await self.breaker.admit(deadline)
+            except CircuitOpen as exc:
+                raise BackendError(f"{self.base_url}{path}: {exc}; last error: {last}", retryable=True) from None
             try:
                 async with self._sem:
                     resp = await self._client.post(path, json=body)
@@ -111,6 +122,7 @@ class OpenAIGenerator:
                 if resp.status_code == 429 or resp.status_code >= 500:
                     last = f"HTTP {resp.status_code}: {resp.text[:ERROR_TEXT_CHARS]}"
                 elif resp.status_code >= 400:
+                    self.breaker.success(probe)  # the server is up; the request is wrong
                     raise BackendError(
                         f"{self.base_url}{path} rejected the request (HTTP {resp.status_code}): "
                         f"{resp.text[:ERROR_TEXT_CHARS]}",
@@ -118,11 +130,17 @@ class OpenAIGenerator:
                     )
                 else:
                     try:
-                        return resp.json()
+                        data = resp.json()
                     except ValueError:
                         last = f"HTTP {resp.status_code}: response is not JSON"
+                    else:
+                        self.breaker.success(probe)
+                        return data
+            self.breaker.failure(probe)
+            # while the circuit was open the request waited instead of trying: only tries count
+            attempt += 1
             log.warning("model %s at %s%s: attempt %d/%d failed: %s", self.model, self.base_url,
-                        path, attempt + 1, self._attempts, last)
+                        path, attempt, self._attempts, last)
         raise BackendError(
             f"{self.base_url}{path}: gave up after {self._attempts} attempts: {last}",
             retryable=True,
