@@ -16,7 +16,7 @@ from streams.inputs import read_prompts
 from streams.run import run
 from streams.topics import from_settings
 from tests.conftest import settings_env
-from tests.fixtures_llama import LlamaServer
+from agents.backends.llamacpp_server import LlamaServer
 
 pytestmark = pytest.mark.model
 

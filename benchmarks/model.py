@@ -1,0 +1,164 @@
+"""Generated tokens/s against llama.cpp's OpenAI-compatible server, three ways, same run:
+
+- direct:   the server driven by the official async OpenAI client (`openai.AsyncOpenAI`);
+- backend:  prefstream's `openai` backend (OpenAIGenerator) alone;
+- pipeline: the whole pipeline (broker, curate → synthesize → evaluate → instantiate) with
+            that backend, timed from submit to the last outcome, worker warmed up first;
+
+each at concurrency 1, 4 and 16 over the same prompts and sampling. Usage:
+
+    python benchmarks/model.py [--quick]
+
+Prints a table, then one JSON line: {"bench": "model", "pipeline_tok_s", "direct_tok_s", "ratio", ...}
+(the headline figures are at concurrency 4).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agents.backends.base import GenRequest  # noqa: E402
+from agents.backends.llamacpp_server import LlamaServer  # noqa: E402
+from agents.backends.openai import OpenAIGenerator  # noqa: E402
+from agents.synthesis.prompting import render_completion  # noqa: E402
+from schemas import (EvaluationSpec, EvaluatorSpec, GeneratorSpec, ObjectiveSpec, SynthesisSpec)  # noqa: E402
+from streams.admin import create_topics, reader  # noqa: E402
+from streams.broker import EmbeddedBroker  # noqa: E402
+from streams.inputs import read_prompts  # noqa: E402
+from streams.run import drive, publish_objective, start_worker, stop_process  # noqa: E402
+from streams.settings import load  # noqa: E402
+from streams.tap import JsonlSink  # noqa: E402
+from streams.topics import from_settings  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "gsm8k" / "train_first1000.jsonl"
+MAX_TOKENS, CANDIDATES, TEMPERATURE = 32, 2, 0.8
+
+
+def spec_for(base_url: str) -> ObjectiveSpec:
+    gen = GeneratorSpec(backend="openai", model="gemma-3-270m", base_url=base_url, max_tokens=MAX_TOKENS,
+                        temperature=TEMPERATURE)
+    return ObjectiveSpec(name="bench-model", synthesis=SynthesisSpec(candidates=CANDIDATES, generators=[gen],
+                                                                     prompting="completion", stop=["\nQuestion:"]),
+                         evaluation=EvaluationSpec(evaluators=[EvaluatorSpec(name="math")]))
+
+
+async def direct(base_url: str, texts: list[str], conc: int) -> tuple[int, float]:
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=f"{base_url}/v1", api_key="none", max_retries=0)
+    sem = asyncio.Semaphore(conc)
+
+    async def one(i: int, text: str) -> int:
+        async with sem:
+            r = await client.completions.create(model="gemma-3-270m", prompt=text, max_tokens=MAX_TOKENS,
+                                                temperature=TEMPERATURE, seed=i, stop=["\nQuestion:"])
+            return r.usage.completion_tokens
+
+    t0 = time.perf_counter()
+    tokens = sum(await asyncio.gather(*(one(i, t) for i, t in enumerate(texts))))
+    await client.close()
+    return tokens, time.perf_counter() - t0
+
+
+async def backend(settings, base_url: str, texts: list[str], conc: int) -> tuple[int, float]:
+    gen = OpenAIGenerator(settings.replace(max_inflight=conc), "gemma-3-270m", base_url)
+    t0 = time.perf_counter()
+    outs = await asyncio.gather(*(gen.generate(GenRequest(prompt=t, n=1, temperature=TEMPERATURE, top_p=0.95,
+                                                          max_tokens=MAX_TOKENS, seed=i, stop=["\nQuestion:"]))
+                                  for i, t in enumerate(texts)))
+    await gen.close()
+    return sum(g.tokens_out for o in outs for g in o), time.perf_counter() - t0
+
+
+async def candidate_tokens(settings, topics, ids: set[str]) -> int:
+    consumer = await reader(settings, [topics.candidates.name])
+    total, seen = 0, set()
+    try:
+        while seen != ids:
+            batch = await consumer.getmany(timeout_ms=2000)
+            if not batch:
+                break
+            for msgs in batch.values():
+                for m in msgs:
+                    c = topics.candidates.codec.decode(m.value)
+                    if c.prompt.id in ids and c.prompt.id not in seen:
+                        seen.add(c.prompt.id)
+                        total += sum(x.tokens_out for x in c.candidates)
+    finally:
+        await consumer.stop()
+    return total
+
+
+def pipeline(broker: str, base_url: str, prompts, conc: int, work: Path) -> tuple[int, float]:
+    settings = load({}, broker=broker, namespace=f"benchmodel{conc}", partitions=4, max_inflight=conc)
+    topics = from_settings(settings)
+    spec = spec_for(base_url)
+    asyncio.run(create_topics(settings, topics))
+    asyncio.run(publish_objective(settings, topics, spec))
+    env = {**os.environ, "PREFSTREAM_MAX_INFLIGHT": str(conc), "PREFSTREAM_PARTITIONS": "4",
+           "PREFSTREAM_METRICS_PORT": "0", "PREFSTREAM_LOG_LEVEL": "WARNING"}
+    worker = start_worker(settings, broker, work / f"worker{conc}.log", env)
+    try:
+        sink = JsonlSink(work / f"out{conc}")
+
+        def tag(ps, suffix):  # fresh ids per run, so each run's outcomes are its own
+            return [msgspec.structs.replace(p, id=f"{p.id}-{suffix}", objective=spec.name) for p in ps]
+
+        asyncio.run(drive(settings, topics, tag(prompts[:1], "warm"), sink, worker, None, progress=False))
+        measured = tag(prompts, f"c{conc}")
+        t0 = time.perf_counter()
+        asyncio.run(drive(settings, topics, measured, sink, worker, None, progress=False))
+        wall = time.perf_counter() - t0
+        sink.close()
+        return asyncio.run(candidate_tokens(settings, topics, {p.id for p in measured})), wall
+    finally:
+        stop_process(worker)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="8 prompts instead of 24 (under a minute per row)")
+    args = ap.parse_args()
+    n = 8 if args.quick else 24
+    prompts = list(read_prompts(DATA, limit=n))
+    texts = [render_completion(p, spec_for("").synthesis) for p in prompts for _ in range(CANDIDATES)]
+    settings = load({})
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
+        server = LlamaServer(log_path=Path(tmp) / "server.log")
+        server.start()
+        try:
+            asyncio.run(direct(server.base_url, texts[:2], 1))  # warm the server
+            for conc in (1, 4, 16):
+                d = asyncio.run(direct(server.base_url, texts, conc))
+                b = asyncio.run(backend(settings, server.base_url, texts, conc))
+                p = pipeline(broker.address, server.base_url, prompts, conc, Path(tmp))
+                rows.append({"concurrency": conc, "direct_tok_s": d[0] / d[1], "backend_tok_s": b[0] / b[1],
+                             "pipeline_tok_s": p[0] / p[1], "tokens": [d[0], b[0], p[0]]})
+        finally:
+            server.stop()
+    print(f"{'conc':>4} {'direct tok/s':>13} {'backend tok/s':>14} {'pipeline tok/s':>15} {'pipe/direct':>12}")
+    for r in rows:
+        print(f"{r['concurrency']:>4} {r['direct_tok_s']:>13.1f} {r['backend_tok_s']:>14.1f} "
+              f"{r['pipeline_tok_s']:>15.1f} {r['pipeline_tok_s'] / r['direct_tok_s']:>12.2f}")
+    head = next(r for r in rows if r["concurrency"] == 4)
+    print(json.dumps({"bench": "model", "pipeline_tok_s": round(head["pipeline_tok_s"], 1),
+                      "direct_tok_s": round(head["direct_tok_s"], 1),
+                      "ratio": round(head["pipeline_tok_s"] / head["direct_tok_s"], 3),
+                      "backend_tok_s": round(head["backend_tok_s"], 1), "prompts": n, "candidates": CANDIDATES,
+                      "rows": [{k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]}))
+
+
+if __name__ == "__main__":
+    main()
