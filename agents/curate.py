@@ -1,9 +1,14 @@
 """curate: validate a production prompt and bind it to the objective that will process it.
 
-prompts ──▶ [curate] ──▶ curated
+prompts ──▶ [curate] ──▶ curated (one message per objective the prompt is routed to)
+
+A prompt goes to the objective it names (or the default objective when it names none and
+no active objective's routing takes it) and to every objective whose routing (tags,
+sources, a sampled fraction of prompt ids) takes it: shadow objectives included.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from typing import Mapping
@@ -34,29 +39,70 @@ def validate(prompt: Prompt) -> None:
         raise Rejected("ifeval verification needs one kwargs entry per instruction id", prompt.id)
 
 
-def route(prompt: Prompt, objectives: Mapping[str, ObjectiveSpec], default: str) -> ObjectiveSpec:
-    name = prompt.objective or default
-    spec = objectives.get(name)
-    if spec is None:
-        raise Rejected(f"unknown objective {name!r}; publish it first (prefstream run --objective FILE)",
-                       prompt.id)
-    if spec.status == "retired":
-        raise Rejected(f"objective {spec.ref} is retired", prompt.id)
-    return spec
+def sampled(prompt_id: str, fraction: float) -> bool:
+    """Whether a prompt falls in a ``fraction`` sample: a hash of its id alone, so the same
+    prompts are picked on every worker and replay, and every objective sampling 10% sees
+    the same 10% (their records can be compared)."""
+    return int(hashlib.sha256(prompt_id.encode()).hexdigest()[:15], 16) / 16**15 < fraction
+
+
+def matches(spec: ObjectiveSpec, prompt: Prompt) -> bool:
+    """Whether ``spec``'s routing takes ``prompt`` (never for a retired objective, or one
+    with no routing criterion)."""
+    r = spec.routing
+    if spec.status == "retired" or not (r.tags or r.sources or r.fraction is not None):
+        return False
+    if r.tags and not set(r.tags) & set(prompt.tags):
+        return False
+    if r.sources and prompt.source not in r.sources:
+        return False
+    return r.fraction is None or sampled(prompt.id, r.fraction)
+
+
+def named(prompt: Prompt, objectives: Mapping[str, ObjectiveSpec], default: str) -> str | None:
+    """The objective the prompt names, else the default unless routing gave it an active one."""
+    if prompt.objective:
+        return prompt.objective
+    if any(s.status == "active" and matches(s, prompt) for s in objectives.values()):
+        return None
+    return default
+
+
+def route(prompt: Prompt, objectives: Mapping[str, ObjectiveSpec], default: str) -> list[ObjectiveSpec]:
+    """Every objective this prompt goes to: the one it names (or the default), then each
+    whose routing takes it, by name. A named objective that is unknown or retired refuses it."""
+    name = named(prompt, objectives, default)
+    out = []
+    if name is not None:
+        spec = objectives.get(name)
+        if spec is None:
+            raise Rejected(f"unknown objective {name!r}; publish it first (prefstream objective apply FILE)",
+                           prompt.id)
+        if spec.status == "retired":
+            raise Rejected(f"objective {spec.ref} is retired", prompt.id)
+        out.append(spec)
+    out += sorted((s for s in objectives.values() if s.name != name and matches(s, prompt)), key=lambda s: s.name)
+    return out
 
 
 def process(prompt: Prompt, objectives: Mapping[str, ObjectiveSpec], default: str) -> list[Emit]:
+    """One ``Curated`` per objective the prompt goes to, each carrying the spec live now."""
     validate(prompt)
-    spec = route(prompt, objectives, default)
-    return [Emit("curated", prompt.id, Curated(prompt=prompt, objective=spec, curated_at=time.time()))]
+    now = time.time()
+    return [Emit("curated", prompt.id, Curated(prompt=prompt, objective=spec, curated_at=now))
+            for spec in route(prompt, objectives, default)]
 
 
 def bind(app, ctx) -> None:
-    """The faust agent: prompts → curated. Waits briefly for an objective not yet read."""
+    """The faust agent: prompts → curated. Waits until the objectives are read up to date,
+    and briefly for a named objective not yet published."""
 
     async def handler(prompt: Prompt) -> list[Emit]:
-        name = prompt.objective or ctx.settings.default_objective
-        await ctx.objectives.wait_for(name, ctx.settings.objective_wait_s)
-        return process(prompt, ctx.objectives.specs, ctx.settings.default_objective)
+        registry, default = ctx.objectives, ctx.settings.default_objective
+        await registry.wait_ready(ctx.settings.objective_wait_s)
+        name = named(prompt, registry.specs, default)
+        if name is not None and name not in registry.specs:
+            await registry.wait_for(name, ctx.settings.objective_wait_s)
+        return process(prompt, registry.specs, default)
 
     ctx.agent(app, "curate", ctx.topics.prompts, handler)

@@ -54,8 +54,15 @@ class SynthesisSpec(Part, kw_only=True, omit_defaults=False):
         default_factory=lambda: ["wrong_answer", "drop_constraint", "truncate"])
 
 
+# verifiers: math, ifeval, code, json_schema, regex; model judges: judge (pointwise),
+# pairwise, reward (a reward model behind vLLM's pooling/score API); human: labels from the
+# `feedback` topic; heuristics (features): length, repetition, refusal, injection.
+EvaluatorName = Literal["math", "ifeval", "judge", "pairwise", "reward", "code", "json_schema", "regex",
+                        "human", "length", "repetition", "refusal", "injection"]
+
+
 class EvaluatorSpec(Part, kw_only=True, omit_defaults=False):
-    name: Literal["math", "ifeval", "judge"]
+    name: EvaluatorName
     weight: float = 1.0
     params: dict[str, Any] = {}
 
@@ -83,13 +90,61 @@ class EvaluationSpec(Part, kw_only=True, omit_defaults=False):
     # "verifiers_first": where a verifier applies, its verdict is the score (a failing
     # candidate never outranks a passing one); elsewhere the weighted mean of the rest.
     # "weighted_mean": one weighted mean over every evaluator that scored.
-    aggregation: Literal["verifiers_first", "weighted_mean"] = "verifiers_first"
+    # "borda" / "reciprocal_rank": each evaluator ranks the set; a candidate's score is the
+    # weighted mean of its Borda points (share of candidates it beats, ties half) or of 1/rank.
+    aggregation: Literal["verifiers_first", "weighted_mean", "borda", "reciprocal_rank"] = "verifiers_first"
     judge: JudgeSpec = JudgeSpec()
+    # per evaluator, how its values are spread within a candidate set before aggregation:
+    # "minmax" (0 worst .. 1 best), "zscore" (sigmoid of the z-score), "rank" (Borda points);
+    # a set the evaluator cannot tell apart gets 0.5. The records keep the evaluator's own values.
+    normalise: dict[str, Literal["none", "minmax", "zscore", "rank"]] = {}
+    # heuristics scored on every candidate as features (weight 0 unless `evaluators` names them)
+    features: list[EvaluatorName] = msgspec.field(default_factory=lambda: ["length", "repetition", "refusal"])
+    # a candidate any guard scores below 0.5 gets ensemble score 0 (it can still be `rejected`)
+    guards: list[EvaluatorName] = msgspec.field(default_factory=lambda: ["injection"])
 
 
 class InstantiationSpec(Part, kw_only=True, omit_defaults=False):
-    pairs: Literal["best_vs_worst"] = "best_vs_worst"
+    """Which training records one judged set becomes; pairs, unpaired labels, a ranking
+    and scalar rewards can all be on at once. Scores are the ensemble's, in [0, 1]."""
+
+    # best_vs_worst: one pair; best_vs_each: the best against every other candidate;
+    # all_pairs: every pair; none: no pairs. A pair needs chosen - rejected >= min_margin;
+    # ties and identical texts never become pairs.
+    pairs: Literal["best_vs_worst", "best_vs_each", "all_pairs", "none"] = "best_vs_worst"
     min_margin: float = 0.2
+    # a pair whose chosen side is over length_ratio times as long as the rejected one (the
+    # "length" evaluator's figure where present, else characters) wins mainly by length:
+    # "count" keeps and flags it, "drop" drops it; both are counted in the outcome.
+    length_guard: Literal["off", "count", "drop"] = "off"
+    length_ratio: float = 1.5
+    # unpaired (KTO/BCO): score >= kto_desirable → label true, <= kto_undesirable → false,
+    # in between no record
+    kto: bool = False
+    kto_desirable: float = 0.8
+    kto_undesirable: float = 0.2
+    ranking: bool = False  # listwise: every scored candidate, ordered, with its score
+    rewards: bool = False  # scalar: each scored candidate with its score as the reward
+
+    def __post_init__(self) -> None:
+        if self.min_margin < 0:
+            raise ValueError(f"instantiation.min_margin must be >= 0, not {self.min_margin}")
+        if self.length_ratio < 1:
+            raise ValueError(f"instantiation.length_ratio must be >= 1, not {self.length_ratio}")
+        if self.kto_undesirable >= self.kto_desirable:
+            raise ValueError(f"instantiation.kto_undesirable ({self.kto_undesirable}) must be below "
+                             f"kto_desirable ({self.kto_desirable})")
+
+
+class RoutingSpec(Part, kw_only=True, omit_defaults=False):
+    """Which prompts an objective takes besides those that name it. Each criterion given
+    narrows: ``tags`` (any of them), ``sources`` (any of them), then ``fraction`` (a
+    deterministic sample by prompt id, in [0, 1]). No criterion: only prompts naming it
+    (or, for the default objective, prompts naming none)."""
+
+    tags: list[str] = []
+    sources: list[str] = []
+    fraction: float | None = None
 
 
 class ObjectiveSpec(Wire, tag="objective.v1", kw_only=True, omit_defaults=False):
@@ -100,6 +155,7 @@ class ObjectiveSpec(Wire, tag="objective.v1", kw_only=True, omit_defaults=False)
     evaluation: EvaluationSpec = EvaluationSpec()
     instantiation: InstantiationSpec = InstantiationSpec()
     status: Literal["active", "shadow", "retired"] = "active"
+    routing: RoutingSpec = RoutingSpec()
 
     @property
     def ref(self) -> str:

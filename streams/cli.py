@@ -15,16 +15,21 @@ import msgspec
 from streams.settings import Settings, SettingsError, load
 
 logger = logging.getLogger("prefstream")
+FORMAT_NAMES = "trl-dpo, trl-kto, trl-reward, openrlhf, ranking, scalar"  # streams.formats.FORMATS
 
 
-def wait_for_stop() -> None:
-    """Block until SIGINT or SIGTERM (the mask is left alone, so child processes keep
-    their default signal handling)."""
+def stop_signal():
+    """An event set by SIGINT or SIGTERM; install it before announcing readiness. (Handlers,
+    not a blocked mask, so child processes keep their default signal handling.)"""
     import threading
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def wait_for(stop) -> None:
     while not stop.wait(3600):
         pass
 
@@ -36,9 +41,10 @@ def _settings(args) -> Settings:
 def cmd_broker(args) -> int:
     from streams.broker import EmbeddedBroker
 
+    stop = stop_signal()
     with EmbeddedBroker(port=args.port) as b:
         print(b.address, flush=True)
-        wait_for_stop()
+        wait_for(stop)
     return 0
 
 
@@ -57,7 +63,10 @@ def cmd_worker(args) -> int:
 
     asyncio.run(create_topics(settings, from_settings(settings)))
     app = build_app(settings, agents)
-    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
+    from streams.logs import dict_config
+
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True,
+                          logging_config=dict_config(settings.log_level, settings.log_format))
     worker.execute_from_commandline()
     return 0
 
@@ -89,22 +98,41 @@ def cmd_submit(args) -> int:
     return 0
 
 
+def _format(name: str | None, style: str):
+    from streams.commands import CliError
+    from streams.formats import FormatError, get
+
+    try:
+        return None if name is None else get(name, style)
+    except FormatError as e:
+        raise CliError(str(e)) from None
+
+
 def cmd_tap(args) -> int:
-    from streams.tap import tap
+    from streams.tap import Rotation, tap
     from streams.topics import from_settings
 
     settings = _settings(args)
     settings.brokers  # noqa: B018
+    fmt = _format(args.format, args.style)
+    rotation = Rotation(max_bytes=int(args.rotate_mb * (1 << 20)), max_seconds=args.rotate_s)
     stop = asyncio.Event()
 
     async def go() -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        return await tap(settings, from_settings(settings), args.out, stop)
+        return await tap(settings, from_settings(settings), args.out, stop, fmt=fmt, rotation=rotation)
 
-    n = asyncio.run(go())
-    print(f"wrote {n} new records to {Path(args.out) / 'preferences.jsonl'}")
+    from streams.commands import CliError
+    from streams.formats import FormatError
+
+    try:
+        n = asyncio.run(go())
+    except FormatError as e:  # the folder already holds another format
+        raise CliError(str(e)) from None
+    where = Path(args.out) / ("preferences.jsonl" if fmt is None else "")
+    print(f"wrote {n} new records to {where}")
     return 0
 
 
@@ -123,12 +151,23 @@ def cmd_run(args) -> int:
     from streams.run import run
 
     settings = _settings(args)
+    if args.metrics_port is not None:
+        settings = settings.replace(metrics_port=args.metrics_port)
     spec = _objective(args)
     prompts = list(read_prompts(args.input, args.limit))
     env = dict(os.environ)
     if args.config:
         env["PREFSTREAM_CONFIG"] = str(Path(args.config).resolve())
-    result = run(settings, prompts, spec, Path(args.out), env=env, progress=not args.quiet)
+    for name in args.format or []:
+        _format(name, args.style)
+    from streams.commands import CliError
+    from streams.formats import FormatError
+
+    try:
+        result = run(settings, prompts, spec, Path(args.out), env=env, progress=not args.quiet,
+                     formats=args.format or [], style=args.style)
+    except FormatError as e:  # DIR/<format>/ holds another style, or another writer has it
+        raise CliError(str(e)) from None
     print(json.dumps(result, indent=2))
     return 0
 
@@ -141,8 +180,11 @@ def cmd_up(args) -> int:
     from streams.topics import from_settings
 
     settings = _settings(args)
+    if args.metrics_port is not None:
+        settings = settings.replace(metrics_port=args.metrics_port)
     out = Path(settings.data_dir)
     out.mkdir(parents=True, exist_ok=True)
+    stop = stop_signal()
     broker = None if settings.broker else EmbeddedBroker(port=args.port, log_path=out / "broker.log").start()
     if broker:
         settings = settings.replace(broker=broker.address)
@@ -154,7 +196,7 @@ def cmd_up(args) -> int:
         worker = start_worker(settings, settings.broker, out / "worker.log", dict(os.environ))
         print(f"prefstream up: broker {settings.broker}, namespace {settings.namespace}; "
               f"submit with PREFSTREAM_BROKER={settings.broker} prefstream submit FILE; ^C stops", flush=True)
-        wait_for_stop()
+        wait_for(stop)
     finally:
         stop_process(worker)
         if broker:
@@ -174,16 +216,22 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--candidates", type=int, help="candidates per prompt (overrides the objective)")
     r.add_argument("--out", required=True, help="output directory")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--metrics-port", type=int, help="the worker serves /metrics on PORT (default 9464; 0 = off)")
+    r.add_argument("--format", action="append", help=f"also write this training format to DIR/<format>/ as JSONL and "
+                   f"Parquet (repeatable): {FORMAT_NAMES}")
+    r.add_argument("--style", default="conversational", choices=["conversational", "standard"],
+                   help="TRL's conversational (chat turns) or standard (plain text) rows")
     r.set_defaults(fn=cmd_run)
 
     u = sub.add_parser("up", help="the whole system as a long-running service on the embedded broker")
     u.add_argument("--objective", help="objective YAML to publish at start")
     u.add_argument("--port", type=int, help="broker port (default: a free one)")
+    u.add_argument("--metrics-port", type=int, help="the worker serves /metrics on PORT (default 9464; 0 = off)")
     u.set_defaults(fn=cmd_up)
 
     w = sub.add_parser("worker", help="run agents against PREFSTREAM_BROKER")
     w.add_argument("--agents", help="comma-separated subset of curate,synthesize,evaluate,instantiate")
-    w.add_argument("--metrics-port", type=int, help="serve /metrics on 127.0.0.1:PORT (0 = off)")
+    w.add_argument("--metrics-port", type=int, help="serve /metrics on PORT (default 9464; 0 = off)")
     w.set_defaults(fn=cmd_worker)
 
     s = sub.add_parser("submit", help="produce prompts from a JSONL file")
@@ -192,8 +240,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--objective", help="route every prompt to this objective")
     s.set_defaults(fn=cmd_submit)
 
-    t = sub.add_parser("tap", help="consume preferences into DIR/preferences.jsonl until ^C")
+    t = sub.add_parser("tap", help="consume preferences into DIR until ^C (idempotent across restarts)")
     t.add_argument("--out", required=True)
+    t.add_argument("--format", help=f"one training format as JSONL + Parquet shards and a dataset card: {FORMAT_NAMES} "
+                   "(default: pairs into DIR/preferences.jsonl)")
+    t.add_argument("--style", default="conversational", choices=["conversational", "standard"],
+                   help="TRL's conversational (chat turns) or standard (plain text) rows")
+    t.add_argument("--rotate-mb", type=float, default=64.0, help="commit a shard at this many MB of JSONL")
+    t.add_argument("--rotate-s", type=float, default=60.0, help="commit a shard this many seconds after its first row")
     t.set_defaults(fn=cmd_tap)
 
     b = sub.add_parser("broker", help="run the embedded broker (Tansu) in the foreground")
@@ -208,8 +262,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=os.environ.get("PREFSTREAM_LOG_LEVEL", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from streams.logs import configure
+
+    configure(os.environ.get("PREFSTREAM_LOG_LEVEL", "INFO"), os.environ.get("PREFSTREAM_LOG_FORMAT", "text"))
     from streams.commands import CliError
     from streams.inputs import InputError
     from streams.objectives import ObjectiveError

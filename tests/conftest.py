@@ -32,14 +32,15 @@ def namespace() -> str:
 
 @pytest.fixture
 def settings(broker, namespace, tmp_path) -> Settings:
+    # metrics_port=0: several workers run at once in tests; a test that scrapes sets a free port
     return load({}, broker=broker.address, namespace=namespace, partitions=2, data_dir=str(tmp_path / "data"),
-                objective_wait_s=20.0)
+                objective_wait_s=20.0, metrics_port=0)
 
 
 def settings_env(s: Settings) -> dict[str, str]:
     return {**os.environ, "PREFSTREAM_BROKER": s.broker, "PREFSTREAM_NAMESPACE": s.namespace,
             "PREFSTREAM_PARTITIONS": str(s.partitions), "PREFSTREAM_DATA_DIR": s.data_dir,
-            "PYTHONUNBUFFERED": "1"}
+            "PREFSTREAM_METRICS_PORT": str(s.metrics_port), "PYTHONUNBUFFERED": "1"}
 
 
 class Workers:
