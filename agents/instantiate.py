@@ -1,17 +1,27 @@
-"""instantiate: turn a judged candidate set into preference records, and say how the
-prompt ended.
+"""instantiate: turn a judged candidate set into training records, and say how the prompt
+ended.
 
 judgments ──▶ [instantiate] ──▶ preferences + outcomes
+
+The objective's ``instantiation`` decides which records one judged set becomes, several
+kinds at once: pairs (best-vs-worst, best-vs-each, all pairs above the margin), unpaired
+KTO labels by thresholds, a listwise ranking, scalar rewards. Ties and identical texts
+never pair. Record ids hash the prompt id, objective@version, the kind and the candidates
+involved, so the same judged set always yields the same ids.
 """
 from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 
-from schemas import Judged, JudgedSet, Message, Outcome, PreferenceRecord, Side, stable_id
+from schemas import (InstantiationSpec, Judged, JudgedSet, Message, Outcome, PreferenceRecord, Ranked,
+                     RankingRecord, RewardRecord, Side, UnpairedRecord, stable_id)
 from streams.runtime import Emit
 
 logger = logging.getLogger(__name__)
+
+EPS = 1e-9  # score differences below this are ties (float noise)
 
 
 def rank(judged: list[Judged]) -> list[Judged]:
@@ -20,52 +30,177 @@ def rank(judged: list[Judged]) -> list[Judged]:
     return sorted(scored, key=lambda j: (-j.score, j.candidate.id))
 
 
-def best_vs_worst(jset: JudgedSet) -> tuple[Judged, Judged] | str:
-    """The pair, or the reason there is none."""
-    ranked = rank(jset.judged)
+def length_of(j: Judged) -> int:
+    """The evaluator's length figure for a candidate (a ``length`` score's raw value),
+    else its length in characters."""
+    for s in j.scores:
+        if s.evaluator == "length" and isinstance(s.raw, (int, float)) and not isinstance(s.raw, bool):
+            return int(s.raw)
+    return len(j.candidate.text)
+
+
+def _text(j: Judged) -> str:
+    return j.candidate.text.strip()
+
+
+def _unique(ranked: list[Judged]) -> list[Judged]:
+    """The best-ranked candidate of each distinct text."""
+    seen: set[str] = set()
+    return [j for j in ranked if not (_text(j) in seen or seen.add(_text(j)))]
+
+
+def candidate_pairs(ranked: list[Judged], mode: str) -> list[tuple[Judged, Judged]]:
+    if mode == "best_vs_worst":
+        return [(ranked[0], ranked[-1])]
+    if mode == "best_vs_each":
+        return [(ranked[0], j) for j in ranked[1:]]
+    return [(a, b) for i, a in enumerate(ranked) for b in ranked[i + 1:]]
+
+
+def _verdict(chosen: Judged, rejected: Judged, spec: InstantiationSpec) -> str:
+    """``ok``, ``length_flagged``, or why this pair is skipped: ``tie``, ``below``,
+    ``identical``, ``length_dropped``."""
+    margin = chosen.score - rejected.score
+    if margin <= EPS:
+        return "tie"
+    if margin + EPS < spec.min_margin:
+        return "below"
+    if _text(chosen) == _text(rejected):
+        return "identical"
+    if spec.length_guard != "off" and length_of(chosen) > spec.length_ratio * max(length_of(rejected), 1):
+        return "length_dropped" if spec.length_guard == "drop" else "length_flagged"
+    return "ok"
+
+
+def select_pairs(jset: JudgedSet, ranked: list[Judged]) -> tuple[list[tuple[Judged, Judged, bool]], Counter, str]:
+    """``([(chosen, rejected, length_flagged)], counts, reason)``; the reason says why there
+    is no pair ("" where there is one, or pairs are off)."""
+    spec = jset.objective.instantiation
+    if spec.pairs == "none":
+        return [], Counter(), ""
     if len(ranked) < 2:
-        return f"only {len(ranked)} of {len(jset.judged)} candidates were scored"
-    best, worst = ranked[0], ranked[-1]
-    margin = best.score - worst.score
-    min_margin = jset.objective.instantiation.min_margin
-    if margin <= 0:
-        return "all scored candidates tie"
-    if margin < min_margin:
-        return f"best-worst margin {margin:.3f} is below the objective's {min_margin}"
-    if best.candidate.text.strip() == worst.candidate.text.strip():
-        return "chosen and rejected texts are identical"
-    return best, worst
+        return [], Counter(), f"only {len(ranked)} of {len(jset.judged)} candidates were scored"
+    kept, skipped = [], Counter()
+    for chosen, rejected in candidate_pairs(ranked, spec.pairs):
+        verdict = _verdict(chosen, rejected, spec)
+        if verdict in ("ok", "length_flagged"):
+            kept.append((chosen, rejected, verdict == "length_flagged"))
+        skipped[verdict] += 1
+    counts = Counter({k: v for k, v in skipped.items() if k.startswith("length_")})
+    return kept, counts, "" if kept else _no_pair_reason(ranked, spec, skipped)
+
+
+def _no_pair_reason(ranked: list[Judged], spec: InstantiationSpec, skipped: Counter) -> str:
+    if spec.pairs == "best_vs_worst":
+        margin = ranked[0].score - ranked[-1].score
+        return {
+            "tie": "all scored candidates tie",
+            "below": f"best-worst margin {margin:.3f} is below the objective's {spec.min_margin}",
+            "identical": "chosen and rejected texts are identical",
+            "length_dropped": f"the chosen side is over {spec.length_ratio}x longer (length guard: drop)",
+        }[next(iter(skipped))]
+    words = {"tie": "tie", "below": f"below the margin {spec.min_margin}", "identical": "with identical texts",
+             "length_dropped": "dropped by the length guard"}
+    parts = ", ".join(f"{n} {words[k]}" for k, n in sorted(skipped.items()))
+    return f"no {spec.pairs} pair qualifies: {parts}"
 
 
 def _side(j: Judged) -> Side:
     return Side(candidate_id=j.candidate.id, model=j.candidate.model, score=j.score, scores=j.scores)
 
 
-def pair_record(jset: JudgedSet, chosen: Judged, rejected: Judged) -> PreferenceRecord:
+def _completion(j: Judged) -> list[Message]:
+    return [Message(role="assistant", content=j.candidate.text)]
+
+
+def _common(jset: JudgedSet, kind: str, *parts: object) -> dict:
     ref = jset.objective.ref
+    return dict(id="r-" + stable_id(jset.prompt.id, ref, kind, *parts), prompt_id=jset.prompt.id, objective=ref,
+                prompt=list(jset.prompt.messages), source=jset.prompt.source, created_at=time.time())
+
+
+def pair_record(jset: JudgedSet, chosen: Judged, rejected: Judged, flagged: bool = False) -> PreferenceRecord:
     return PreferenceRecord(
-        id="r-" + stable_id(jset.prompt.id, ref, "pair", chosen.candidate.id, rejected.candidate.id),
-        prompt_id=jset.prompt.id, objective=ref, prompt=list(jset.prompt.messages),
-        chosen=[Message(role="assistant", content=chosen.candidate.text)],
-        rejected=[Message(role="assistant", content=rejected.candidate.text)],
-        score_chosen=chosen.score, score_rejected=rejected.score,
-        margin=round(chosen.score - rejected.score, 6),
-        chosen_side=_side(chosen), rejected_side=_side(rejected), source=jset.prompt.source,
-        created_at=time.time(),
+        **_common(jset, "pair", chosen.candidate.id, rejected.candidate.id),
+        chosen=_completion(chosen), rejected=_completion(rejected),
+        score_chosen=chosen.score, score_rejected=rejected.score, margin=round(chosen.score - rejected.score, 6),
+        chosen_side=_side(chosen), rejected_side=_side(rejected), pairing=jset.objective.instantiation.pairs,
+        length_chosen=length_of(chosen), length_rejected=length_of(rejected), length_flagged=flagged,
     )
+
+
+def unpaired_records(jset: JudgedSet, ranked: list[Judged]) -> tuple[list[UnpairedRecord], Counter]:
+    """KTO/BCO: each distinct scored text at or above ``kto_desirable`` is desirable, at or
+    below ``kto_undesirable`` undesirable; in between it yields nothing (counted)."""
+    spec = jset.objective.instantiation
+    out, counts = [], Counter()
+    for j in _unique(ranked):
+        if j.score + EPS >= spec.kto_desirable:
+            label = True
+        elif j.score - EPS <= spec.kto_undesirable:
+            label = False
+        else:
+            counts["kto_between"] += 1
+            continue
+        counts["desirable" if label else "undesirable"] += 1
+        out.append(UnpairedRecord(**_common(jset, "unpaired", j.candidate.id, label), completion=_completion(j),
+                                  label=label, side=_side(j)))
+    return out, counts
+
+
+def ranking_record(jset: JudgedSet, ranked: list[Judged]) -> RankingRecord | None:
+    """Every distinct scored text, best first, with competition ranks (1, 2, 2, 4); none
+    where fewer than two remain or they all tie."""
+    unique = _unique(ranked)
+    if len(unique) < 2 or unique[0].score - unique[-1].score <= EPS:
+        return None
+    items, rank_no = [], 0
+    for i, j in enumerate(unique):
+        if i == 0 or unique[i - 1].score - j.score > EPS:
+            rank_no = i + 1
+        items.append(Ranked(rank=rank_no, completion=_completion(j), side=_side(j)))
+    return RankingRecord(**_common(jset, "ranking", [j.candidate.id for j in unique]), ranked=items)
+
+
+def reward_records(jset: JudgedSet, ranked: list[Judged]) -> list[RewardRecord]:
+    return [RewardRecord(**_common(jset, "reward", j.candidate.id), completion=_completion(j), reward=j.score,
+                         side=_side(j)) for j in _unique(ranked)]
+
+
+def instantiate(jset: JudgedSet) -> tuple[list, Counter, str]:
+    """Every record the objective asks for (each id once), the counts, and the no-pair reason."""
+    spec = jset.objective.instantiation
+    ranked = rank(jset.judged)
+    pairs, counts, reason = select_pairs(jset, ranked)
+    records: list = [pair_record(jset, c, r, flagged) for c, r, flagged in pairs]
+    counts["pairs"] = len(records)
+    if spec.kto:
+        unpaired, kto_counts = unpaired_records(jset, ranked)
+        records += unpaired
+        counts.update(kto_counts)
+    if spec.ranking and (ranking := ranking_record(jset, ranked)) is not None:
+        records.append(ranking)
+        counts["rankings"] = 1
+    if spec.rewards:
+        rewards = reward_records(jset, ranked)
+        records += rewards
+        counts["rewards"] = len(rewards)
+    unique = list({r.id: r for r in records}.values())
+    return unique, Counter({k: v for k, v in counts.items() if v}), reason
 
 
 def process(jset: JudgedSet) -> list[Emit]:
     ref, pid = jset.objective.ref, jset.prompt.id
-    result = best_vs_worst(jset)
-    if isinstance(result, str):
+    records, counts, reason = instantiate(jset)
+    if not records:
+        reason = reason or f"no records: the objective's instantiation made none ({dict(counts) or 'nothing on'})"
         outcome = Outcome(prompt_id=pid, objective=ref, status="no_pair", candidates=len(jset.judged),
-                          reason=result, created_at=time.time())
+                          reason=reason, created_at=time.time(), counts=dict(counts))
         return [Emit("outcomes", pid, outcome)]
-    record = pair_record(jset, *result)
-    outcome = Outcome(prompt_id=pid, objective=ref, status="records", record_ids=[record.id],
-                      candidates=len(jset.judged), created_at=time.time())
-    return [Emit("preferences", pid, record), Emit("outcomes", pid, outcome)]
+    outcome = Outcome(prompt_id=pid, objective=ref, status="records", record_ids=[r.id for r in records],
+                      candidates=len(jset.judged), reason=reason, created_at=time.time(), counts=dict(counts))
+    topic = "preferences-shadow" if jset.objective.status == "shadow" else "preferences"
+    return [Emit(topic, pid, r) for r in records] + [Emit("outcomes", pid, outcome)]
 
 
 def bind(app, ctx) -> None:

@@ -2,6 +2,7 @@
 from schemas.base import stable_id
 from schemas.candidates import Candidate, CandidateSet, Sampling
 from schemas.deadletters import DeadLetter
+from schemas.feedback import Feedback
 from schemas.judgments import Judged, JudgedSet, Score
 from schemas.objectives import (
     EvaluationSpec,
@@ -13,12 +14,15 @@ from schemas.objectives import (
     ObjectiveSpec,
     SynthesisSpec,
 )
-from schemas.preferences import Outcome, PreferenceRecord, Side
+from schemas.preferences import (RECORD_TYPES, AnyRecord, Outcome, PreferenceRecord, Ranked, RankingRecord,
+                                 RewardRecord, Side, UnpairedRecord)
 from schemas.prompts import Curated, Message, Prompt, Verification, prompt_id
 
 __all__ = [
     "Candidate", "CandidateSet", "Curated", "DeadLetter", "EvaluationSpec", "EvaluatorSpec",
+    "Feedback",
     "FewShot", "GeneratorSpec", "InstantiationSpec", "Judged", "JudgedSet", "JudgeSpec",
     "Message", "ObjectiveSpec", "Outcome", "PreferenceRecord", "Prompt", "Sampling", "Score",
     "Side", "SynthesisSpec", "Verification", "prompt_id", "stable_id",
+    "AnyRecord", "RECORD_TYPES", "Ranked", "RankingRecord", "RewardRecord", "UnpairedRecord",
 ]

@@ -7,6 +7,22 @@ from schemas.objectives import ObjectiveSpec
 from schemas.prompts import Prompt
 
 
+class Comparison(Part, kw_only=True):
+    """One pairwise judgment of a candidate against ``other``, asked in both orders.
+
+    ``first``/``second``: the verdict with this candidate shown first / second — ``"this"``,
+    ``"other"``, ``"tie"``, or ``None`` where the judge's answer could not be read.
+    ``consistent``: both orders named the same winner (``None`` where one was unreadable).
+    ``outcome``: 1 this one is better, 0 the other, 0.5 a tie (an inconsistent verdict is a
+    tie); ``None`` where either order was unreadable (never guessed)."""
+
+    other: str
+    outcome: float | None
+    first: str | None = None
+    second: str | None = None
+    consistent: bool | None = None
+
+
 class Score(Part, kw_only=True):
     """One evaluator's verdict on one candidate. ``value`` is normalised to [0, 1];
     ``None`` means the evaluator could not score it (never guessed)."""
@@ -15,8 +31,10 @@ class Score(Part, kw_only=True):
     value: float | None
     raw: str | float | None = None
     rationale: str = ""
-    kind: str = "verifier"  # "verifier" | "judge"
+    kind: str = "verifier"  # "verifier" | "judge" | "reward" | "human" | "feature" | "guard"
     error: str | None = None
+    swap_consistent: bool | None = None  # pairwise: every comparison agreed in both orders
+    comparisons: list[Comparison] = []  # pairwise: one per other candidate
 
 
 class Judged(Part, kw_only=True):
@@ -24,6 +42,9 @@ class Judged(Part, kw_only=True):
     scores: list[Score]
     verified: float | None = None  # mean of verifier scores, None where none applied
     score: float | None = None  # the ensemble score instantiation ranks by
+    # a model judge (judge, pairwise, reward) is of the same family as the candidate's writer;
+    # None where no model judged
+    same_family: bool | None = None
 
 
 class JudgedSet(Wire, tag="judged.v1", kw_only=True):

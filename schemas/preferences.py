@@ -1,7 +1,14 @@
-"""The ``preferences`` and ``outcomes`` topics: what trainers take, and how each prompt ended."""
+"""The ``preferences`` and ``outcomes`` topics: what trainers take, and how each prompt ended.
+
+One judged set can become several kinds of record (the objective's ``instantiation``):
+a pair (``PreferenceRecord``), an unpaired KTO/BCO example (``UnpairedRecord``), a
+listwise ranking (``RankingRecord``) and scalar rewards (``RewardRecord``). Each is its own
+tagged type; the topic carries their union, ``AnyRecord``. Every record has a
+deterministic ``id``, a ``kind``, the ``prompt_id`` and the ``objective`` (name@version).
+"""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Union
 
 from schemas.base import Part, Wire
 from schemas.judgments import Score
@@ -32,6 +39,10 @@ class PreferenceRecord(Wire, tag="preference.v1", kw_only=True):
     rejected_side: Side
     source: str = "unknown"
     created_at: float = 0.0
+    pairing: str = "best_vs_worst"  # the instantiation mode that made it
+    length_chosen: int = 0  # the lengths the length guard compared
+    length_rejected: int = 0
+    length_flagged: bool = False  # chosen wins mainly by length (guard "count")
 
     def trl(self) -> dict:
         """The line a trainer reads: TRL conversational preference format + provenance."""
@@ -50,7 +61,64 @@ class PreferenceRecord(Wire, tag="preference.v1", kw_only=True):
         }
 
 
-def _msg(m: Message) -> dict:
+class UnpairedRecord(Wire, tag="preference.unpaired.v1", kw_only=True):
+    """One completion with a desirable (``label`` true) / undesirable verdict: KTO, BCO."""
+
+    id: str
+    kind: Literal["unpaired"] = "unpaired"
+    prompt_id: str
+    objective: str
+    prompt: list[Message]
+    completion: list[Message]
+    label: bool
+    side: Side
+    source: str = "unknown"
+    created_at: float = 0.0
+
+
+class Ranked(Part, kw_only=True):
+    """One candidate in a ranking: rank 1 is best; equal scores share a rank."""
+
+    rank: int
+    completion: list[Message]
+    side: Side
+
+
+class RankingRecord(Wire, tag="preference.ranking.v1", kw_only=True):
+    """Every scored candidate of one prompt, best first (listwise training)."""
+
+    id: str
+    kind: Literal["ranking"] = "ranking"
+    prompt_id: str
+    objective: str
+    prompt: list[Message]
+    ranked: list[Ranked]
+    source: str = "unknown"
+    created_at: float = 0.0
+
+
+class RewardRecord(Wire, tag="preference.reward.v1", kw_only=True):
+    """One candidate with its score as a scalar reward (RL, regression reward models)."""
+
+    id: str
+    kind: Literal["reward"] = "reward"
+    prompt_id: str
+    objective: str
+    prompt: list[Message]
+    completion: list[Message]
+    reward: float
+    side: Side
+    source: str = "unknown"
+    created_at: float = 0.0
+
+
+AnyRecord = Union[PreferenceRecord, UnpairedRecord, RankingRecord, RewardRecord]
+RECORD_TYPES = (PreferenceRecord, UnpairedRecord, RankingRecord, RewardRecord)
+KINDS = ("pair", "unpaired", "ranking", "reward")
+
+
+def message_dict(m: Message) -> dict:
+    """A chat turn as TRL reads it: role and content (tool calls where present)."""
     out: dict = {"role": m.role, "content": m.content if m.content is not None else ""}
     if m.tool_calls:
         out["tool_calls"] = m.tool_calls
@@ -59,9 +127,16 @@ def _msg(m: Message) -> dict:
     return out
 
 
+_msg = message_dict
+
+
 class Outcome(Wire, tag="outcome.v1", kw_only=True):
     """How one prompt ended under one objective: ``records`` (ids listed), ``no_pair`` (a
-    reason: all tied, margin too small, too few scored), or ``dropped`` (curate refused it)."""
+    reason: all tied, margin too small, too few scored), or ``dropped`` (curate refused it).
+
+    ``counts`` says what instantiation made and skipped: ``pairs``, ``desirable``,
+    ``undesirable``, ``rankings``, ``rewards``, ``length_flagged``, ``length_dropped``,
+    ``kto_between`` (scores between the KTO thresholds); zero counts are left out."""
 
     prompt_id: str
     objective: str
@@ -70,3 +145,4 @@ class Outcome(Wire, tag="outcome.v1", kw_only=True):
     candidates: int = 0
     reason: str = ""
     created_at: float = 0.0
+    counts: dict[str, int] = {}

@@ -23,12 +23,19 @@ class Verification(Part, kw_only=True):
 
     ``math``: ``answer`` is the reference final answer (GSM8K's text after ``####``).
     ``ifeval``: ``instruction_id_list`` + ``kwargs`` as IFEval defines them.
+    ``code``: ``tests``, Python snippets (usually ``assert``s) run after the response's code.
+    ``json_schema``: the response must be JSON valid against ``json_schema``.
+    ``regex``: the response must contain a match of ``pattern`` (all of it, with ``fullmatch``).
     """
 
-    kind: Literal["math", "ifeval"]
+    kind: Literal["math", "ifeval", "code", "json_schema", "regex"]
     answer: str | None = None
     instruction_id_list: list[str] = []
     kwargs: list[dict[str, Any]] = []
+    tests: list[str] = []
+    json_schema: dict[str, Any] | None = None
+    pattern: str | None = None
+    fullmatch: bool = False
 
 
 class Prompt(Wire, tag="prompt.v1", kw_only=True):

@@ -45,7 +45,7 @@ class Context:
         async def send(topic: Topic, key: bytes, value: bytes) -> None:
             await channels[topic.name].send(key=key, value=value)
 
-        stage = Stage(name, source, self.topics, self.metrics, handler, send)
+        stage = Stage(name, source, self.topics, self.metrics, self.metrics.instrument(name, handler), send)
 
         async def run(stream):
             async for event in stream.events():
@@ -78,13 +78,16 @@ def build_app(settings: Settings, agents: tuple[str, ...] = AGENTS) -> faust.App
         consumer_auto_offset_reset="earliest",
         producer_linger=settings.producer_linger_ms / 1000,
         producer_acks=-1,
+        # bounded in-flight work: an agent's buffer holds a few messages beyond its
+        # concurrency; when it is full faust pauses the partition instead of buffering more
+        stream_buffer_maxsize=max(4, 2 * settings.max_inflight),
     )
     ctx = Context(settings, from_settings(settings), Metrics())
     if {"synthesize", "evaluate"} & set(agents):
         from agents.backends import Backends
         from agents.evaluators import build_evaluators
 
-        ctx.backends = Backends(settings)
+        ctx.backends = Backends(settings, metrics=ctx.metrics)
         ctx.evaluators = build_evaluators(ctx.backends)
     if "curate" in agents:
         @app.task
@@ -95,6 +98,6 @@ def build_app(settings: Settings, agents: tuple[str, ...] = AGENTS) -> faust.App
 
     for name in agents:
         importlib.import_module(f"agents.{name}").bind(app, ctx)
-    ctx.metrics.serve(settings.metrics_port)
+    ctx.metrics.serve(settings.metrics_port, settings.metrics_host)
     app.prefstream = ctx  # for tests and the CLI
     return app

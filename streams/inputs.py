@@ -48,9 +48,16 @@ def _plain(d: dict) -> Prompt:
     return _prompt(d, [Message(role="user", content=d["prompt"])], "prompt", _verification(d), {})
 
 
+_NEEDS = {"code": "tests", "json_schema": "json_schema", "regex": "pattern"}  # kind → the field it checks by
+
+
 def _verification(d: dict) -> Verification | None:
     if "verification" in d:
-        return msgspec.convert(d["verification"], Verification)
+        v = msgspec.convert(d["verification"], Verification)
+        need = _NEEDS.get(v.kind)
+        if need and not getattr(v, need):
+            raise ValueError(f"verification kind {v.kind!r} needs a non-empty `{need}`")
+        return v
     if "answer" in d:
         return Verification(kind="math", answer=str(d["answer"]))
     return None

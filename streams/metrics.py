@@ -1,18 +1,35 @@
-"""Prometheus metrics, built by a factory over a CollectorRegistry; labels are bounded
-(agent, topic, outcome)."""
+"""Prometheus metrics, built by a factory over a CollectorRegistry.
+
+Every name starts with ``prefstream_``; labels are bounded: agent, topic, outcome, backend,
+model, objective (the name; its version is the value of ``prefstream_objective_version``),
+kind, evaluator, result. One ``Metrics`` per worker, served on ``/metrics``.
+
+Two wrappers feed it without touching the stages: ``instrument()`` wraps an agent handler
+(in-flight messages, records per kind, outcomes, objective versions, evaluator figures) and
+``MeteredGenerator`` wraps a model backend (requests, latency, tokens, in-flight requests).
+"""
 from __future__ import annotations
 
 import logging
+import math
+import time
+from typing import Any, Awaitable, Callable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from schemas import JudgedSet, ObjectiveSpec
 
 logger = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120)
+MODEL_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # the bus, per agent
         self.messages_in = Counter("prefstream_messages_in_total", "Messages consumed by an agent",
                                    ["agent", "topic"], registry=r)
         self.messages_out = Counter("prefstream_messages_out_total", "Messages produced by an agent",
@@ -20,13 +37,182 @@ class Metrics:
         self.dead_letters = Counter("prefstream_dead_letters_total", "Messages an agent dead-lettered",
                                     ["agent", "topic", "outcome"], registry=r)
         self.processing = Histogram("prefstream_processing_seconds", "Time to process one message",
-                                    ["agent"], registry=r,
-                                    buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120))
-        self.outcomes = Counter("prefstream_outcomes_total", "How prompts ended",
+                                    ["agent"], registry=r, buckets=LATENCY_BUCKETS)
+        self.in_flight = Gauge("prefstream_messages_in_flight", "Messages an agent is processing now",
+                               ["agent"], registry=r)
+        # what came out, per objective
+        self.outcomes = Counter("prefstream_outcomes_total", "How prompts ended (records, no_pair, dropped)",
                                 ["objective", "outcome"], registry=r)
+        self.records = Counter("prefstream_records_total", "Preference records produced, by kind",
+                               ["objective", "kind"], registry=r)
+        self.objective_version = Gauge("prefstream_objective_version",
+                                       "Version of each objective in the newest message this worker handled",
+                                       ["objective"], registry=r)
+        # evaluator figures, measured on every judged set this worker produced
+        self.scores = Counter("prefstream_evaluator_scores_total",
+                              "Candidate scorings by evaluator; result is scored, parse_failure, error or unscored",
+                              ["objective", "evaluator", "result"], registry=r)
+        self.judged = Counter("prefstream_judged_candidates_total",
+                              "Judged candidates; overlap says whether the judge model also wrote the candidate",
+                              ["objective", "overlap"], registry=r)
+        self.length_correlation = Gauge("prefstream_length_score_correlation",
+                                        "Pearson correlation of candidate length (characters) with its score, "
+                                        "over every scored candidate this worker judged", ["objective"], registry=r)
+        # model backends
+        self.model_requests = Counter("prefstream_model_requests_total", "Model requests, by outcome (ok, error)",
+                                      ["backend", "model", "outcome"], registry=r)
+        self.model_seconds = Histogram("prefstream_model_request_seconds", "Model request latency, retries included",
+                                       ["backend", "model"], registry=r, buckets=MODEL_BUCKETS)
+        self.model_tokens_in = Counter("prefstream_model_input_tokens_total",
+                                       "Prompt tokens, per generation, as the backend reports them",
+                                       ["backend", "model"], registry=r)
+        self.model_tokens_out = Counter("prefstream_model_output_tokens_total", "Generated tokens",
+                                        ["backend", "model"], registry=r)
+        self.model_in_flight = Gauge("prefstream_model_requests_in_flight", "Model requests waiting for an answer",
+                                     ["backend", "model"], registry=r)
+        self._corr: dict[str, _Correlation] = {}
 
-    def serve(self, port: int) -> None:
-        """Expose /metrics on 127.0.0.1:port (0 = off)."""
-        if port:
-            start_http_server(port, addr="127.0.0.1", registry=self.registry)
-            logger.info("metrics on http://127.0.0.1:%d/metrics", port)
+    def names(self) -> set[str]:
+        """Every series name a query can use (``_total``; ``_bucket``, ``_sum``, ``_count``)."""
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+        return {m.name + s for m in self.registry.collect() for s in suffixes.get(m.type, ("",))}
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> bool:
+        """Expose /metrics on host:port (0 = off). A port in use is logged, not fatal: the
+        worker goes on without /metrics."""
+        if not port:
+            return False
+        try:
+            start_http_server(port, addr=host, registry=self.registry)
+        except OSError as e:
+            logger.error("metrics: cannot listen on %s:%d (%s); this worker has no /metrics. "
+                         "Pass --metrics-port with a free port, or 0 to turn metrics off", host, port, e)
+            return False
+        logger.info("metrics on http://%s:%d/metrics", host, port)
+        return True
+
+    def instrument(self, agent: str, handler: Callable[[Any], Awaitable[list]]) -> Callable[[Any], Awaitable[list]]:
+        """``handler`` with in-flight counting, and what it emits observed."""
+        gauge = self.in_flight.labels(agent)
+
+        async def instrumented(value: Any) -> list:
+            gauge.inc()
+            try:
+                emits = await handler(value)
+            finally:
+                gauge.dec()
+            self.observe(emits)
+            return emits
+
+        return instrumented
+
+    def observe(self, emits: list) -> None:
+        """Count what one handler call emitted (``streams.runtime.Emit``s)."""
+        for e in emits:
+            name, version = objective_of(e.value)
+            if name is None:
+                continue
+            if version is not None:
+                self.objective_version.labels(name).set(version)
+            if e.topic == "preferences":
+                self.records.labels(name, getattr(e.value, "kind", "pair")).inc()
+            elif e.topic == "outcomes":
+                self.outcomes.labels(name, e.value.status).inc()
+            elif isinstance(e.value, JudgedSet):
+                self.observe_judged(name, e.value)
+
+    def observe_judged(self, objective: str, jset: JudgedSet) -> None:
+        judge = jset.objective.evaluation.judge
+        judged_by_model = any(s.name == "judge" for s in jset.objective.evaluation.evaluators)
+        corr = self._corr.setdefault(objective, _Correlation())
+        for j in jset.judged:
+            for s in j.scores:
+                result = "scored" if s.value is not None else (
+                    "parse_failure" if s.error == "parse_failure" else "error" if s.error else "unscored")
+                self.scores.labels(objective, s.evaluator, result).inc()
+            overlap = "no_judge" if not judged_by_model else (
+                "same_model" if (j.candidate.backend, j.candidate.model) == (judge.backend, judge.model)
+                else "other_model")
+            self.judged.labels(objective, overlap).inc()
+            if j.score is not None:
+                corr.add(len(j.candidate.text), j.score)
+        value = corr.value()
+        if value is not None:
+            self.length_correlation.labels(objective).set(value)
+
+
+def objective_of(value: Any) -> tuple[str | None, int | None]:
+    """(name, version) of the objective a message was made under."""
+    obj = getattr(value, "objective", None)
+    if isinstance(obj, ObjectiveSpec):
+        return obj.name, obj.version
+    if isinstance(obj, str) and obj:
+        name, _, version = obj.rpartition("@")
+        if name and version.isdigit():
+            return name, int(version)
+        return obj, None
+    return None, None
+
+
+class _Correlation:
+    """Running Pearson correlation."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sx = self.sy = self.sxx = self.syy = self.sxy = 0.0
+
+    def add(self, x: float, y: float) -> None:
+        self.n += 1
+        self.sx += x
+        self.sy += y
+        self.sxx += x * x
+        self.syy += y * y
+        self.sxy += x * y
+
+    def value(self) -> float | None:
+        if self.n < 2:
+            return None
+        cov = self.n * self.sxy - self.sx * self.sy
+        var = (self.n * self.sxx - self.sx ** 2) * (self.n * self.syy - self.sy ** 2)
+        return cov / math.sqrt(var) if var > 0 else None
+
+
+class MeteredGenerator:
+    """A model backend with request count, latency, tokens and in-flight requests recorded;
+    everything else passes through to the wrapped generator."""
+
+    def __init__(self, inner: Any, metrics: Metrics) -> None:
+        self.inner = inner
+        self.backend, self.model = inner.backend, inner.model
+        labels = (self.backend, self.model)
+        self._ok = metrics.model_requests.labels(*labels, "ok")
+        self._error = metrics.model_requests.labels(*labels, "error")
+        self._seconds = metrics.model_seconds.labels(*labels)
+        self._tokens_in = metrics.model_tokens_in.labels(*labels)
+        self._tokens_out = metrics.model_tokens_out.labels(*labels)
+        self._in_flight = metrics.model_in_flight.labels(*labels)
+
+    async def generate(self, req: Any) -> list:
+        self._in_flight.inc()
+        started = time.perf_counter()
+        try:
+            gens = await self.inner.generate(req)
+        except BaseException:
+            self._error.inc()
+            raise
+        finally:
+            self._in_flight.dec()
+            self._seconds.observe(time.perf_counter() - started)
+        self._ok.inc()
+        self._tokens_in.inc(sum(g.tokens_in for g in gens))
+        self._tokens_out.inc(sum(g.tokens_out for g in gens))
+        return gens
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def __repr__(self) -> str:
+        return f"Metered({self.inner!r})"

@@ -22,11 +22,13 @@ from pathlib import Path
 import msgspec
 from tqdm import tqdm
 
-from schemas import DeadLetter, ObjectiveSpec, Outcome, PreferenceRecord, Prompt
+from agents.evaluators.bias import BiasTracker
+from schemas import RECORD_TYPES, DeadLetter, JudgedSet, ObjectiveSpec, Outcome, PreferenceRecord, Prompt
 from streams.admin import create_topics, producer, reader
 from streams.broker import EmbeddedBroker
+from streams.objectives import publish, validate
 from streams.settings import Settings
-from streams.tap import JsonlSink
+from streams.tap import JsonlSink, open_sinks
 from streams.topics import Topics, from_settings
 
 logger = logging.getLogger(__name__)
@@ -38,17 +40,27 @@ class RunError(RuntimeError):
 
 @dataclass
 class Ledger:
-    """Per prompt id: how it ended. Balanced when every submitted id has ended."""
+    """Per prompt id: how it ended under the objective it named. Balanced when every
+    submitted id has ended. Outcomes under other objectives the prompt was also routed to
+    (shadows) are kept per (prompt id, objective name) and never decide it."""
 
     expected: set[str]
+    named: dict[str, str | None] = field(default_factory=dict)  # prompt id → objective name (None: any)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
+    other_outcomes: dict[tuple[str, str], Outcome] = field(default_factory=dict)
     dead: dict[str, DeadLetter] = field(default_factory=dict)
     records: dict[str, PreferenceRecord] = field(default_factory=dict)
     other_dead: int = 0
+    bias: BiasTracker = field(default_factory=BiasTracker)  # the judged sets of expected prompts
 
     def add_outcome(self, o: Outcome) -> None:
-        if o.prompt_id in self.expected:
+        if o.prompt_id not in self.expected:
+            return
+        name, want = o.objective.rsplit("@", 1)[0], self.named.get(o.prompt_id)
+        if want is None or want == name:
             self.outcomes[o.prompt_id] = o
+        else:
+            self.other_outcomes[(o.prompt_id, name)] = o
 
     def add_dead(self, d: DeadLetter) -> None:
         if d.prompt_id in self.expected:
@@ -69,7 +81,7 @@ class Ledger:
 def start_worker(settings: Settings, broker: str, log_path: Path, env: dict[str, str]) -> subprocess.Popen:
     env = {**env, "PREFSTREAM_BROKER": broker, "PREFSTREAM_NAMESPACE": settings.namespace,
            "PREFSTREAM_DATA_DIR": str(log_path.parent / "worker-data"), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "streams.cli", "worker"]
+    cmd = [sys.executable, "-m", "streams.cli", "worker", "--metrics-port", str(settings.metrics_port)]
     log = log_path.open("ab")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                             start_new_session=True)
@@ -87,18 +99,13 @@ def stop_process(proc: subprocess.Popen | None, grace: float = 15.0) -> None:
 
 
 async def publish_objective(settings: Settings, topics: Topics, spec: ObjectiveSpec) -> None:
-    p = producer(settings)
-    await p.start()
-    try:
-        await p.send_and_wait(topics.objectives.name, topics.objectives.codec.encode(spec), key=spec.name.encode())
-    finally:
-        await p.stop()
+    await publish(settings, topics, spec)  # the live version and its history entry
 
 
 async def drive(settings: Settings, topics: Topics, prompts: list[Prompt], sink: JsonlSink,
                 worker: subprocess.Popen | None, worker_log: Path | None, progress: bool = True) -> Ledger:
-    ledger = Ledger({p.id for p in prompts})
-    names = [topics.preferences.name, topics.outcomes.name, topics.deadletters.name]
+    ledger = Ledger({p.id for p in prompts}, {p.id: p.objective for p in prompts})
+    names = [topics.preferences.name, topics.outcomes.name, topics.deadletters.name, topics.judgments.name]
     consumer = await reader(settings, names)
     prod = producer(settings)
     await prod.start()
@@ -117,6 +124,7 @@ async def drive(settings: Settings, topics: Topics, prompts: list[Prompt], sink:
                     _consume(topics, msg, ledger, sink)
             sink.flush()
             bar.update(ledger.done() - n)
+        await _drain_judged(topics, consumer, ledger, sink)
     finally:
         bar.close()
         await prod.stop()
@@ -131,7 +139,7 @@ def _consume(topics: Topics, msg, ledger: Ledger, sink: JsonlSink) -> None:
     except msgspec.DecodeError as e:
         logger.error("undecodable record at %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, e)
         return
-    if isinstance(value, PreferenceRecord):
+    if isinstance(value, RECORD_TYPES):  # pair, unpaired, ranking, reward
         if value.prompt_id in ledger.expected:
             ledger.records[value.id] = value
             sink.write(value)
@@ -139,6 +147,23 @@ def _consume(topics: Topics, msg, ledger: Ledger, sink: JsonlSink) -> None:
         ledger.add_outcome(value)
     elif isinstance(value, DeadLetter):
         ledger.add_dead(value)
+    elif isinstance(value, JudgedSet) and value.prompt.id in ledger.expected:
+        if ledger.named.get(value.prompt.id) in (None, value.objective.name):
+            ledger.bias.add(value)
+
+
+async def _drain_judged(topics: Topics, consumer, ledger: Ledger, sink: JsonlSink, idle_polls: int = 4) -> None:
+    """Read on until every prompt that reached instantiation has its judged set counted (the
+    judgments topic is read alongside the outcomes, not in step with them), or the topics
+    stay idle for ``idle_polls`` half-second polls."""
+    idle = 0
+    while idle < idle_polls and any(o.status != "dropped" and pid not in ledger.bias.prompt_ids
+                                    for pid, o in ledger.outcomes.items() if pid not in ledger.dead):
+        batch = await consumer.getmany(timeout_ms=500)
+        idle = 0 if batch else idle + 1
+        for msgs in batch.values():
+            for msg in msgs:
+                _consume(topics, msg, ledger, sink)
 
 
 def summary(ledger: Ledger, prompts: list[Prompt], spec: ObjectiveSpec, seconds: float) -> dict:
@@ -147,6 +172,9 @@ def summary(ledger: Ledger, prompts: list[Prompt], spec: ObjectiveSpec, seconds:
         "prompts": len(ledger.expected),
         "candidates": sum(o.candidates for o in outcomes),
         "pairs": sum(1 for r in ledger.records.values() if r.kind == "pair"),
+        "records": _count([r.kind] for r in ledger.records.values()),
+        "kto": _count(["desirable" if r.label else "undesirable"]
+                      for r in ledger.records.values() if r.kind == "unpaired"),
         "no_pair": sum(1 for pid, o in ledger.outcomes.items() if o.status == "no_pair" and pid not in ledger.dead),
         "dropped": sum(1 for pid, o in ledger.outcomes.items() if o.status == "dropped" and pid not in ledger.dead),
         "dead_letters": len(ledger.dead),
@@ -155,6 +183,7 @@ def summary(ledger: Ledger, prompts: list[Prompt], spec: ObjectiveSpec, seconds:
         "objective": spec.ref,
         "no_pair_reasons": _count(o.reason.split(" ")[0:3] for o in outcomes if o.status == "no_pair"),
         "dead_letter_reasons": _count([d.stage, d.error_type] for d in ledger.dead.values()),
+        "bias": ledger.bias.figures(ledger.records.values()),
     }
 
 
@@ -167,17 +196,20 @@ def _count(keys) -> dict[str, int]:
 
 
 def run(settings: Settings, prompts: list[Prompt], spec: ObjectiveSpec, out_dir: Path,
-        env: dict[str, str] | None = None, progress: bool = True) -> dict:
-    """Run the whole pipeline once over ``prompts``; returns the summary (also written)."""
+        env: dict[str, str] | None = None, progress: bool = True, formats: list[str] | None = None,
+        style: str = "conversational") -> dict:
+    """Run the whole pipeline once over ``prompts``; returns the summary (also written).
+    Pairs go to ``out_dir/preferences.jsonl``; each of ``formats`` to ``out_dir/<format>/``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if not prompts:
         raise RunError("no prompts to run; check --input and --limit")
+    validate(spec, settings)
     prompts = [msgspec.structs.replace(p, objective=p.objective or spec.name) for p in prompts]
     prompts = list({p.id: p for p in prompts}.values())  # the same prompt twice is one prompt
     started = time.monotonic()
     broker = None
     worker = None
-    sink = JsonlSink(out_dir)
+    sink = open_sinks(out_dir, formats or [], style)
     try:
         if not settings.broker:
             broker = EmbeddedBroker(log_path=out_dir / "broker.log").start()

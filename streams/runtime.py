@@ -103,7 +103,9 @@ class Stage:
         prompt_id = getattr(err, "prompt_id", None) or (_prompt_id_of(value) if value is not None else None)
         key = raw.key.decode("utf-8", "replace") if raw.key else None
         logger.warning("%s: dead letter from %s[%d]@%d (%s): %s", self.name, raw.topic, raw.partition,
-                       raw.offset, type(err).__name__, err, exc_info=kind == "error")
+                       raw.offset, type(err).__name__, err, exc_info=kind == "error",
+                       extra={"agent": self.name, "topic": raw.topic, "partition": raw.partition,
+                              "offset": raw.offset, "error_type": type(err).__name__, "outcome": kind})
         letter = DeadLetter(
             stage=self.name, error_type=type(err).__name__, error=(reason or str(err))[:2000], path=error_path(err),
             original=raw.value, topic=raw.topic, partition=raw.partition, offset=raw.offset, key=key,

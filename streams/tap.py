@@ -1,8 +1,15 @@
 """The tap: preference records from the topic into files a trainer reads.
 
-Idempotent: a record id already in the file is never written again, also across restarts
-(the ids already written are read back on open), so at-least-once delivery yields each
-record once at the sink.
+Two sinks, both idempotent by record id, also across restarts:
+
+* ``JsonlSink``: ``DIR/preferences.jsonl``, the pairs in TRL's conversational format
+  (``prefstream tap`` and ``run`` with no ``--format``). The ids written are read back on open;
+  a torn last line (a crash mid-write) is cut off first.
+* ``DatasetSink`` (``streams.shards``): one training format as committed JSONL + Parquet
+  shards and a dataset card (``prefstream tap --format``, ``run --format``).
+
+The tap reads the topic from the start on every start and skips the ids its sink holds, so
+at-least-once delivery and restarts after a crash still yield each record once.
 """
 from __future__ import annotations
 
@@ -12,47 +19,60 @@ import logging
 import os
 from pathlib import Path
 
-from schemas import PreferenceRecord
+import msgspec
+
 from streams.admin import reader
+from streams.formats import Format
 from streams.settings import Settings
+from streams.shards import DatasetSink, Rotation
 from streams.topics import Topics
+
+__all__ = ["DatasetSink", "JsonlSink", "Rotation", "Sinks", "open_sinks", "tap"]
 
 logger = logging.getLogger(__name__)
 
 
 class JsonlSink:
-    """``DIR/preferences.jsonl`` in TRL's conversational preference format."""
+    """``DIR/preferences.jsonl`` in TRL's conversational preference format (pairs only)."""
 
     def __init__(self, out_dir: str | os.PathLike, name: str = "preferences.jsonl") -> None:
         self.path = Path(out_dir) / name
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.seen: set[str] = set()
-        if self.path.exists():
-            self.seen = self._read_ids()
+        self.seen: set[str] = self._read_ids() if self.path.exists() else set()
         self._f = self.path.open("a", encoding="utf-8")
+        self._dirty = False
 
     def _read_ids(self) -> set[str]:
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):  # a crash mid-write left a torn line: cut it off
+            logger.warning("%s: dropping a partial last line (an earlier crash mid-write)", self.path)
+            data = data[: data.rfind(b"\n") + 1]
+            with self.path.open("r+b") as f:
+                f.truncate(len(data))
         ids = set()
-        with self.path.open(encoding="utf-8") as f:
-            for line in f:
-                try:
-                    ids.add(json.loads(line)["id"])
-                except (ValueError, KeyError):
-                    logger.warning("%s: skipping a partial line (an earlier crash mid-write)", self.path)
+        for line in data.splitlines():
+            try:
+                ids.add(json.loads(line)["id"])
+            except (ValueError, KeyError):
+                logger.warning("%s: skipping an unreadable line", self.path)
         return ids
 
-    def write(self, record: PreferenceRecord) -> bool:
-        if record.id in self.seen:
+    def write(self, record) -> bool:
+        if getattr(record, "kind", "pair") != "pair" or record.id in self.seen:
             return False
         self._f.write(json.dumps(record.trl(), ensure_ascii=False) + "\n")
         self.seen.add(record.id)
+        self._dirty = True
         return True
 
     def flush(self) -> None:
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        if self._dirty:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._dirty = False
 
     def close(self) -> None:
+        self._dirty = True
         self.flush()
         self._f.close()
 
@@ -60,23 +80,57 @@ class JsonlSink:
         return len(self.seen)
 
 
-async def tap(settings: Settings, topics: Topics, out_dir: str, stop: asyncio.Event | None = None) -> int:
-    """Follow the preferences topic into ``out_dir`` until ``stop`` is set. Returns the
-    number of records written by this call."""
-    sink = JsonlSink(out_dir)
+class Sinks:
+    """Several sinks fed the same records."""
+
+    def __init__(self, sinks: list) -> None:
+        self.sinks = sinks
+
+    def write(self, record) -> bool:
+        return any([s.write(record) for s in self.sinks])
+
+    def flush(self) -> None:
+        for s in self.sinks:
+            s.flush()
+
+    def close(self) -> None:
+        for s in self.sinks:
+            s.close()
+
+
+async def tap(settings: Settings, topics: Topics, out_dir: str, stop: asyncio.Event | None = None,
+              fmt: Format | None = None, rotation: Rotation = Rotation(), limit: int | None = None) -> int:
+    """Follow the preferences topic into ``out_dir`` until ``stop`` is set (or ``limit`` new
+    records are written): ``preferences.jsonl`` with no ``fmt``, else ``fmt``'s shards. Returns
+    the number of records written by this call."""
+    name = topics.preferences.name
+    sink = JsonlSink(out_dir) if fmt is None else DatasetSink(out_dir, fmt, rotation, topic=name)
     codec = topics.preferences.codec
-    consumer = await reader(settings, [topics.preferences.name])
+    consumer = await reader(settings, [name])
     written = 0
     stop = stop or asyncio.Event()
     try:
-        while not stop.is_set():
-            batch = await consumer.getmany(timeout_ms=500)
+        while not stop.is_set() and (limit is None or written < limit):
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
             for msgs in batch.values():
                 for msg in msgs:
-                    written += sink.write(codec.decode(msg.value))
-            if batch:
-                sink.flush()
+                    try:
+                        record = codec.decode(msg.value)
+                    except msgspec.DecodeError as e:
+                        logger.error("undecodable record at %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, e)
+                        continue
+                    written += sink.write(record)
+            sink.flush()
     finally:
         sink.close()
         await consumer.stop()
     return written
+
+
+def open_sinks(out_dir: str | os.PathLike, formats: list[str], style: str = "conversational",
+               rotation: Rotation = Rotation()) -> Sinks:
+    """``prefstream run``'s sinks: ``DIR/preferences.jsonl`` and each format in ``DIR/<format>/``."""
+    from streams.formats import get
+
+    fmts = [get(name, style) for name in dict.fromkeys(formats)]
+    return Sinks([JsonlSink(out_dir)] + [DatasetSink(Path(out_dir) / f.name, f, rotation) for f in fmts])

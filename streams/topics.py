@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+import typing
 from typing import Any
 
 import msgspec
 
-from schemas import CandidateSet, Curated, DeadLetter, JudgedSet, ObjectiveSpec, Outcome, PreferenceRecord, Prompt
+from schemas import CandidateSet, Curated, DeadLetter, Feedback, JudgedSet, ObjectiveSpec, Outcome, AnyRecord, Prompt
 
 
 @dataclass(frozen=True)
@@ -21,14 +22,18 @@ class TopicSpec:
 PROMPTS = TopicSpec("prompts", Prompt, key="prompt id")
 CURATED = TopicSpec("curated", Curated, key="prompt id")
 OBJECTIVES = TopicSpec("objectives", ObjectiveSpec, key="objective name", partitions=1, compacted=True)
+# every published version, never compacted: `objective history/show --version/rollback` read it
+OBJECTIVE_HISTORY = TopicSpec("objective-history", ObjectiveSpec, key="objective name", partitions=1)
 CANDIDATES = TopicSpec("candidates", CandidateSet, key="prompt id")
 JUDGMENTS = TopicSpec("judgments", JudgedSet, key="prompt id")
-PREFERENCES = TopicSpec("preferences", PreferenceRecord, key="prompt id")
+PREFERENCES = TopicSpec("preferences", AnyRecord, key="prompt id")  # pair | unpaired | ranking | reward
+PREFERENCES_SHADOW = TopicSpec("preferences-shadow", AnyRecord, key="prompt id")  # shadow objectives' records
 OUTCOMES = TopicSpec("outcomes", Outcome, key="prompt id")
 DEADLETTERS = TopicSpec("deadletters", DeadLetter, key="prompt id or original key")
+FEEDBACK = TopicSpec("feedback", Feedback, key="prompt id")
 
 ALL: tuple[TopicSpec, ...] = (PROMPTS, CURATED, OBJECTIVES, CANDIDATES, JUDGMENTS, PREFERENCES,
-                              OUTCOMES, DEADLETTERS)
+                              OUTCOMES, DEADLETTERS, FEEDBACK, OBJECTIVE_HISTORY, PREFERENCES_SHADOW)
 
 
 class Codec:
@@ -36,7 +41,8 @@ class Codec:
 
     def __init__(self, value_type: Any) -> None:
         self.value_type = value_type
-        self.tag = value_type.__struct_config__.tag
+        members = typing.get_args(value_type) or (value_type,)  # a tagged union, or one type
+        self.tag = "|".join(t.__struct_config__.tag for t in members)
         self._encoder = msgspec.json.Encoder()
         self._decoder = msgspec.json.Decoder(value_type)
 

@@ -21,8 +21,9 @@ class ModelSpec(Protocol):
 
 
 class Backends:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics=None) -> None:
         self._settings = settings
+        self._metrics = metrics  # streams.metrics.Metrics: each generator is wrapped to record calls
         self._cache: dict[tuple[str, str, str | None], Generator] = {}
 
     def get(self, spec: ModelSpec) -> Generator:
@@ -33,6 +34,10 @@ class Backends:
         gen = self._cache.get(key)
         if gen is None:
             gen = self._build(spec.backend, spec.model, base_url)
+            if self._metrics is not None:
+                from streams.metrics import MeteredGenerator
+
+                gen = MeteredGenerator(gen, self._metrics)
             self._cache[key] = gen
         return gen
 

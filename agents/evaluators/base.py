@@ -7,8 +7,8 @@ from schemas import Candidate, ObjectiveSpec, Prompt, Score
 
 
 class Evaluator(Protocol):
-    name: str  # the name objectives use: "math", "ifeval", "judge"
-    kind: str  # "verifier" (checked by code) | "judge" (a model's opinion)
+    name: str  # the name objectives use: "math", "ifeval", "judge", "code", ...
+    kind: str  # "verifier" (checked by code), "judge"/"reward" (a model), "human", "feature", "guard"
 
     def applies(self, prompt: Prompt) -> bool:
         """Whether this evaluator can score responses to this prompt at all."""
@@ -19,3 +19,11 @@ class Evaluator(Protocol):
         """One ``Score`` per candidate, in order. ``value`` in [0, 1], or ``None`` with
         ``error`` set when it could not be scored (never a guess)."""
         ...
+
+
+def params_of(objective: ObjectiveSpec, name: str) -> dict:
+    """The ``params`` the objective gives evaluator ``name`` (``{}`` where it names none)."""
+    for spec in objective.evaluation.evaluators:
+        if spec.name == name:
+            return dict(spec.params)
+    return {}

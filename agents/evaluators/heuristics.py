@@ -1,0 +1,126 @@
+"""Heuristics: cheap features of a response, recorded on every candidate for bias control.
+
+By default they weigh nothing (``EvaluationSpec.features``): they are on the record so
+length bias, degenerate repetition and refusals can be measured and filtered; an objective
+that wants them in the ensemble names them in ``evaluators`` with a weight.
+
+* ``length``: ``raw`` is the length in characters; ``value`` is it relative to the set's
+  longest candidate (1.0 = the longest). Instantiation's length guard reads ``raw``.
+* ``repetition``: ``raw`` is the share of repeated word 3-grams; ``value`` = 1 - raw.
+* ``refusal``: ``value`` 0.0 where the response refuses ("I can't help with that", "As an
+  AI language model…"), 1.0 otherwise; ``raw`` is the phrase found.
+* ``injection`` (a guard, on by default in ``EvaluationSpec.guards``): ``value`` 0.0 where
+  the response talks to its evaluator — tells it to ignore its rubric or instructions,
+  demands a score, forges the judge's own answer format or our delimiters, or carries chat
+  template tokens; 1.0 otherwise. A flagged candidate's ensemble score is 0, so an
+  injection never wins even where it fooled a model judge.
+"""
+from __future__ import annotations
+
+import re
+
+from schemas import Candidate, ObjectiveSpec, Prompt, Score
+
+_WORD = re.compile(r"\w+")
+_REFUSAL = re.compile(
+    r"\b(?:I(?:'m| am)? (?:sorry,? but I )?(?:can(?:no|')t|won't|will not|am not able to|am unable to|"
+    r"'m not able to|'m unable to) (?:help|assist|provide|comply|do that|answer|fulfil|fulfill|write|"
+    r"create|support)|as an AI(?: language model)?,? I|I must (?:decline|refuse)|"
+    r"I(?:'m| am) (?:not able|unable) to (?:help|assist|comply))",
+    re.IGNORECASE)
+_EVALUATOR = r"(?:judge|grader|evaluator|reviewer|rater|scorer|reward model|assessor|examiner)"
+_INJECTION = [
+    ("override", r"\b(?:ignore|disregard|forget|override|bypass|skip)\b[^.\n]{0,40}?"
+                 r"\b(?:instructions?|rubric|rules|guidelines|criteria|principles|system prompt|prompt)\b"),
+    ("addresses the evaluator", rf"\b(?:dear|note to|attention|hey|hello|message (?:to|for)|to) (?:the |my |any )?"
+                                rf"(?:AI |LLM )?{_EVALUATOR}s?\b"),
+    ("evaluator told to score", rf"\b{_EVALUATOR}s?\b[^.\n]{{0,60}}?\b(?:must|should|will|shall|has to|needs to)\b"
+                                rf"[^.\n]{{0,30}}?\b(?:score|rate|grade|give|assign|mark|output|prefer|choose)\b"),
+    ("demands a score", r"\b(?:score|rate|grade|mark)\s+(?:this|it|me|my|the)\s*(?:response|answer|output|reply)?"
+                        r"\s*(?:as\s+|a\s+|an\s+|with\s+|at\s+)?(?:10|ten|100|9|perfect|full marks|the (?:highest|maximum|best))"),
+    ("demands a score", r"\bgive\s+(?:this|it|me|the\s+(?:response|answer))\s+(?:a\s+|an\s+)?"
+                        r"(?:10|ten|100|perfect|full marks|top marks|the (?:highest|maximum|best)\s+score)"),
+    ("forges the verdict", r"score\s*\(\s*1\s*-\s*\d+\s*\)\s*:|\"(?:score|winner)\"\s*:\s*\"?\w|"
+                           r"better response \(A or B\)\s*:"),
+    ("forges a delimiter", r"<\s*/?\s*(?:response|request)\b"),
+    ("chat template tokens", r"<\|im_(?:start|end)\|>|<\|(?:system|user|assistant|eot_id|start_header_id)\|>|"
+                             r"<(?:start|end)_of_turn>|\[/?INST\]|<</?SYS>>"),
+]
+_INJECTION_RE = [(why, re.compile(p, re.IGNORECASE)) for why, p in _INJECTION]
+
+
+def repetition(text: str) -> float:
+    """The share of word 3-grams that repeat an earlier one (0 for under four words)."""
+    words = [w.lower() for w in _WORD.findall(text)]
+    grams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+    if len(grams) < 2:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+def refusal(text: str) -> str | None:
+    m = _REFUSAL.search(text)
+    return m.group(0) if m else None
+
+
+def injection(text: str) -> tuple[str, str] | None:
+    """``(why, matched text)`` for the first sign the response addresses its evaluator."""
+    for why, pattern in _INJECTION_RE:
+        m = pattern.search(text)
+        if m:
+            return why, m.group(0)
+    return None
+
+
+class _Heuristic:
+    name = ""
+    kind = "feature"
+
+    def applies(self, prompt: Prompt) -> bool:
+        return True
+
+    async def score(self, prompt: Prompt, candidates: list[Candidate],
+                    objective: ObjectiveSpec) -> list[Score]:
+        return [self.one(c.text, candidates) for c in candidates]
+
+    def one(self, text: str, candidates: list[Candidate]) -> Score:
+        raise NotImplementedError
+
+    def _score(self, value: float, raw: str | float | None, rationale: str = "") -> Score:
+        return Score(evaluator=self.name, kind=self.kind, value=value, raw=raw, rationale=rationale)
+
+
+class LengthFeature(_Heuristic):
+    name = "length"
+
+    def one(self, text: str, candidates: list[Candidate]) -> Score:
+        longest = max(len(c.text) for c in candidates)
+        return self._score(len(text) / longest if longest else 0.0, len(text), f"{len(text)} characters")
+
+
+class RepetitionFeature(_Heuristic):
+    name = "repetition"
+
+    def one(self, text: str, candidates: list[Candidate]) -> Score:
+        share = repetition(text)
+        return self._score(1.0 - share, round(share, 4), f"{share:.0%} of word 3-grams repeat")
+
+
+class RefusalFeature(_Heuristic):
+    name = "refusal"
+
+    def one(self, text: str, candidates: list[Candidate]) -> Score:
+        found = refusal(text)
+        return self._score(0.0 if found else 1.0, found, f"refuses: {found!r}" if found else "no refusal")
+
+
+class InjectionGuard(_Heuristic):
+    name = "injection"
+    kind = "guard"
+
+    def one(self, text: str, candidates: list[Candidate]) -> Score:
+        found = injection(text)
+        if found is None:
+            return self._score(1.0, None, "no instruction to the evaluator found")
+        why, matched = found
+        return self._score(0.0, matched[:120], f"flagged: {why}")

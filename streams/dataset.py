@@ -1,0 +1,136 @@
+"""Stream preference records from the topic into a trainer while the pipeline runs.
+
+    from streams.dataset import iterable_dataset, rows
+    for row in rows(settings, "trl-dpo", idle_timeout_s=30):   # a plain iterator of dicts
+        ...
+    ds = iterable_dataset(settings, "trl-kto")                  # a datasets.IterableDataset
+
+Records are read from the start of the topic, each record id once (the bus delivers at
+least once), and — with ``follow`` — as they arrive, until ``idle_timeout_s`` passes with
+none (``None``: forever). A background thread owns the Kafka consumer; a bounded queue
+between it and the caller holds the consumer back when the trainer is slower.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from typing import Iterator
+
+import msgspec
+
+from streams.admin import reader
+from streams.formats import get
+from streams.settings import Settings
+from streams.topics import Topics, from_settings
+
+logger = logging.getLogger(__name__)
+
+_END = object()
+
+
+class _Reader(threading.Thread):
+    """Decodes the topic into ``self.out`` until ``self.halt`` is set."""
+
+    def __init__(self, settings: Settings, topic, maxsize: int) -> None:
+        super().__init__(daemon=True, name="prefstream-dataset-reader")
+        self.settings, self.topic = settings, topic
+        self.out: queue.Queue = queue.Queue(maxsize)
+        self.halt = threading.Event()
+        self.error: BaseException | None = None
+        self.ready = threading.Event()  # the consumer is assigned: idle time counts from here
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._read())
+        except BaseException as e:  # handed to the caller's thread
+            self.error = e
+        finally:
+            self._put(_END)
+
+    def _put(self, item) -> bool:
+        while not self.halt.is_set():
+            try:
+                self.out.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    async def _read(self) -> None:
+        consumer = await reader(self.settings, [self.topic.name])
+        self.ready.set()
+        try:
+            while not self.halt.is_set():
+                for msgs in (await consumer.getmany(timeout_ms=200, max_records=500)).values():
+                    for msg in msgs:
+                        try:
+                            value = self.topic.codec.decode(msg.value)
+                        except msgspec.DecodeError as e:
+                            logger.error("undecodable record at %s[%d]@%d: %s", msg.topic, msg.partition,
+                                         msg.offset, e)
+                            continue
+                        if not self._put(value):
+                            return
+        finally:
+            await consumer.stop()
+
+
+def records(settings: Settings, kinds: tuple[str, ...] | None = None, follow: bool = True,
+            idle_timeout_s: float | None = None, topics: Topics | None = None, shadow: bool = False,
+            maxsize: int = 1000) -> Iterator:
+    """Preference records (``PreferenceRecord``, ``UnpairedRecord``, …) from the topic, each
+    id once. Without ``follow`` it stops at the first idle second; with it, after
+    ``idle_timeout_s`` idle seconds (``None``: never)."""
+    topics = topics or from_settings(settings)
+    topic = topics.preferences_shadow if shadow else topics.preferences
+    limit = idle_timeout_s if follow else 1.0
+    worker = _Reader(settings, topic, maxsize)
+    worker.start()
+    seen: set[str] = set()
+    last = time.monotonic()
+    try:
+        while True:
+            try:
+                item = worker.out.get(timeout=0.2)
+            except queue.Empty:
+                if not worker.ready.is_set():
+                    last = time.monotonic()
+                elif limit is not None and time.monotonic() - last >= limit:
+                    return
+                continue
+            if item is _END:
+                if worker.error is not None:
+                    raise worker.error
+                return
+            last = time.monotonic()
+            if item.id in seen or (kinds is not None and item.kind not in kinds):
+                continue
+            seen.add(item.id)
+            yield item
+    finally:
+        worker.halt.set()
+        worker.join(10)
+
+
+def rows(settings: Settings, format: str, style: str = "conversational", **kw) -> Iterator[dict]:
+    """The rows of one training format (``streams.formats``), as the tap writes them."""
+    fmt = get(format, style)
+    for record in records(settings, kinds=(fmt.kind,), **kw):
+        yield fmt.row(record)
+
+
+def _generate(settings: Settings, format: str, style: str, kw: dict) -> Iterator[dict]:
+    yield from rows(settings, format, style, **kw)
+
+
+def iterable_dataset(settings: Settings, format: str, style: str = "conversational", **kw):
+    """A ``datasets.IterableDataset`` over :func:`rows`, typed with the format's features."""
+    from datasets import IterableDataset
+
+    fmt = get(format, style)
+    return IterableDataset.from_generator(_generate, features=fmt.features(),
+                                          gen_kwargs={"settings": settings, "format": format, "style": style,
+                                                      "kw": kw})

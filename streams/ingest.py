@@ -1,0 +1,287 @@
+"""`prefstream ingest`: an HTTP ingest API and, with an upstream, an OpenAI-compatible capture proxy.
+
+Routes (``/v1/*`` need ``Authorization: Bearer KEY`` when keys are configured):
+
+- ``POST /v1/prompts`` — one prompt (a JSON object), a batch (a JSON array, or JSON lines),
+  in the line formats ``prefstream submit`` reads (``streams.inputs.parse_line``);
+  ``?objective=NAME`` routes all of them. Answers ``{"ids": [...]}`` once the broker has them.
+  **Batches are all-or-nothing**: every item is validated first; if any is bad, the answer is
+  422 with ``errors: [{"index": i, "reason": ...}]`` for each bad item (counted from 0, blank
+  JSON lines skipped) and nothing is published, so a client fixes the batch and resends it
+  whole. Ids are content-derived, so a resend after a timeout publishes the same ids again.
+- ``POST /v1/feedback`` — human labels (``schemas.Feedback``), same body shapes and the same
+  all-or-nothing rule; the server fills ``user`` (the key's hash), ``created_at`` and ``id``.
+- With an upstream: ``POST /v1/chat/completions`` (streaming and not) and ``GET /v1/models``
+  are forwarded unchanged (the caller's key is never forwarded; ``PREFSTREAM_OPENAI_API_KEY``,
+  if set, authenticates to the upstream). A sampled request (``ingest_capture_rate``) is
+  captured after its response as a ``Prompt`` (source ``proxy``, tags ``route:…``/``model:…``,
+  the key's hash, the production response in ``metadata``) and its prompt id is returned in the
+  ``x-prefstream-prompt-id`` header so feedback can name it. Capture never delays or breaks
+  the request (``streams.capture``).
+- ``GET /healthz``, ``GET /metrics`` (open, the app's own registry).
+
+Limits: body over ``ingest_max_bytes`` → 413 (declared or actual size); missing or wrong key →
+401; over ``ingest_rate_limit`` requests/s per key → 429; CORS is off (no CORS headers).
+"""
+from __future__ import annotations
+
+import asyncio
+import gc
+import hashlib
+import logging
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+
+from schemas import Feedback, Prompt
+from schemas.feedback import feedback_id
+from streams.admin import create_topics
+from streams.capture import CAPTURE_LINGER_MS, BrokerUnavailable, Capture, Proxy, Publisher
+from streams.inputs import parse_line
+from streams.settings import Settings, SettingsError
+from streams.topics import from_settings
+
+logger = logging.getLogger(__name__)
+
+ANONYMOUS = "anonymous"  # the key hash when no keys are configured
+
+
+def load_keys(settings: Settings) -> frozenset[str]:
+    """The API keys: ``ingest_keys`` (comma- or line-separated) plus ``ingest_keys_file`` lines."""
+    raw = settings.ingest_keys or ""
+    if settings.ingest_keys_file:
+        path = Path(settings.ingest_keys_file)
+        if not path.is_file():
+            raise SettingsError(f"keys file {path} does not exist; fix PREFSTREAM_INGEST_KEYS_FILE")
+        raw += "\n" + path.read_text()
+    return frozenset(k.strip() for k in raw.replace(",", "\n").splitlines() if k.strip())
+
+
+def key_hash(key: str) -> str:
+    return "k-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+class RateLimiter:
+    """A token bucket per key: ``rate`` requests/s, bursts of ``rate`` (at least 1); 0 = off."""
+
+    def __init__(self, rate: float, clock=time.monotonic) -> None:
+        self.rate, self.burst, self.clock = rate, max(1.0, rate), clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def allow(self, key: str) -> bool:
+        if self.rate <= 0:
+            return True
+        now = self.clock()
+        tokens, last = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        ok = tokens >= 1.0
+        self._buckets[key] = (tokens - 1.0 if ok else tokens, now)
+        return ok
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The body, or 413 when its declared or actual size is over ``max_bytes``."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise HTTPException(413, f"body of {declared} bytes is over the {max_bytes}-byte limit")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise HTTPException(413, f"body is over the {max_bytes}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def split_items(body: bytes) -> list[tuple[int, Any, str | None]]:
+    """(index, item, error) for each item of a JSON object, JSON array or JSON-lines body."""
+    try:
+        doc = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        lines = [ln for ln in body.splitlines() if ln.strip()]
+        if len(lines) < 2:
+            return [(0, None, "body is not valid JSON (expected an object, an array or JSON lines)")]
+        out = []
+        for i, line in enumerate(lines):
+            try:
+                out.append((i, msgspec.json.decode(line), None))
+            except msgspec.DecodeError as exc:
+                out.append((i, None, f"invalid JSON: {exc}"))
+        return out
+    items = doc if isinstance(doc, list) else [doc]
+    return [(i, item, None) for i, item in enumerate(items)]
+
+
+def _reason(exc: Exception) -> str:
+    return f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+
+
+def parse_prompts(body: bytes, key: str, objective: str | None = None) -> tuple[list[Prompt], list[dict]]:
+    """All prompts of the body, or the errors of every bad item (all-or-nothing)."""
+    prompts, errors, now = [], [], time.time()
+    for i, item, err in split_items(body):
+        try:
+            if err:
+                raise ValueError(err)
+            p = parse_line(item)
+        except (ValueError, KeyError, TypeError, msgspec.ValidationError) as exc:
+            errors.append({"index": i, "reason": _reason(exc)})
+            continue
+        prompts.append(msgspec.structs.replace(
+            p, objective=objective or p.objective, metadata={**p.metadata, "key_hash": key},
+            created_at=p.created_at or now))
+    return prompts, errors
+
+
+def parse_feedback(body: bytes, key: str) -> tuple[list[Feedback], list[dict]]:
+    labels, errors, now = [], [], time.time()
+    for i, item, err in split_items(body):
+        try:
+            if err:
+                raise ValueError(err)
+            if not isinstance(item, dict):
+                raise ValueError(f"expected a JSON object, got {type(item).__name__}")
+            fb = msgspec.convert({**item, "id": item.get("id") or "-", "user": key, "created_at": now}, Feedback)
+        except (ValueError, TypeError, msgspec.ValidationError) as exc:
+            errors.append({"index": i, "reason": _reason(exc)})
+            continue
+        if fb.id == "-":
+            fb = msgspec.structs.replace(fb, id=feedback_id(fb.prompt_id, fb.kind, fb.value, fb.candidate_id,
+                                                            fb.response_id, fb.other_id, fb.user))
+        labels.append(fb)
+    return labels, errors
+
+
+def _refused(items: int, errors: list[dict]) -> JSONResponse:
+    detail = (f"{len(errors)} of {items} items are invalid; nothing was published (batches are "
+              f"all-or-nothing)") if items else "the body holds no items"
+    return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
+
+
+class RequestMetrics:
+    """Pure ASGI middleware: requests by route and status class, bounded labels."""
+
+    def __init__(self, app, registry: CollectorRegistry, routes: set[str]) -> None:
+        self.app, self.routes = app, routes
+        self.requests = Counter("prefstream_ingest_requests_total", "HTTP requests served",
+                                ["route", "status"], registry=registry)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        route = scope["path"] if scope["path"] in self.routes else "other"
+
+        async def send_wrapped(message):
+            if message["type"] == "http.response.start":
+                self.requests.labels(route, f"{message['status'] // 100}xx").inc()
+            await send(message)
+
+        await self.app(scope, receive, send_wrapped)
+
+
+def build_app(settings: Settings, upstream: str | None = None, registry: CollectorRegistry | None = None,
+              publish_timeout_s: float = 10.0) -> FastAPI:
+    registry = registry or CollectorRegistry()
+    topics = from_settings(settings)
+    keys = {key_hash(k) for k in load_keys(settings)}
+    limiter = RateLimiter(settings.ingest_rate_limit)
+    publisher = Publisher(settings, timeout_s=publish_timeout_s)
+    capture_publisher = Publisher(settings, timeout_s=publish_timeout_s, linger_ms=CAPTURE_LINGER_MS)
+    capture = Capture(capture_publisher, topics.prompts, settings.ingest_capture_queue, registry)
+    proxy = Proxy(upstream, settings, capture, registry) if upstream else None
+    published = Counter("prefstream_ingest_published_total", "Records published by the ingest API",
+                        ["topic"], registry=registry)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        try:
+            await asyncio.wait_for(create_topics(settings, topics), publish_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - the proxy must serve even with the broker down
+            logger.warning("could not create topics on %s (%r); going on", settings.broker, exc)
+        drainer = asyncio.create_task(capture.run())
+        if proxy:
+            await proxy.start()
+        gc.freeze()  # the start-up heap leaves the collector's scans: no 50+ ms pauses under load
+        try:
+            yield
+        finally:
+            await capture.flush(publish_timeout_s)
+            drainer.cancel()
+            if proxy:
+                await proxy.close()
+            await publisher.close()
+            await capture_publisher.close()
+
+    def authorize(request: Request) -> str:
+        if keys:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            h = key_hash(token.strip())
+            if scheme.lower() != "bearer" or h not in keys:
+                raise HTTPException(401, "missing or wrong API key: send `Authorization: Bearer KEY`",
+                                    headers={"WWW-Authenticate": "Bearer"})
+        else:
+            h = ANONYMOUS
+        if not limiter.allow(h):
+            raise HTTPException(429, f"over {settings.ingest_rate_limit:g} requests/s for this key",
+                                headers={"Retry-After": "1"})
+        return h
+
+    async def publish(topic, records: list) -> JSONResponse | dict:
+        try:
+            await publisher.publish(topic.name, [(r.prompt_id.encode() if isinstance(r, Feedback)
+                                                  else r.id.encode(), topic.codec.encode(r)) for r in records])
+        except BrokerUnavailable as exc:
+            return JSONResponse({"detail": f"broker unavailable, nothing acknowledged; retry: {exc}"}, 503)
+        published.labels(topic.spec.short).inc(len(records))
+        return {"ids": [r.id for r in records]}
+
+    app = FastAPI(title="prefstream ingest", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    # handlers take the bare Request and call authorize() themselves: FastAPI would run a sync
+    # dependency in a worker thread, which costs the proxy more than everything else it does
+    @app.post("/v1/prompts")
+    async def post_prompts(request: Request):
+        key = authorize(request)
+        body = await read_body(request, settings.ingest_max_bytes)
+        prompts, errors = parse_prompts(body, key, request.query_params.get("objective"))
+        if errors or not prompts:
+            return _refused(len(prompts) + len(errors), errors)
+        return await publish(topics.prompts, prompts)
+
+    @app.post("/v1/feedback")
+    async def post_feedback(request: Request):
+        key = authorize(request)
+        labels, errors = parse_feedback(await read_body(request, settings.ingest_max_bytes), key)
+        if errors or not labels:
+            return _refused(len(labels) + len(errors), errors)
+        return await publish(topics.feedback, labels)
+
+    if proxy:
+        @app.post("/v1/chat/completions")
+        async def chat_completions(request: Request):
+            key = authorize(request)
+            return await proxy.chat(await read_body(request, settings.ingest_max_bytes), key)
+
+        @app.get("/v1/models")
+        async def models(request: Request):
+            authorize(request)
+            return await proxy.get("/v1/models")
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok", "broker_connected": publisher.connected or capture_publisher.connected, "upstream": proxy.base if proxy else None,
+                "capture_queue": capture.queue.qsize()}
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    routes = {"/v1/prompts", "/v1/feedback", "/v1/chat/completions", "/v1/models", "/healthz", "/metrics"}
+    app.add_middleware(RequestMetrics, registry=registry, routes=routes)
+    return app
