@@ -2,6 +2,9 @@
 
 prompts ──▶ [curate] ──▶ curated (one message per objective the prompt is routed to)
 
+Personal data and secrets (e-mail, phone, card, IBAN, IP, API keys) are replaced by typed
+placeholders before any model sees the prompt, as each objective's ``curation.pii`` asks.
+
 A prompt goes to the objective it names (or the default objective when it names none and
 no active objective's routing takes it) and to every objective whose routing (tags,
 sources, a sampled fraction of prompt ids) takes it: shadow objectives included.
@@ -11,8 +14,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import Counter
 from typing import Mapping
 
+import msgspec
+from prometheus_client import Counter as Counter_
+
+from agents.pii import scrub
 from schemas import Curated, ObjectiveSpec, Prompt
 from streams.runtime import Emit, Rejected
 
@@ -85,12 +93,37 @@ def route(prompt: Prompt, objectives: Mapping[str, ObjectiveSpec], default: str)
     return out
 
 
+def scrub_prompt(prompt: Prompt, kinds: list[str]) -> tuple[Prompt, dict[str, int]]:
+    """The prompt with personal data and secrets replaced in every message (and in a
+    captured production response), and the counts per kind."""
+    if not kinds:
+        return prompt, {}
+    total: Counter = Counter()
+    messages = []
+    for m in prompt.messages:
+        text, found = scrub(m.content or "", kinds)
+        total += found
+        messages.append(msgspec.structs.replace(m, content=text) if found else m)
+    meta = prompt.metadata
+    if isinstance(meta.get("production_response"), str):
+        text, found = scrub(meta["production_response"], kinds)
+        total += found
+        meta = {**meta, "production_response": text}
+    if not total:
+        return prompt, {}
+    return msgspec.structs.replace(prompt, messages=messages, metadata=meta), dict(total)
+
+
 def process(prompt: Prompt, objectives: Mapping[str, ObjectiveSpec], default: str) -> list[Emit]:
-    """One ``Curated`` per objective the prompt goes to, each carrying the spec live now."""
+    """One ``Curated`` per objective the prompt goes to, each carrying the spec live now and
+    the prompt scrubbed as that objective asks."""
     validate(prompt)
     now = time.time()
-    return [Emit("curated", prompt.id, Curated(prompt=prompt, objective=spec, curated_at=now))
-            for spec in route(prompt, objectives, default)]
+    out = []
+    for spec in route(prompt, objectives, default):
+        clean, counts = scrub_prompt(prompt, list(spec.curation.pii))
+        out.append(Emit("curated", prompt.id, Curated(prompt=clean, objective=spec, curated_at=now, scrubbed=counts)))
+    return out
 
 
 def bind(app, ctx) -> None:
@@ -103,6 +136,12 @@ def bind(app, ctx) -> None:
         name = named(prompt, registry.specs, default)
         if name is not None and name not in registry.specs:
             await registry.wait_for(name, ctx.settings.objective_wait_s)
-        return process(prompt, registry.specs, default)
+        emits = process(prompt, registry.specs, default)
+        for e in emits:
+            for kind, n in e.value.scrubbed.items():
+                scrubbed.labels(kind).inc(n)
+        return emits
 
+    scrubbed = Counter_("prefstream_pii_scrubbed_total", "Personal data and secrets replaced in prompts",
+                        ["kind"], registry=ctx.metrics.registry)
     ctx.agent(app, "curate", ctx.topics.prompts, handler)

@@ -5,6 +5,7 @@ from schemas.deadletters import DeadLetter
 from schemas.feedback import Feedback
 from schemas.judgments import Judged, JudgedSet, Score
 from schemas.objectives import (
+    CurationSpec,
     EvaluationSpec,
     EvaluatorSpec,
     FewShot,
@@ -19,7 +20,7 @@ from schemas.preferences import (RECORD_TYPES, AnyRecord, Outcome, PreferenceRec
 from schemas.prompts import Curated, Message, Prompt, Verification, prompt_id
 
 __all__ = [
-    "Candidate", "CandidateSet", "Curated", "DeadLetter", "EvaluationSpec", "EvaluatorSpec",
+    "Candidate", "CandidateSet", "CurationSpec", "Curated", "DeadLetter", "EvaluationSpec", "EvaluatorSpec",
     "Feedback",
     "FewShot", "GeneratorSpec", "InstantiationSpec", "Judged", "JudgedSet", "JudgeSpec",
     "Message", "ObjectiveSpec", "Outcome", "PreferenceRecord", "Prompt", "Sampling", "Score",

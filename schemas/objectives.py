@@ -147,6 +147,14 @@ class RoutingSpec(Part, kw_only=True, omit_defaults=False):
     fraction: float | None = None
 
 
+class CurationSpec(Part, kw_only=True, omit_defaults=False):
+    """What curate does to a prompt before any model sees it. ``pii``: the kinds of personal
+    data and secrets replaced by typed placeholders (an empty list turns scrubbing off)."""
+
+    pii: list[Literal["email", "phone", "card", "iban", "ip", "secret"]] = msgspec.field(
+        default_factory=lambda: ["email", "phone", "card", "iban", "ip", "secret"])
+
+
 class ObjectiveSpec(Wire, tag="objective.v1", kw_only=True, omit_defaults=False):
     name: str
     version: int = 1
@@ -156,6 +164,7 @@ class ObjectiveSpec(Wire, tag="objective.v1", kw_only=True, omit_defaults=False)
     instantiation: InstantiationSpec = InstantiationSpec()
     status: Literal["active", "shadow", "retired"] = "active"
     routing: RoutingSpec = RoutingSpec()
+    curation: CurationSpec = CurationSpec()
 
     @property
     def ref(self) -> str:

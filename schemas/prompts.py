@@ -64,4 +64,5 @@ class Curated(Wire, tag="curated.v1", kw_only=True):
     prompt: Prompt
     objective: ObjectiveSpec
     curated_at: float = 0.0
+    scrubbed: dict[str, int] = {}  # PII and secrets replaced, per kind
 

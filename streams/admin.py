@@ -8,6 +8,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from streams.security import kafka_options
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -17,7 +18,7 @@ logger = logging.getLogger(__name__)
 async def create_topics(settings: Settings, topics: Topics) -> list[str]:
     """Create every topic explicitly with its partition count (auto-created topics get the
     broker's default). Existing topics are left as they are. Returns the names created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.brokers, client_id="prefstream-admin")
+    admin = AIOKafkaAdminClient(client_id="prefstream-admin", **kafka_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -38,7 +39,7 @@ async def create_topics(settings: Settings, topics: Topics) -> list[str]:
 
 def producer(settings: Settings, **kw) -> AIOKafkaProducer:
     return AIOKafkaProducer(
-        bootstrap_servers=settings.brokers,
+        **kafka_options(settings),
         enable_idempotence=settings.enable_idempotence,
         linger_ms=settings.producer_linger_ms,
         acks="all",
@@ -49,7 +50,7 @@ def producer(settings: Settings, **kw) -> AIOKafkaProducer:
 async def reader(settings: Settings, topic_names: list[str]) -> AIOKafkaConsumer:
     """A group-less consumer assigned every partition of the topics, from the beginning.
     Used by the run driver, the objectives registry and `tap`-like readers."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.brokers, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**kafka_options(settings), enable_auto_commit=False,
                                 auto_offset_reset="earliest", group_id=None)
     await consumer.start()
     tps = []

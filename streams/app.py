@@ -12,6 +12,7 @@ from streams.broker import free_port
 from streams.metrics import Metrics
 from streams.objectives import ObjectiveRegistry
 from streams.runtime import Raw, Stage
+from streams.security import faust_credentials
 from streams.settings import Settings
 from streams.topics import Topic, Topics, from_settings
 
@@ -64,6 +65,7 @@ def build_app(settings: Settings, agents: tuple[str, ...] = AGENTS) -> faust.App
     app = faust.App(
         settings.group,
         broker=settings.faust_broker,
+        broker_credentials=faust_credentials(settings),
         key_serializer="raw",
         value_serializer="raw",
         datadir=str(data_dir / "faust"),

@@ -30,6 +30,15 @@ class Settings:
     enable_idempotence: bool = False  # on for Apache Kafka; Tansu's InitProducerId fails
     session_timeout_s: float = 10.0  # Tansu's first join waits half of this
     producer_linger_ms: int = 5
+    # cluster security (Apache Kafka); secrets come from the environment or *_FILE files
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    sasl_mechanism: str | None = None  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_keyfile_password: str | None = field(default=None, repr=False)
     # models
     model_path: str | None = None  # GGUF for the llamacpp backend; None = bundled Gemma 3 270M
     llamacpp_threads: int = 1
@@ -128,7 +137,10 @@ def load(env: Mapping[str, str] | None = None, config_file: str | os.PathLike | 
             values[name] = raw
         secret_file = env.get(PREFIX + name.upper() + "_FILE")
         if secret_file and not f.repr:
-            values[name] = Path(secret_file).read_text().strip()
+            try:
+                values[name] = Path(secret_file).read_text().strip()
+            except OSError as exc:
+                raise SettingsError(f"{PREFIX}{name.upper()}_FILE={secret_file}: cannot read it ({exc.strerror})") from None
     values.update({k: v for k, v in overrides.items() if v is not None})
     typed = {k: _coerce(k, str(known[k].type), v) for k, v in values.items()}
     return Settings(**typed)

@@ -1,3 +1,4 @@
+import msgspec
 import pytest
 
 from agents import curate
@@ -31,3 +32,18 @@ def test_refusals_carry_reason_and_prompt_id(prompt, reason):
     with pytest.raises(Rejected, match=reason) as err:
         curate.process(prompt, OBJ, "default")
     assert err.value.prompt_id == "p1"
+
+
+def test_pii_is_scrubbed_per_objective_before_any_model_sees_it():
+    from schemas import CurationSpec
+
+    objs = {"default": ObjectiveSpec(name="default"),
+            "raw": ObjectiveSpec(name="raw", curation=CurationSpec(pii=[]))}
+    p = P(messages=[Message(role="user", content="I am jane@corp.io, card 4111 1111 1111 1111. Help?")],
+          metadata={"production_response": "Sure jane@corp.io"})
+    [e] = curate.process(p, objs, "default")
+    assert e.value.prompt.messages[0].content == "I am [EMAIL], card [CARD]. Help?"
+    assert e.value.prompt.metadata["production_response"] == "Sure [EMAIL]"
+    assert e.value.scrubbed == {"email": 2, "card": 1}
+    [raw] = curate.process(msgspec.structs.replace(p, objective="raw"), objs, "default")
+    assert "jane@corp.io" in raw.value.prompt.messages[0].content and raw.value.scrubbed == {}

@@ -1,0 +1,131 @@
+"""PII and secret scrubbing on a corpus built here: true positives of every kind and
+look-alike negatives (non-Luhn card numbers, bad IBAN checksums, versions, dates, hashes…).
+Prints precision and recall; both must stay high."""
+from __future__ import annotations
+
+import random
+import string
+
+from agents.pii import luhn, scrub
+
+R = random.Random(20261127)
+
+
+def card(prefix: str, length: int) -> str:
+    body = prefix + "".join(R.choice(string.digits) for _ in range(length - len(prefix) - 1))
+    check = next(d for d in string.digits if luhn(body + d))
+    return body + check
+
+
+def iban(country: str, bban: str) -> str:
+    moved = bban + country + "00"
+    check = 98 - int("".join(str(int(c, 36)) for c in moved)) % 97
+    return f"{country}{check:02d}{bban}"
+
+
+def grouped(s: str, n: int = 4, sep: str = " ") -> str:
+    return sep.join(s[i:i + n] for i in range(0, len(s), n))
+
+
+def rand(chars: str, n: int) -> str:
+    return "".join(R.choice(chars) for _ in range(n))
+
+
+ALNUM = string.ascii_letters + string.digits
+
+
+def positives() -> list[tuple[str, str, str]]:
+    """(kind, value, sentence containing it)"""
+    out = []
+    for _ in range(20):
+        v = f"{rand(string.ascii_lowercase, 6)}.{rand(string.ascii_lowercase, 4)}@{R.choice(['example.com', 'mail.co.uk', 'corp.io'])}"
+        out.append(("email", v, f"Please reply to {v} by Friday."))
+    for fmt in ["+1 (555) {a}-{b}", "(555) {a}-{b}", "+44 20 {a} {b}", "555-{a}-{b}", "+49 30 {a}{b}", "+33612{a}{b}"]:
+        for _ in range(4):
+            v = fmt.format(a=rand(string.digits, 3 if "20 " not in fmt else 4), b=rand(string.digits, 4))
+            out.append(("phone", v, f"Call me on {v} tomorrow."))
+    for prefix, length in [("4", 16), ("51", 16), ("55", 16), ("34", 15), ("37", 15), ("6011", 16)]:
+        for sep in ["", " ", "-"]:
+            v = card(prefix, length)
+            v = grouped(v, 4, sep) if sep else v
+            out.append(("card", v, f"My card number is {v}, expiry 09/27."))
+    for country, n in [("DE", 18), ("GB", 18), ("FR", 23), ("NL", 14), ("ES", 20)]:
+        for spaced in (False, True):
+            bban = (rand(string.ascii_uppercase, 4) + rand(string.digits, n - 4)) if country in ("GB", "NL") else rand(string.digits, n)
+            v = iban(country, bban)
+            v = grouped(v) if spaced else v
+            out.append(("iban", v, f"Send it to IBAN {v} please."))
+    for _ in range(10):
+        v = ".".join(str(R.randint(1, 254)) for _ in range(4))
+        out.append(("ip", v, f"The server at {v} is down."))
+    for v in ["2001:db8::8a2e:370:7334", "fe80::1ff:fe23:4567:890a", "2001:0db8:85a3:0000:0000:8a2e:0370:7334"]:
+        out.append(("ip", v, f"Ping {v} first."))
+    secrets = ["sk-proj-" + rand(ALNUM, 40), "sk-" + rand(ALNUM, 48), "AKIA" + rand(string.ascii_uppercase + string.digits, 16),
+               "ghp_" + rand(ALNUM, 36), "xoxb-" + rand(string.digits, 12) + "-" + rand(ALNUM, 24),
+               "AIza" + rand(ALNUM, 35), "hf_" + rand(ALNUM, 34), "sk_live_" + rand(ALNUM, 24),
+               "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0." + rand(ALNUM, 43)]
+    secrets += [rand(ALNUM, 32) for _ in range(8)]  # generic high-entropy tokens
+    out += [("secret", v, f"export API_KEY={v} then run it") for v in secrets]
+    return out
+
+
+NEGATIVES = [
+    "Card-like but not Luhn: 4111 1111 1111 1112 and 1234 5678 9012 3456.",
+    "IBAN with a bad checksum: DE00 1234 5678 9012 3456 78.",
+    "GB00WEST12345698765432 is not a real account.",
+    "We upgraded from v2.10.3 to version 3.1.4 last week.",
+    "The meeting is on 2024-10-05 at 14:30:00 UTC.",
+    "Not an address: 300.1.2.3 or 256.256.256.256.",
+    "Revenue was $1,234,567.89 in 2023, up 12.5%.",
+    "ISBN 978-3-16-148410-0 is on page 42.",
+    "Commit 3f786850e387550fdab836ed7e6dc881de23001b fixed it.",
+    "The sha256 is 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08.",
+    "Use the UUID 123e4567-e89b-12d3-a456-426614174000 as the key.",
+    "internationalization-and-localization-guidelines are long words",
+    "Order number 20241005 shipped; tracking 1Z999 soon.",
+    "Solve 12 + 34 = 46 and 1/2 + 1/4 = 3/4.",
+    "Room 101, floor 3, building 7.",
+    "The year 1999 and the year 2000.",
+    "Python 3.11.7 with numpy 2.4.6 and torch 2.13.0.",
+    "The ratio 16:9 and the time 10:45.",
+    "Coordinates 51.5074, -0.1278 mark London.",
+    "A user@ sign alone, or an @mention like @alice, is not an e-mail.",
+    "Temperature dropped to -12 C at 06:00.",
+    "Chapter 12.3.4 covers it; see section 4.5.",
+    "He scored 98 out of 100 on 3 tests.",
+    "The function getUserAccountBalance returns a float.",
+    "CONSTANT_NAME_FOR_MAXIMUM_RETRY_COUNT is set to 5.",
+    "Lot 12-345-678 was recalled.",
+    "The answer is 1,200 apples and 350 oranges.",
+    "MAC address 00:1A:2B:3C:4D:5E belongs to the router.",
+    "Serial ABCD-EFGH-IJKL-MNOP printed on the box.",
+    "Flight LH 400 departs at 13:05 from gate B12.",
+]
+
+
+def test_scrubbing_precision_and_recall():
+    pos = positives()
+    tp = fn = 0
+    for kind, value, sentence in pos:
+        out, found = scrub(sentence)
+        hit = value not in out and found[kind] >= 1
+        tp += hit
+        fn += not hit
+    fp = sum(1 for s in NEGATIVES if sum(scrub(s)[1].values()) > 0)
+    precision = tp / (tp + fp)
+    recall = tp / (tp + fn)
+    print(f"\nPII scrubbing: {len(pos)} positives, {len(NEGATIVES)} look-alike negatives, "
+          f"precision {precision:.3f}, recall {recall:.3f} (fp={fp}, fn={fn})")
+    misses = [(k, v) for k, v, s in pos if v in scrub(s)[0]]
+    false = [s for s in NEGATIVES if sum(scrub(s)[1].values())]
+    assert recall >= 0.95, misses
+    assert precision >= 0.95, false
+
+
+def test_placeholders_are_typed_and_kinds_configurable():
+    text = "Mail a@b.com, call +1 (555) 123-4567, card 4111111111111111, host 10.0.0.1"
+    out, found = scrub(text)
+    assert out == "Mail [EMAIL], call [PHONE], card [CARD], host [IP]"
+    assert dict(found) == {"email": 1, "phone": 1, "card": 1, "ip": 1}
+    out, found = scrub(text, kinds=["email"])
+    assert out.startswith("Mail [EMAIL], call +1 (555) 123-4567") and dict(found) == {"email": 1}
