@@ -340,7 +340,7 @@ def test_pipeline_output_trains_dpo_and_kto_steps(settings, tmp_path, monkeypatc
     for row in dpo:
         answer = {"one": "1", "two": "2", "three": "3"}[row["prompt"][0]["content"].split()[-1].rstrip(".")]
         assert row["chosen"][0]["content"] == f"Candidate {answer}" and row["objective"] == "tap-echo@2"
-        assert row["evaluators"] == ["math"] and row["models"] == ["echo"]
+        assert "math" in row["evaluators"] and row["models"] == ["echo"]
     assert sorted(kto["label"]) == [False] * 13 + [True] * 3
     card = (out / "trl-kto" / "README.md").read_text()
     assert "3 desirable, 13 undesirable" in card and "`tap-echo@2` | 16" in card and "`math` | 16" in card
