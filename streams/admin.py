@@ -37,14 +37,10 @@ async def create_topics(settings: Settings, topics: Topics) -> list[str]:
         await admin.close()
 
 
-def producer(settings: Settings, **kw) -> AIOKafkaProducer:
-    return AIOKafkaProducer(
-        **kafka_options(settings),
-        enable_idempotence=settings.enable_idempotence,
-        linger_ms=settings.producer_linger_ms,
-        acks="all",
-        **kw,
-    )
+def producer(settings: Settings, **overrides) -> AIOKafkaProducer:
+    opts = dict(kafka_options(settings), enable_idempotence=settings.enable_idempotence,
+                linger_ms=settings.producer_linger_ms, acks="all")
+    return AIOKafkaProducer(**{**opts, **overrides})
 
 
 async def reader(settings: Settings, topic_names: list[str]) -> AIOKafkaConsumer:
