@@ -4,7 +4,8 @@ Starts the embedded broker (unless one is configured), creates the topics, publi
 objective, starts a worker process with every agent, submits the prompts, and waits until
 every prompt has ended — as preference records, a no-pair outcome or a dead letter —
 counting outcomes per prompt id (never lag: Tansu's end offsets are wrong). Then it
-writes ``preferences.jsonl`` and ``summary.json``.
+writes ``preferences.jsonl`` and ``summary.json``, and for ``prefstream report`` the judged
+sets, records, outcomes and dead letters (``streams.report.save_run``).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from schemas import RECORD_TYPES, DeadLetter, JudgedSet, ObjectiveSpec, Outcome,
 from streams.admin import create_topics, producer, reader
 from streams.broker import EmbeddedBroker
 from streams.objectives import publish, validate
+from streams.report import save_run
 from streams.settings import Settings
 from streams.tap import JsonlSink, open_sinks
 from streams.topics import Topics, from_settings
@@ -52,6 +54,8 @@ class Ledger:
     records: dict[str, PreferenceRecord] = field(default_factory=dict)
     other_dead: int = 0
     bias: BiasTracker = field(default_factory=BiasTracker)  # the judged sets of expected prompts
+    judged: dict[str, JudgedSet] = field(default_factory=dict)  # every one, any objective (for the report)
+    letters: list[DeadLetter] = field(default_factory=list)  # every dead letter of an expected prompt
 
     def add_outcome(self, o: Outcome) -> None:
         if o.prompt_id not in self.expected:
@@ -65,6 +69,7 @@ class Ledger:
     def add_dead(self, d: DeadLetter) -> None:
         if d.prompt_id in self.expected:
             self.dead.setdefault(d.prompt_id, d)
+            self.letters.append(d)
         else:
             self.other_dead += 1
 
@@ -148,6 +153,7 @@ def _consume(topics: Topics, msg, ledger: Ledger, sink: JsonlSink) -> None:
     elif isinstance(value, DeadLetter):
         ledger.add_dead(value)
     elif isinstance(value, JudgedSet) and value.prompt.id in ledger.expected:
+        ledger.judged.setdefault(value.id, value)
         if ledger.named.get(value.prompt.id) in (None, value.objective.name):
             ledger.bias.add(value)
 
@@ -227,4 +233,6 @@ def run(settings: Settings, prompts: list[Prompt], spec: ObjectiveSpec, out_dir:
             broker.stop()
     result = summary(ledger, prompts, spec, time.monotonic() - started)
     (out_dir / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    save_run(out_dir, ledger.judged.values(), ledger.records.values(),  # what `prefstream report DIR` reads
+             [*ledger.outcomes.values(), *ledger.other_outcomes.values()], ledger.letters)
     return result

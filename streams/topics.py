@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from schemas import CandidateSet, Curated, DeadLetter, Feedback, JudgedSet, ObjectiveSpec, Outcome, AnyRecord, Prompt
+from schemas.stats import PromptStats
 
 
 @dataclass(frozen=True)
@@ -31,9 +32,10 @@ PREFERENCES_SHADOW = TopicSpec("preferences-shadow", AnyRecord, key="prompt id")
 OUTCOMES = TopicSpec("outcomes", Outcome, key="prompt id")
 DEADLETTERS = TopicSpec("deadletters", DeadLetter, key="prompt id or original key")
 FEEDBACK = TopicSpec("feedback", Feedback, key="prompt id")
+PROMPT_STATS = TopicSpec("prompt-stats", PromptStats, key="prompt id")  # instantiate → curate's utility estimate
 
 ALL: tuple[TopicSpec, ...] = (PROMPTS, CURATED, OBJECTIVES, CANDIDATES, JUDGMENTS, PREFERENCES,
-                              OUTCOMES, DEADLETTERS, FEEDBACK, OBJECTIVE_HISTORY, PREFERENCES_SHADOW)
+                              OUTCOMES, DEADLETTERS, FEEDBACK, OBJECTIVE_HISTORY, PREFERENCES_SHADOW, PROMPT_STATS)
 
 
 class Codec:
@@ -74,8 +76,10 @@ class Topics:
         }
 
     def __getattr__(self, short: str) -> Topic:
+        """``topics.preferences_shadow`` is the ``preferences-shadow`` topic."""
+        by_short = self.__dict__["_by_short"]
         try:
-            return self.__dict__["_by_short"][short]
+            return by_short[short] if short in by_short else by_short[short.replace("_", "-")]
         except KeyError:
             raise AttributeError(short) from None
 
