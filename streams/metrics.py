@@ -5,13 +5,12 @@ model, objective (the name; its version is the value of ``prefstream_objective_v
 kind, evaluator, result. One ``Metrics`` per worker, served on ``/metrics``.
 
 Two wrappers feed it without touching the stages: ``instrument()`` wraps an agent handler
-(in-flight messages, records per kind, outcomes, objective versions, evaluator figures) and
+(in-flight messages, records per kind, outcomes, objective versions, evaluator results) and
 ``MeteredGenerator`` wraps a model backend (requests, latency, tokens, in-flight requests).
 """
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Any, Awaitable, Callable
 
@@ -48,16 +47,11 @@ class Metrics:
         self.objective_version = Gauge("prefstream_objective_version",
                                        "Version of each objective in the newest message this worker handled",
                                        ["objective"], registry=r)
-        # evaluator figures, measured on every judged set this worker produced
+        # evaluator results, counted on every judged set this worker produced (the bias
+        # figures themselves are agents.evaluators.bias's gauges, on this same registry)
         self.scores = Counter("prefstream_evaluator_scores_total",
                               "Candidate scorings by evaluator; result is scored, parse_failure, error or unscored",
                               ["objective", "evaluator", "result"], registry=r)
-        self.judged = Counter("prefstream_judged_candidates_total",
-                              "Judged candidates; overlap says whether the judge model also wrote the candidate",
-                              ["objective", "overlap"], registry=r)
-        self.length_correlation = Gauge("prefstream_length_score_correlation",
-                                        "Pearson correlation of candidate length (characters) with its score, "
-                                        "over every scored candidate this worker judged", ["objective"], registry=r)
         # model backends
         self.model_requests = Counter("prefstream_model_requests_total", "Model requests, by outcome (ok, error)",
                                       ["backend", "model", "outcome"], registry=r)
@@ -70,7 +64,6 @@ class Metrics:
                                         ["backend", "model"], registry=r)
         self.model_in_flight = Gauge("prefstream_model_requests_in_flight", "Model requests waiting for an answer",
                                      ["backend", "model"], registry=r)
-        self._corr: dict[str, _Correlation] = {}
 
     def names(self) -> set[str]:
         """Every series name a query can use (``_total``; ``_bucket``, ``_sum``, ``_count``)."""
@@ -114,7 +107,7 @@ class Metrics:
                 continue
             if version is not None:
                 self.objective_version.labels(name).set(version)
-            if e.topic == "preferences":
+            if e.topic in ("preferences", "preferences-shadow"):
                 self.records.labels(name, getattr(e.value, "kind", "pair")).inc()
             elif e.topic == "outcomes":
                 self.outcomes.labels(name, e.value.status).inc()
@@ -122,23 +115,11 @@ class Metrics:
                 self.observe_judged(name, e.value)
 
     def observe_judged(self, objective: str, jset: JudgedSet) -> None:
-        judge = jset.objective.evaluation.judge
-        judged_by_model = any(s.name == "judge" for s in jset.objective.evaluation.evaluators)
-        corr = self._corr.setdefault(objective, _Correlation())
         for j in jset.judged:
             for s in j.scores:
                 result = "scored" if s.value is not None else (
                     "parse_failure" if s.error == "parse_failure" else "error" if s.error else "unscored")
                 self.scores.labels(objective, s.evaluator, result).inc()
-            overlap = "no_judge" if not judged_by_model else (
-                "same_model" if (j.candidate.backend, j.candidate.model) == (judge.backend, judge.model)
-                else "other_model")
-            self.judged.labels(objective, overlap).inc()
-            if j.score is not None:
-                corr.add(len(j.candidate.text), j.score)
-        value = corr.value()
-        if value is not None:
-            self.length_correlation.labels(objective).set(value)
 
 
 def objective_of(value: Any) -> tuple[str | None, int | None]:
@@ -152,29 +133,6 @@ def objective_of(value: Any) -> tuple[str | None, int | None]:
             return name, int(version)
         return obj, None
     return None, None
-
-
-class _Correlation:
-    """Running Pearson correlation."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.sx = self.sy = self.sxx = self.syy = self.sxy = 0.0
-
-    def add(self, x: float, y: float) -> None:
-        self.n += 1
-        self.sx += x
-        self.sy += y
-        self.sxx += x * x
-        self.syy += y * y
-        self.sxy += x * y
-
-    def value(self) -> float | None:
-        if self.n < 2:
-            return None
-        cov = self.n * self.sxy - self.sx * self.sy
-        var = (self.n * self.sxx - self.sx ** 2) * (self.n * self.syy - self.sy ** 2)
-        return cov / math.sqrt(var) if var > 0 else None
 
 
 class MeteredGenerator:

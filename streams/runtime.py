@@ -6,6 +6,7 @@ original bytes, and the agent goes on with the next message.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -28,6 +29,17 @@ class Emit:
     topic: str  # the topic's short name: "candidates"
     key: str
     value: Any
+
+
+# a dead letter keeps at most this much of the original (base64 in JSON: ~4/3 of it on the
+# wire), so the letter always fits under the producer's max request size (1 MB)
+MAX_ORIGINAL_BYTES = 256 * 1024
+MAX_KEY_CHARS = 1000
+
+
+class Undeliverable(Exception):
+    """The broker will never take this output (it is too large): the input is dead-lettered.
+    Transient send failures are retried by the binding's ``send`` and never end here."""
 
 
 class Rejected(Exception):
@@ -91,9 +103,18 @@ class Stage:
         except Exception as err:  # noqa: BLE001 - every failure becomes a dead letter
             await self.dead_letter(raw, err, value)
             return
-        for e in emits:
-            topic = getattr(self.topics, e.topic)
-            await self.send(topic, e.key.encode(), topic.codec.encode(e.value))
+        # ``send`` returns once the broker has acknowledged the output, so when this returns
+        # (and the input's offset may be committed) every output is stored. The sends are
+        # queued in order and acknowledged together: one round trip per input, not per output.
+        topics = [getattr(self.topics, e.topic) for e in emits]
+        sent = await asyncio.gather(*(self.send(t, e.key.encode(), t.codec.encode(e.value))
+                                      for t, e in zip(topics, emits)), return_exceptions=True)
+        for e, result in zip(emits, sent):
+            if isinstance(result, Undeliverable):
+                await self.dead_letter(raw, result, value)
+                return
+            if isinstance(result, BaseException):
+                raise result
             self.metrics.messages_out.labels(self.name, e.topic).inc()
         self.metrics.processing.labels(self.name).observe(time.perf_counter() - started)
 
@@ -101,16 +122,26 @@ class Stage:
         kind = "rejected" if isinstance(err, Rejected) else (
             "malformed" if isinstance(err, msgspec.DecodeError) else "error")
         prompt_id = getattr(err, "prompt_id", None) or (_prompt_id_of(value) if value is not None else None)
-        key = raw.key.decode("utf-8", "replace") if raw.key else None
+        key = raw.key.decode("utf-8", "replace")[:MAX_KEY_CHARS] if raw.key else None
+        prompt_id = prompt_id[:MAX_KEY_CHARS] if prompt_id else prompt_id
+        reason = reason or str(err)
+        if len(raw.value) > MAX_ORIGINAL_BYTES:
+            reason = (f"{reason[:1500]} [original truncated: the first {MAX_ORIGINAL_BYTES} "
+                      f"of {len(raw.value)} bytes kept]")
         logger.warning("%s: dead letter from %s[%d]@%d (%s): %s", self.name, raw.topic, raw.partition,
                        raw.offset, type(err).__name__, err, exc_info=kind == "error",
                        extra={"agent": self.name, "topic": raw.topic, "partition": raw.partition,
                               "offset": raw.offset, "error_type": type(err).__name__, "outcome": kind})
         letter = DeadLetter(
-            stage=self.name, error_type=type(err).__name__, error=(reason or str(err))[:2000], path=error_path(err),
-            original=raw.value, topic=raw.topic, partition=raw.partition, offset=raw.offset, key=key,
+            stage=self.name, error_type=type(err).__name__, error=reason[:2000], path=error_path(err),
+            original=raw.value[:MAX_ORIGINAL_BYTES], topic=raw.topic, partition=raw.partition, offset=raw.offset, key=key,
             prompt_id=prompt_id, created_at=time.time(),
         )
         dl = self.topics.deadletters
-        await self.send(dl, (prompt_id or key or "").encode(), dl.codec.encode(letter))
+        try:
+            await self.send(dl, (prompt_id or key or "").encode(), dl.codec.encode(letter))
+        except Undeliverable:  # cannot happen with the caps above; never let it stop the agent
+            logger.error("%s: the dead letter for %s[%d]@%d was refused by the broker", self.name, raw.topic,
+                         raw.partition, raw.offset)
+            kind = "undeliverable"
         self.metrics.dead_letters.labels(self.name, self.source.spec.short, kind).inc()

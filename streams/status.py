@@ -16,15 +16,18 @@ from typing import Any, AsyncIterator
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaConnectionError
 
 from schemas import ObjectiveSpec
+from streams.security import kafka_options
 from streams.settings import Settings
 from streams.topics import Topics
 
 END_NOTE = ("end = offset after the last record, read from the broker; reported_end = the broker's "
-            "ListOffsets answer (Tansu reports the start of the last batch + 1, so it can be lower)")
+            "ListOffsets answer (Tansu reports the start of the last batch + 1, so it can be lower); "
+            "records = end - begin (a compacted topic can hold fewer)")
 WINDOW_S = 60.0
-MAX_ROUNDS = 50
+FETCH_DEADLINE_S = 30.0
 
 
 @dataclass
@@ -36,9 +39,14 @@ class Ends:
 
 
 async def open_consumer(settings: Settings) -> AIOKafkaConsumer:
-    c = AIOKafkaConsumer(bootstrap_servers=settings.brokers, group_id=None, enable_auto_commit=False,
+    """A group-less consumer; ``ConnectionError`` naming the fix when the broker is unreachable."""
+    c = AIOKafkaConsumer(**kafka_options(settings), group_id=None, enable_auto_commit=False,
                          auto_offset_reset="earliest", fetch_max_wait_ms=100, client_id="prefstream-status")
-    await c.start()
+    try:
+        await c.start()
+    except KafkaConnectionError as e:
+        await c.stop()
+        raise ConnectionError(f"cannot reach the broker at {settings.broker} ({e}); check PREFSTREAM_BROKER") from None
     return c
 
 
@@ -54,19 +62,33 @@ async def read_ends(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> di
     begin = await consumer.beginning_offsets(tps)
     reported = await consumer.end_offsets(tps)
     ends = {tp: Ends(begin[tp], reported[tp], reported[tp]) for tp in tps}
-    pending = [tp for tp in tps if reported[tp] > begin[tp]]
+    pending = {tp: _now_ms() for tp in tps if reported[tp] > begin[tp]}  # tp -> when it last moved
     for tp in pending:
         consumer.seek(tp, reported[tp] - 1)
-    for _ in range(MAX_ROUNDS):
-        if not pending:
-            break
-        batch = await consumer.getmany(*pending, timeout_ms=300)
-        for tp, msgs in batch.items():
+    deadline = time.monotonic() + FETCH_DEADLINE_S
+    while pending:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the broker did not answer fetches for {sorted(map(str, pending))}")
+        batch = await consumer.getmany(*pending, timeout_ms=200)
+        for tp in list(pending):
+            msgs = batch.get(tp)
             if msgs:
                 e = ends[tp]
                 e.end, e.last_timestamp = max(e.end, msgs[-1].offset + 1), msgs[-1].timestamp
-        pending = [tp for tp in pending if batch.get(tp)]
+                pending[tp] = _now_ms()
+            elif _answered_since(consumer, tp, pending[tp]):
+                del pending[tp]  # a fetch after the last record came back empty: that was the end
     return ends
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _answered_since(consumer: AIOKafkaConsumer, tp: TopicPartition, since_ms: int) -> bool:
+    """Whether a fetch at the partition's current position came back after ``since_ms``
+    (aiokafka drops answers for any other position)."""
+    return (consumer.last_poll_timestamp(tp) or 0) > since_ms
 
 
 async def read_all(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, Ends]) -> AsyncIterator[Any]:
@@ -76,10 +98,13 @@ async def read_all(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, Ends])
     todo = {tp for tp, e in ends.items() if e.end > e.begin}
     for tp in todo:
         consumer.seek(tp, ends[tp].begin)
-    idle = 0
-    while todo and idle < MAX_ROUNDS:
+    deadline = time.monotonic() + FETCH_DEADLINE_S
+    while todo:
         batch = await consumer.getmany(*todo, timeout_ms=300)
-        idle = 0 if any(batch.values()) else idle + 1
+        if any(batch.values()):
+            deadline = time.monotonic() + FETCH_DEADLINE_S
+        elif time.monotonic() > deadline:
+            raise TimeoutError(f"no records from {sorted(map(str, todo))} for {FETCH_DEADLINE_S}s")
         for tp, msgs in batch.items():
             for m in msgs:
                 if m.offset < ends[tp].end:
@@ -90,9 +115,16 @@ async def read_all(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, Ends])
 
 
 async def _timestamp_at(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> tuple[int, int] | None:
+    """(offset, timestamp) of the first record at or after ``offset``; None if there is none."""
     consumer.seek(tp, offset)
-    msgs = (await consumer.getmany(tp, timeout_ms=1000, max_records=1)).get(tp, [])
-    return (msgs[0].offset, msgs[0].timestamp) if msgs else None
+    sought, deadline = _now_ms(), time.monotonic() + FETCH_DEADLINE_S
+    while time.monotonic() < deadline:
+        msgs = (await consumer.getmany(tp, timeout_ms=200, max_records=1)).get(tp)
+        if msgs:
+            return msgs[0].offset, msgs[0].timestamp
+        if _answered_since(consumer, tp, sought):
+            return None
+    raise TimeoutError(f"the broker did not answer a fetch of {tp} at offset {offset}")
 
 
 async def records_since(consumer: AIOKafkaConsumer, tp: TopicPartition, e: Ends, since_ms: int) -> int:
@@ -113,7 +145,7 @@ async def records_since(consumer: AIOKafkaConsumer, tp: TopicPartition, e: Ends,
 
 async def group_lags(settings: Settings, tps: list[TopicPartition], ends: dict[TopicPartition, Ends]) -> list[dict]:
     """Consumer groups with offsets committed on these partitions, and their lag per topic."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.brokers, client_id="prefstream-status")
+    admin = AIOKafkaAdminClient(**kafka_options(settings), client_id="prefstream-status")
     await admin.start()
     out = []
     try:

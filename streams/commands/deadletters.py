@@ -18,6 +18,8 @@ import msgspec
 from streams.commands import CliError
 
 logger = logging.getLogger(__name__)
+# streams.runtime keeps at most MAX_ORIGINAL_BYTES of an original and says so in the reason
+TRUNCATED = "[original truncated:"
 
 
 def register(sub) -> None:
@@ -83,6 +85,13 @@ def as_dict(ref: str, d, full: bool = False) -> dict:
     return out
 
 
+def _run(coro):
+    try:
+        return asyncio.run(coro)
+    except OSError as e:  # unreachable broker, or one that stopped answering fetches
+        raise CliError(str(e)) from None
+
+
 def _context(args):
     from streams.settings import load as load_settings
     from streams.topics import from_settings
@@ -94,7 +103,7 @@ def _context(args):
 
 def cmd_list(args) -> int:
     settings, topics = _context(args)
-    letters = select(asyncio.run(load(settings, topics)), args.stage, args.error_type, args.topic)
+    letters = select(_run(load(settings, topics)), args.stage, args.error_type, args.topic)
     for ref, d in letters:
         if args.json:
             print(json.dumps(as_dict(ref, d)))
@@ -110,7 +119,7 @@ def cmd_list(args) -> int:
 
 def cmd_show(args) -> int:
     settings, topics = _context(args)
-    letters = asyncio.run(load(settings, topics))
+    letters = _run(load(settings, topics))
     found = [(ref, d) for ref, d in letters if args.ref in (ref, d.prompt_id)]
     if not found:
         raise CliError(f"no dead letter {args.ref!r}; `prefstream deadletters list` shows the refs")
@@ -121,7 +130,7 @@ def cmd_show(args) -> int:
 
 def cmd_replay(args) -> int:
     settings, topics = _context(args)
-    letters = select(asyncio.run(load(settings, topics)), args.stage, args.error_type, args.topic, set(args.ref))
+    letters = select(_run(load(settings, topics)), args.stage, args.error_type, args.topic, set(args.ref))
     plan, skipped = replay_plan(letters, {t.name for t in topics})
     for reason, n in skipped.items():
         print(f"skipped {n}: {reason}")
@@ -130,7 +139,7 @@ def cmd_replay(args) -> int:
             print(f"would replay to {topic} key={key!r}")
         print(f"{len(plan)} messages would be replayed")
         return 0
-    asyncio.run(_produce(settings, plan))
+    _run(_produce(settings, plan))
     print(f"replayed {len(plan)} messages from {len(letters)} dead letters", flush=True)
     return 0
 
@@ -144,6 +153,8 @@ def replay_plan(letters, topic_names: set[str]) -> tuple[list[tuple[str, str | N
             why = "original topic is not in this namespace"
         elif not d.original:
             why = "no original bytes kept"
+        elif TRUNCATED in d.error:
+            why = "original was truncated when it was dead-lettered (too large to keep whole)"
         elif (d.topic, d.key, d.original) in seen:
             why = "same original message as another letter"
         if why:

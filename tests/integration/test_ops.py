@@ -1,6 +1,7 @@
 """Operating it, against a real broker and real worker processes: /metrics scraped during a
 pipeline run agrees with the run's summary, `prefstream status --json` describes the live
-run, and dead letters can be listed, shown and replayed after the fix (twice, safely).
+run, dead letters can be listed, shown and replayed after the fix (twice, safely), and the
+compose file's agent services run the pipeline as written.
 
 The echo backend with ``max_tokens=2`` writes "Candidate 0", "Candidate 1", …; the math
 verifier reads the last number, so a reference answer of "0" makes candidate 0 the only
@@ -8,12 +9,16 @@ correct one (a pair) and "7" makes them all wrong (a tie: no pair)."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import os
 import subprocess
 import sys
 import threading
 import time
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from unittest import mock
 
 import httpx
 import msgspec
@@ -25,6 +30,7 @@ from schemas import (EvaluationSpec, EvaluatorSpec, GeneratorSpec, Message, Obje
                      Verification)
 from streams.admin import create_topics, producer, reader
 from streams.broker import free_port
+from streams.cli import main
 from streams.run import drive, publish_objective, summary
 from streams.settings import load
 from streams.tap import JsonlSink
@@ -70,9 +76,16 @@ def wait_for_metrics(port: int, proc, deadline_s: float = 60.0) -> dict:
             time.sleep(0.2)
 
 
-def cli(s, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "streams.cli", *args], cwd=ROOT, env=settings_env(s),
-                          capture_output=True, text=True, timeout=timeout)
+def cli(s, *args: str, process: bool = False) -> subprocess.CompletedProcess:
+    """`prefstream ARGS` with ``s`` in the environment: in this process (the CLI's imports
+    cost seconds per process on a busy machine), or as a real process."""
+    if process:
+        return subprocess.run([sys.executable, "-m", "streams.cli", *args], cwd=ROOT, env=settings_env(s),
+                              capture_output=True, text=True, timeout=120)
+    out, err = io.StringIO(), io.StringIO()
+    with mock.patch.dict(os.environ, settings_env(s)), redirect_stdout(out), redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 async def read_topic(s, topics, short: str) -> list:
@@ -86,6 +99,104 @@ async def read_topic(s, topics, short: str) -> list:
     finally:
         await consumer.stop()
     return out
+
+
+def test_status_reads_the_true_end_where_the_broker_reports_the_last_batch_start(broker, namespace):
+    """3 single-record batches, then one batch of 7: the end is 10 whatever the broker
+    reports (Tansu says 4: the last batch's first offset + 1)."""
+    from aiokafka import TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from streams.status import open_consumer, read_all, read_ends, records_since
+
+    s = load({}, broker=broker.address, namespace=namespace)
+    name = f"{namespace}.batches"
+
+    async def go():
+        admin = AIOKafkaAdminClient(bootstrap_servers=s.brokers)
+        await admin.start()
+        await admin.create_topics([NewTopic(name, 1, 1)])
+        await admin.close()
+        p = producer(s.replace(producer_linger_ms=200))
+        await p.start()
+        for i in range(3):
+            await p.send_and_wait(name, b"single %d" % i, partition=0)
+        futures = [await p.send(name, b"batched %d" % i, partition=0) for i in range(7)]
+        await p.flush()
+        offsets = [(await f).offset for f in futures]
+        await p.stop()
+        consumer = await open_consumer(s)
+        try:
+            tp = TopicPartition(name, 0)
+            ends = await read_ends(consumer, [tp])
+            values = [m.value async for m in read_all(consumer, ends)]
+            recent = await records_since(consumer, tp, ends[tp], int((time.time() - 60) * 1000))
+            none = await records_since(consumer, tp, ends[tp], int((time.time() + 60) * 1000))
+        finally:
+            await consumer.stop()
+        return offsets, ends[tp], values, recent, none
+
+    offsets, e, values, recent, none = asyncio.run(go())
+    assert offsets == list(range(3, 10))
+    assert (e.begin, e.end) == (0, 10) and e.reported <= e.end
+    assert values == [b"single %d" % i for i in range(3)] + [b"batched %d" % i for i in range(7)]
+    assert (recent, none) == (10, 0)
+    print(f"reported end {e.reported}, read end {e.end}")
+
+
+def test_the_compose_agent_services_run_the_pipeline(broker, namespace, tmp_path):
+    """deploy/compose.yaml's agent services, as written (command and environment) except for
+    the broker, namespace, ports, partitions and idempotence (Tansu has no InitProducerId):
+    four workers in four consumer groups carry prompts to records, each exports only its own
+    agent's metrics, and every line they log is JSON."""
+    services = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())["services"]
+    agents = {n: svc for n, svc in services.items() if svc.get("command", [""])[0] == "worker"}
+    s = load({}, broker=broker.address, namespace=namespace, partitions=2, data_dir=str(tmp_path / "data"))
+    topics = from_settings(s)
+    asyncio.run(create_topics(s, topics))
+    asyncio.run(publish_objective(s, topics, OBJ))
+    procs, ports = {}, {}
+    try:
+        for name, svc in agents.items():
+            cmd = list(svc["command"])
+            ports[name] = free_port()
+            cmd[cmd.index("--metrics-port") + 1] = str(ports[name])
+            env = {**os.environ, **{k: str(v) for k, v in svc["environment"].items()},
+                   "PREFSTREAM_BROKER": broker.address, "PREFSTREAM_NAMESPACE": namespace,
+                   "PREFSTREAM_PARTITIONS": "2", "PREFSTREAM_ENABLE_IDEMPOTENCE": "false",
+                   "PREFSTREAM_METRICS_HOST": "127.0.0.1", "PREFSTREAM_DATA_DIR": str(tmp_path / name),
+                   "PREFSTREAM_GROUP": f"{namespace}-{svc['environment']['PREFSTREAM_GROUP']}"}
+            log = (tmp_path / f"{name}.log").open("wb")
+            procs[name] = subprocess.Popen([sys.executable, "-m", "streams.cli", *cmd], cwd=ROOT, env=env,
+                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            procs[name].log_path = log.name
+        prompts = [prompt(i, "0") for i in range(3)] + [prompt(3, "7")]
+        sink = JsonlSink(tmp_path / "out")
+        try:
+            ledger = asyncio.run(asyncio.wait_for(drive(s, topics, prompts, sink, None, None, progress=False), 180))
+        finally:
+            sink.close()
+        result = summary(ledger, prompts, OBJ, 1.0)
+        assert (result["pairs"], result["no_pair"], result["dead_letters"]) == (3, 1, 0), result
+        for name, proc in procs.items():
+            m = wait_for_metrics(ports[name], proc)
+            own = value(m, "prefstream_messages_in_total", agent=name)
+            assert own == len(prompts) == value(m, "prefstream_messages_in_total"), (name, m)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs.values():
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+    for name, proc in procs.items():
+        lines = [ln for ln in Path(proc.log_path).read_text().splitlines() if ln.strip()]
+        assert lines, name
+        for ln in lines:
+            assert isinstance(json.loads(ln), dict), f"{name} logged a line that is not JSON: {ln!r}"
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +324,8 @@ def test_dead_letters_list_show_and_replay_after_the_fix(settings, workers):
     dry = cli(settings, "deadletters", "replay", "--stage", "curate", "--dry-run")
     assert "3 messages would be replayed" in dry.stdout
     for _ in range(2):
-        replayed = cli(settings, "deadletters", "replay", "--stage", "curate", "--error-type", "Rejected")
+        replayed = cli(settings, "deadletters", "replay", "--stage", "curate", "--error-type", "Rejected",
+                       process=True)
         assert replayed.returncode == 0 and "replayed 3 messages" in replayed.stdout, replayed.stderr
 
     deadline = time.monotonic() + 90
@@ -260,7 +372,6 @@ def test_metrics_move_during_the_run_and_agree_with_the_summary(live_run):
     assert value(m, "prefstream_objective_version", objective="ops") == OBJ.version
     assert value(m, "prefstream_evaluator_scores_total", objective="ops", evaluator="math",
                  result="scored") == summ["candidates"] == ended * CANDIDATES
-    assert value(m, "prefstream_judged_candidates_total", objective="ops", overlap="no_judge") == summ["candidates"]
     # the model backend: one request per prompt that reached synthesis, tokens as the candidates say
     cands = [c for cs in asyncio.run(read_topic(s, topics, "candidates")) for c in cs.candidates]
     assert value(m, "prefstream_model_requests_total", backend="echo", model="echo", outcome="ok") == ended
@@ -304,5 +415,5 @@ def test_status_json_describes_the_live_run(live_run):
     assert "prompt has no messages" in reasons and "unknown objective 'nobody-published-this'" in reasons
     assert [(o["ref"], o["status"]) for o in st["objectives"]] == [("ops@3", "active")]
     assert st["objectives"][0]["generators"] == ["echo:echo"]
-    text = cli(s, "status")  # the terminal view renders the same facts
+    text = cli(s, "status", process=True)  # the terminal view renders the same facts
     assert text.returncode == 0 and "ops@3" in text.stdout and "curate Rejected: 2" in text.stdout
