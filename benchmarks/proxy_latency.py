@@ -1,7 +1,8 @@
 """Added latency of the capture proxy over direct upstream calls, on loopback.
 
     .venv/bin/python benchmarks/proxy_latency.py [--upstream URL] [--requests 2000]
-        [--concurrency 16] [--max-seconds 60] [--delay-ms 50] [--stream] [--capture-rate 1.0]
+        [--concurrency 16] [--max-seconds 60] [--delay-ms 50] [--jitter 0] [--stream]
+        [--capture-rate 1.0]
 
 Starts an embedded Tansu broker and `prefstream ingest --upstream …` as a subprocess (capture on:
 every sampled request is published to `prompts`, as in production), then sends the same chat
@@ -20,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -38,9 +40,11 @@ CHAT = {"model": "bench", "messages": [{"role": "user", "content": "Name a colou
         "temperature": 0}
 
 
-def stand_in_upstream(delay_s: float):
-    """A minimal OpenAI-compatible ASGI app: a fixed answer after ``delay_s``."""
+def stand_in_upstream(delay_s: float, jitter: float):
+    """A minimal OpenAI-compatible ASGI app: a fixed answer after ``delay_s`` ± ``jitter`` of it
+    (uniform), as a model's answer time varies with the answer's length."""
     words = ["Blue", " is", " a", " colour", "."]
+    rng = random.Random(0)
 
     async def app(scope, receive, send):
         if scope["type"] == "lifespan":
@@ -51,7 +55,7 @@ def stand_in_upstream(delay_s: float):
         while more:
             msg = await receive()
             body, more = body + msg.get("body", b""), msg.get("more_body", False)
-        await asyncio.sleep(delay_s)
+        await asyncio.sleep(delay_s * (1 + jitter * (2 * rng.random() - 1)))
         stream = scope["path"].endswith("/chat/completions") and json.loads(body or b"{}").get("stream")
         base = {"id": "chatcmpl-" + uuid.uuid4().hex, "created": int(time.time()), "model": "bench"}
         if stream:
@@ -181,6 +185,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=10, help="alternating direct/proxy phases")
     p.add_argument("--max-seconds", type=float, default=60.0, help="no new round starts after this")
     p.add_argument("--delay-ms", type=float, default=50.0, help="the stand-in upstream's answer time")
+    p.add_argument("--jitter", type=float, default=0.0,
+                   help="the stand-in's answer time varies uniformly by ± this share of --delay-ms; 0 = "
+                        "every answer takes the same time, so 16 clients arrive in lock-step bursts")
     p.add_argument("--stream", action="store_true", help="streaming requests (time to the last byte)")
     p.add_argument("--capture-rate", type=float, default=1.0)
     p.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
@@ -188,7 +195,7 @@ def main() -> None:
     if args.serve_upstream:
         import uvicorn
 
-        uvicorn.run(stand_in_upstream(args.delay_ms / 1000), host="127.0.0.1", port=args.serve_upstream,
+        uvicorn.run(stand_in_upstream(args.delay_ms / 1000, args.jitter), host="127.0.0.1", port=args.serve_upstream,
                     log_level="warning", access_log=False)
         return
     logs = ROOT / ".prefstream" / "bench"
@@ -202,7 +209,8 @@ def main() -> None:
                 port = free_port()
                 upstream_base = f"http://127.0.0.1:{port}"
                 upstream = start([sys.executable, __file__, "--serve-upstream", str(port), "--delay-ms",
-                                  str(args.delay_ms)], dict(os.environ), upstream_base + "/v1/models",
+                                  str(args.delay_ms), "--jitter", str(args.jitter)], dict(os.environ),
+                                 upstream_base + "/v1/models",
                                  logs / "upstream.log")
             proxy_port = free_port()
             env = {**os.environ, "PREFSTREAM_BROKER": broker.address, "PREFSTREAM_NAMESPACE": "bench" + uuid.uuid4().hex[:6],
@@ -214,7 +222,8 @@ def main() -> None:
                            upstream_base], env, proxy_base + "/healthz", logs / "proxy.log")
             result = asyncio.run(measure(args, upstream_base + "/v1/chat/completions",
                                          proxy_base + "/v1/chat/completions", proxy.pid))
-            result.update(upstream=args.upstream or f"stand-in ({args.delay_ms:g} ms)", **captures(proxy_base))
+            result.update(upstream=args.upstream or f"stand-in ({args.delay_ms:g} ms +/- {args.jitter:.0%})",
+                          **captures(proxy_base))
         finally:
             stop(proxy)
             stop(upstream)

@@ -335,6 +335,6 @@ class Proxy:
             self.capture.offer(item)
 
     def _unreachable(self, exc: BaseException) -> Response:
-        msg = f"upstream {self.base} unreachable: {exc!r}"
+        msg = f"upstream {self.base} unreachable: {type(exc).__name__}: {exc}"
         body = msgspec.json.encode({"error": {"message": msg, "type": "upstream_unreachable"}})
         return Response(body, 502, media_type="application/json")

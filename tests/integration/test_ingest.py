@@ -3,6 +3,8 @@ broker, and the capture proxy against a real llama.cpp server (``python -m llama
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -18,9 +20,12 @@ from streams.broker import EmbeddedBroker, free_port
 from streams.ingest import build_app, key_hash
 from streams.settings import load
 from streams.topics import from_settings
+from tests.conftest import ROOT, settings_env
 
 KEY = "sk-test-" + uuid.uuid4().hex
 AUTH = {"Authorization": f"Bearer {KEY}"}
+CHAT = {"model": "gemma-3-270m", "messages": [{"role": "user", "content": "Name a colour."}],
+        "max_tokens": 8, "temperature": 0, "seed": 7}
 
 
 @contextmanager
@@ -162,18 +167,44 @@ def test_rate_limit_per_key(settings):
         assert other.status_code == 422  # another key has its own bucket
 
 
-def test_broker_down_answers_503_for_ingest(namespace):
+def test_broker_down_answers_503_and_upstream_down_502(namespace):
     dead = load({}, broker=f"127.0.0.1:{free_port()}", namespace=namespace, ingest_keys=KEY)
-    with serve(dead, publish_timeout_s=2.0) as base:
+    with serve(dead, upstream=f"http://127.0.0.1:{free_port()}/v1", publish_timeout_s=2.0) as base:
         r = httpx.post(base + "/v1/prompts", json={"prompt": "hi"}, headers=AUTH, timeout=30)
         assert r.status_code == 503 and "retry" in r.json()["detail"]
         assert httpx.get(base + "/healthz").json()["broker_connected"] is False
+        r = httpx.post(base + "/v1/chat/completions", json=CHAT, headers=AUTH, timeout=30)
+        assert r.status_code == 502 and "unreachable" in r.json()["error"]["message"]
+
+
+def test_the_command_serves_with_keys_from_the_environment(settings, tmp_path):
+    port = free_port()
+    env = {**settings_env(settings), "PREFSTREAM_INGEST_KEYS": KEY}
+    with (tmp_path / "ingest.log").open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "ingest", "--port", str(port)], cwd=ROOT,
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        base, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (tmp_path / "ingest.log").read_text()
+            try:
+                if httpx.get(base + "/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "prefstream ingest did not answer /healthz"
+                time.sleep(0.2)
+        assert httpx.post(base + "/v1/prompts", json={"prompt": "hi"}).status_code == 401
+        r = httpx.post(base + "/v1/prompts", json={"prompt": "hi from the command"}, headers=AUTH)
+        assert r.status_code == 200, r.text
+        read_topic(settings, "prompts", set(r.json()["ids"]))
+        assert httpx.post(base + "/v1/chat/completions", json=CHAT, headers=AUTH).status_code == 404  # no upstream
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert KEY not in (tmp_path / "ingest.log").read_text()
 
 
 # ---- the capture proxy against a real llama.cpp server -------------------------------------
-
-CHAT = {"model": "gemma-3-270m", "messages": [{"role": "user", "content": "Name a colour."}],
-        "max_tokens": 8, "temperature": 0, "seed": 7}
 
 
 def _same_completion(direct: dict, proxied: dict) -> None:

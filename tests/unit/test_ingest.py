@@ -100,6 +100,8 @@ def test_keys_from_the_variable_and_a_file_never_in_repr(tmp_path):
     assert load_keys(load({})) == frozenset()
     with pytest.raises(SettingsError, match="PREFSTREAM_INGEST_KEYS_FILE"):
         load_keys(load({}, ingest_keys_file=str(tmp_path / "missing")))
+    with pytest.raises(SettingsError, match="PREFSTREAM_INGEST_KEYS_FILE"):
+        load({"PREFSTREAM_INGEST_KEYS_FILE": str(tmp_path / "missing")})
     assert key_hash("sk-a") != key_hash("sk-b") and "sk-a" not in key_hash("sk-a")
 
 
