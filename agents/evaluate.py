@@ -7,6 +7,10 @@ Besides the evaluators it weighs, the objective's ``features`` (heuristics, weig
 named) and ``guards`` (which veto) are scored on every candidate. Each judged candidate says
 whether a model judge of the same family as its writer judged it (``same_family``), and the
 worker's bias gauges (``agents.evaluators.bias``) follow every judged set.
+
+Agent trajectories branched at a step (``synthesis.branch``): the ``outcome`` verifier judges
+the final outcome the candidate step leads to (outcome-level), ``process`` the step itself
+(process-level); verifiers of final answers skip candidates that are tool calls.
 """
 from __future__ import annotations
 
@@ -14,15 +18,19 @@ import logging
 import time
 from typing import Mapping
 
+import msgspec
+
 from agents.evaluators import aggregate_set
 from agents.evaluators.base import Evaluator
 from agents.evaluators.bias import BiasGauges, family
+from agents.trajectory import parse_action, step_of
 from schemas import Candidate, CandidateSet, Judged, JudgedSet, ObjectiveSpec, Score
 from streams.runtime import Emit, Rejected
 
 logger = logging.getLogger(__name__)
 
 MODEL_JUDGES = ("judge", "pairwise")
+STEP_AWARE = ("outcome", "process")  # the verifiers that judge a trajectory step (agents.evaluators.trajectory)
 
 
 def judge_families(objective: ObjectiveSpec) -> set[str]:
@@ -43,6 +51,18 @@ def writer_family(cand: Candidate, by_id: Mapping[str, Candidate]) -> str:
     return family((parent or cand).model)
 
 
+def step_level(score: Score, cand: Candidate, evaluator: Evaluator) -> Score:
+    """Trajectories: a candidate that is a tool call at a branch step is no final answer, so
+    a verifier of final answers (math, ifeval, code, ...) does not score it; the
+    trajectory-aware verifiers do (``outcome``: rolled forward to a verified answer,
+    ``process``: the step itself). Model judges, features and guards see its text as is."""
+    if (evaluator.kind != "verifier" or evaluator.name in STEP_AWARE or step_of(cand) is None
+            or not parse_action(cand.text).is_call or score.value is None):
+        return score
+    return msgspec.structs.replace(score, value=None, raw=None,
+                                   error="a tool call, not a final answer: judged by outcome/process")
+
+
 def names_to_run(objective: ObjectiveSpec) -> list[str]:
     spec = objective.evaluation
     return list(dict.fromkeys([e.name for e in spec.evaluators] + list(spec.features) + list(spec.guards)))
@@ -58,8 +78,8 @@ async def process(cset: CandidateSet, evaluators: Mapping[str, Evaluator]) -> li
         if not evaluator.applies(cset.prompt):
             continue
         scores = await evaluator.score(cset.prompt, cset.candidates, cset.objective)
-        for bucket, score in zip(per_candidate, scores, strict=True):
-            bucket.append(score)
+        for bucket, score, cand in zip(per_candidate, scores, cset.candidates, strict=True):
+            bucket.append(step_level(score, cand, evaluator))
     judges = judge_families(cset.objective)
     by_id = {c.id: c for c in cset.candidates}
     judged = []

@@ -52,13 +52,24 @@ class SynthesisSpec(Part, kw_only=True, omit_defaults=False):
     # perturb: which degradations to use, in order of preference where they apply
     perturbations: list[Literal["wrong_answer", "drop_constraint", "truncate"]] = msgspec.field(
         default_factory=lambda: ["wrong_answer", "drop_constraint", "truncate"])
+    # agent trajectories: where to branch a trajectory (``Prompt.messages`` with assistant tool
+    # calls and tool results). "off": answer the whole history. "first"/"last": at the first /
+    # last assistant turn (or after the history where it does not end in one); "all": at every
+    # one. Candidates are the next assistant action (a tool call or a final answer) from the
+    # prefix before that turn; records carry ``step``, the index of that turn.
+    branch: Literal["off", "first", "last", "all"] = "off"
+
+    def __post_init__(self) -> None:
+        if self.branch != "off" and self.strategy not in ("samples", "pool"):
+            raise ValueError(f"synthesis.branch {self.branch!r} works with the samples or pool strategy, "
+                             f"not {self.strategy!r}")
 
 
 # verifiers: math, ifeval, code, json_schema, regex; model judges: judge (pointwise),
 # pairwise, reward (a reward model behind vLLM's pooling/score API); human: labels from the
 # `feedback` topic; heuristics (features): length, repetition, refusal, injection.
 EvaluatorName = Literal["math", "ifeval", "judge", "pairwise", "reward", "code", "json_schema", "regex",
-                        "human", "length", "repetition", "refusal", "injection"]
+                        "human", "length", "repetition", "refusal", "injection", "outcome", "process"]
 
 
 class EvaluatorSpec(Part, kw_only=True, omit_defaults=False):
@@ -125,8 +136,15 @@ class InstantiationSpec(Part, kw_only=True, omit_defaults=False):
     kto_undesirable: float = 0.2
     ranking: bool = False  # listwise: every scored candidate, ordered, with its score
     rewards: bool = False  # scalar: each scored candidate with its score as the reward
+    # difficulty tag on records and prompt stats, from the verifiers' pass rate over the set:
+    # at or above easy_pass_rate "easy", at or below hard_pass_rate "hard", else "medium"
+    easy_pass_rate: float = 0.75
+    hard_pass_rate: float = 0.25
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.hard_pass_rate < self.easy_pass_rate <= 1.0:
+            raise ValueError(f"instantiation: need 0 <= hard_pass_rate ({self.hard_pass_rate}) < easy_pass_rate "
+                             f"({self.easy_pass_rate}) <= 1")
         if self.min_margin < 0:
             raise ValueError(f"instantiation.min_margin must be >= 0, not {self.min_margin}")
         if self.length_ratio < 1:
@@ -147,12 +165,61 @@ class RoutingSpec(Part, kw_only=True, omit_defaults=False):
     fraction: float | None = None
 
 
+class DedupSpec(Part, kw_only=True, omit_defaults=False):
+    """Duplicate prompts under one objective (its user turns, normalised): ``exact`` by hash;
+    ``near`` adds the embedding model (cosine >= ``threshold``) for prompts up to ``long_chars``
+    and MinHash (estimated Jaccard of word 5-grams >= ``minhash_threshold``) for longer ones.
+    A duplicate ends as a ``dropped`` outcome naming the prompt it repeats. ``window``: prompts
+    remembered per objective (the oldest are forgotten first)."""
+
+    mode: Literal["off", "exact", "near"] = "off"
+    threshold: float = 0.95
+    minhash_threshold: float = 0.8
+    long_chars: int = 1000
+    window: int = 10000
+
+    def __post_init__(self) -> None:
+        for name in ("threshold", "minhash_threshold"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"curation.dedup.{name} must be in (0, 1], not {getattr(self, name)}")
+        if self.window < 1 or self.long_chars < 1:
+            raise ValueError("curation.dedup.window and long_chars must be >= 1")
+
+
+class UtilitySpec(Part, kw_only=True, omit_defaults=False):
+    """Prompt utility: every judged set reports how informative its prompt was (``prompt-stats``);
+    curate keeps a decaying estimate per family and spends at most ``budget`` of generation on
+    families whose estimate is below ``low`` (after ``warmup`` judged sets; a low family is
+    sampled up to that share, the rest dropped with the reason). ``budget`` None: off.
+    ``burst``: how many low-family prompts may go through at once after a run of others.
+    ``family``: by the prompt's tags, its source, or an embedding cluster (cosine >=
+    ``cluster_threshold`` to the cluster's first prompt)."""
+
+    budget: float | None = None
+    low: float = 0.2
+    decay: float = 0.7  # the share of the old estimate kept per new judged set
+    warmup: int = 3
+    family: Literal["tags", "source", "cluster"] = "tags"
+    cluster_threshold: float = 0.6
+    burst: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.budget is not None and not 0.0 <= self.budget <= 1.0:
+            raise ValueError(f"curation.utility.budget must be in [0, 1], not {self.budget}")
+        if not 0.0 <= self.decay < 1.0:
+            raise ValueError(f"curation.utility.decay must be in [0, 1), not {self.decay}")
+        if self.warmup < 1 or self.burst < 1:
+            raise ValueError("curation.utility.warmup and burst must be >= 1")
+
+
 class CurationSpec(Part, kw_only=True, omit_defaults=False):
     """What curate does to a prompt before any model sees it. ``pii``: the kinds of personal
     data and secrets replaced by typed placeholders (an empty list turns scrubbing off)."""
 
     pii: list[Literal["email", "phone", "card", "iban", "ip", "secret"]] = msgspec.field(
         default_factory=lambda: ["email", "phone", "card", "iban", "ip", "secret"])
+    dedup: DedupSpec = DedupSpec()
+    utility: UtilitySpec = UtilitySpec()
 
 
 class ObjectiveSpec(Wire, tag="objective.v1", kw_only=True, omit_defaults=False):

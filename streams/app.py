@@ -1,17 +1,20 @@
 """The faust app: one worker runs the agents it is asked for over the namespace's topics."""
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
+from faust.exceptions import ProducerSendError
 
 from streams.broker import free_port
 from streams.metrics import Metrics
 from streams.objectives import ObjectiveRegistry
-from streams.runtime import Raw, Stage
+from streams.runtime import Raw, Stage, Undeliverable
 from streams.security import faust_credentials
 from streams.settings import Settings
 from streams.topics import Topic, Topics, from_settings
@@ -19,6 +22,34 @@ from streams.topics import Topic, Topics, from_settings
 logger = logging.getLogger(__name__)
 
 AGENTS = ("curate", "synthesize", "evaluate", "instantiate")
+GUARANTEES = ("at_least_once", "exactly_once")
+MAX_RETRY_S = 5.0
+
+
+async def deliver(channel: faust.TopicT, key: bytes, value: bytes) -> None:
+    """Send one output and wait until the broker has acknowledged it.
+
+    faust's ``send`` only enqueues; awaiting the delivery future here means a handler
+    returns, and faust may commit its input's offset, only once every output is stored.
+    A transient failure (broker down, leader moving, timeout) is retried with back-off for
+    as long as it lasts: the partition waits and its offset stays uncommitted. A message the
+    broker will never take (too large) raises ``Undeliverable`` (the input is dead-lettered).
+    """
+    delay, failures = 0.1, 0
+    while True:
+        try:
+            await (await channel.send(key=key, value=value))
+            return
+        except (KafkaError, ProducerSendError) as exc:
+            cause = exc.__cause__ if isinstance(exc, ProducerSendError) and exc.__cause__ else exc
+            if isinstance(cause, (MessageSizeTooLargeError, RecordListTooLargeError)):
+                raise Undeliverable(f"the broker refuses a {len(value)}-byte message to "
+                                    f"{channel.get_topic_name()}: {cause}") from exc
+            failures += 1
+            logger.warning("send to %s failed (%s), retry %d in %.1fs", channel.get_topic_name(), cause,
+                           failures, delay)
+            await asyncio.sleep(delay)
+            delay = min(MAX_RETRY_S, delay * 2)
 
 
 @dataclass
@@ -44,7 +75,7 @@ class Context:
         channels = self.channels
 
         async def send(topic: Topic, key: bytes, value: bytes) -> None:
-            await channels[topic.name].send(key=key, value=value)
+            await deliver(channels[topic.name], key, value)
 
         stage = Stage(name, source, self.topics, self.metrics, self.metrics.instrument(name, handler), send)
 
@@ -60,6 +91,9 @@ def build_app(settings: Settings, agents: tuple[str, ...] = AGENTS) -> faust.App
     unknown = set(agents) - set(AGENTS)
     if unknown:
         raise ValueError(f"unknown agents {sorted(unknown)}; choose from {', '.join(AGENTS)}")
+    if settings.processing_guarantee not in GUARANTEES:
+        raise ValueError(f"PREFSTREAM_PROCESSING_GUARANTEE={settings.processing_guarantee!r}: choose "
+                         f"{' or '.join(GUARANTEES)} (exactly_once needs a broker with transactions)")
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -83,6 +117,7 @@ def build_app(settings: Settings, agents: tuple[str, ...] = AGENTS) -> faust.App
         # bounded in-flight work: an agent's buffer holds a few messages beyond its
         # concurrency; when it is full faust pauses the partition instead of buffering more
         stream_buffer_maxsize=max(4, 2 * settings.max_inflight),
+        processing_guarantee=settings.processing_guarantee,
     )
     ctx = Context(settings, from_settings(settings), Metrics())
     if {"synthesize", "evaluate"} & set(agents):
@@ -90,7 +125,7 @@ def build_app(settings: Settings, agents: tuple[str, ...] = AGENTS) -> faust.App
         from agents.evaluators import build_evaluators
 
         ctx.backends = Backends(settings, metrics=ctx.metrics)
-        ctx.evaluators = build_evaluators(ctx.backends)
+        ctx.evaluators = build_evaluators(ctx.backends, settings)
     if "curate" in agents:
         @app.task
         async def follow_objectives() -> None:

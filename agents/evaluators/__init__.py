@@ -1,40 +1,48 @@
 """Evaluators: verifiers (checked by code), model judges and reward models (a model's
 opinion), human labels, heuristics (features and guards), and the ensemble that turns a
-candidate set's scores into the numbers instantiation ranks by."""
+candidate set's scores into the numbers instantiation ranks by.
+
+The evaluator modules load heavy libraries (nltk, sympy, …); they are imported when first
+used, so importing this package (e.g. for ``validate``) stays cheap.
+"""
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from agents.evaluators.base import Evaluator
-from agents.evaluators.code import CodeVerifier
 from agents.evaluators.ensemble import aggregate, aggregate_set, validate
-from agents.evaluators.heuristics import InjectionGuard, LengthFeature, RefusalFeature, RepetitionFeature
-from agents.evaluators.human import FeedbackStore, HumanEvaluator
-from agents.evaluators.ifeval import IFEvalVerifier
-from agents.evaluators.json_schema import JsonSchemaVerifier
-from agents.evaluators.judge import PointwiseJudge
-from agents.evaluators.math import MathVerifier
-from agents.evaluators.pairwise import PairwiseJudge
-from agents.evaluators.regex import RegexVerifier
-from agents.evaluators.reward import RewardModel
+
+_CLASSES = {
+    "MathVerifier": "math", "IFEvalVerifier": "ifeval", "CodeVerifier": "code",
+    "JsonSchemaVerifier": "json_schema", "RegexVerifier": "regex", "PointwiseJudge": "judge",
+    "PairwiseJudge": "pairwise", "RewardModel": "reward", "HumanEvaluator": "human", "FeedbackStore": "human",
+    "LengthFeature": "heuristics", "RepetitionFeature": "heuristics", "RefusalFeature": "heuristics",
+    "InjectionGuard": "heuristics", "OutcomeVerifier": "trajectory", "ProcessVerifier": "trajectory",
+}
 
 
-def build_evaluators(backends: Any, settings: Any = None,
-                     feedback: FeedbackStore | None = None) -> dict[str, Evaluator]:
+def __getattr__(name: str) -> Any:
+    if name in _CLASSES:
+        return getattr(importlib.import_module(f"agents.evaluators.{_CLASSES[name]}"), name)
+    raise AttributeError(name)
+
+
+def build_evaluators(backends: Any, settings: Any = None, feedback: Any = None) -> dict[str, Evaluator]:
     """Every evaluator by the name objectives use. ``backends`` supplies the judges' model
     (``Backends(settings)``, or anything with ``get(spec) -> Generator``). ``settings`` lets
     the ``human`` evaluator follow the feedback topic (taken from ``backends`` where not
     given); without either it scores from ``feedback`` as fed."""
+    g = __getattr__
     settings = settings if settings is not None else getattr(backends, "_settings", None)
     evaluators: list[Evaluator] = [
-        MathVerifier(), IFEvalVerifier(), CodeVerifier(), JsonSchemaVerifier(), RegexVerifier(),
-        PointwiseJudge(backends), PairwiseJudge(backends), RewardModel(),
-        HumanEvaluator(feedback, settings=settings),
-        LengthFeature(), RepetitionFeature(), RefusalFeature(), InjectionGuard(),
+        g("MathVerifier")(), g("IFEvalVerifier")(), g("CodeVerifier")(), g("JsonSchemaVerifier")(),
+        g("RegexVerifier")(), g("PointwiseJudge")(backends), g("PairwiseJudge")(backends), g("RewardModel")(),
+        g("HumanEvaluator")(feedback, settings=settings),
+        g("LengthFeature")(), g("RepetitionFeature")(), g("RefusalFeature")(), g("InjectionGuard")(),
+        g("OutcomeVerifier")(backends), g("ProcessVerifier")(),
     ]
     return {e.name: e for e in evaluators}
 
 
-__all__ = ["CodeVerifier", "Evaluator", "FeedbackStore", "HumanEvaluator", "IFEvalVerifier",
-           "JsonSchemaVerifier", "MathVerifier", "PairwiseJudge", "PointwiseJudge", "RegexVerifier",
-           "RewardModel", "aggregate", "aggregate_set", "build_evaluators", "validate"]
+__all__ = ["Evaluator", "aggregate", "aggregate_set", "build_evaluators", "validate", *_CLASSES]

@@ -9,7 +9,7 @@ them) with running sums only, so a worker can keep one per objective forever. ``
                        pair records given, else each judged set's best vs worst by score
 ``length_margin_corr`` Pearson correlation of that length difference with the score margin
 ``tie_rate``           share of candidate pairs within a set (both scored) with equal scores
-``parse_failure_rate`` share of model-judge verdicts (``judge``, ``pairwise``) that could not
+``parse_failure_rate`` share of model-judge scores (``judge``, ``pairwise``) whose verdict could not
                        be read even after the retry
 ``same_family_rate``   share of judged candidates whose writer is of a judge model's family
 ``evaluators``         per evaluator: ``count`` (scored), ``mean``, ``stdev`` of its values

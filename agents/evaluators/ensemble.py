@@ -18,7 +18,8 @@ Before aggregation, ``evaluation.normalise`` can spread an evaluator's values wi
   beats, a tie half) or of 1/rank (rank 1 best, ties share the better rank).
 
 ``verified`` is the verifiers' weighted mean in every mode, ``None`` where no verifier scored.
-Guards (``evaluation.guards``) veto: a candidate a guard scores below 0.5 gets ``score`` 0.
+Guards (``evaluation.guards``) veto: a candidate a guard scores below 0.5 gets ``score`` 0
+(also where nothing else could score it: the guard's verdict is a verdict).
 """
 from __future__ import annotations
 
@@ -73,9 +74,7 @@ def aggregate(scores: list[Score], spec: EvaluationSpec) -> Result:
             [s for s in scores if s.kind in OPINION_KINDS], w)
     else:
         score = weighted_mean(scores, w)
-    if score is not None and vetoed(scores, spec):
-        score = 0.0
-    return verified, score
+    return verified, 0.0 if vetoed(scores, spec) else score
 
 
 def spread(values: list[float | None], how: str) -> list[float | None]:
@@ -143,7 +142,7 @@ def aggregate_set(per_candidate: list[list[Score]], spec: EvaluationSpec) -> lis
     out = []
     for scores, score in zip(scaled, ranked):
         verified = weighted_mean([s for s in scores if s.kind == "verifier"], w)
-        out.append((verified, 0.0 if score is not None and vetoed(scores, spec) else score))
+        out.append((verified, 0.0 if vetoed(scores, spec) else score))
     return out
 
 

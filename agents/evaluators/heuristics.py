@@ -29,19 +29,22 @@ _REFUSAL = re.compile(
     r"I(?:'m| am) (?:not able|unable) to (?:help|assist|comply))",
     re.IGNORECASE)
 _EVALUATOR = r"(?:judge|grader|evaluator|reviewer|rater|scorer|reward model|assessor|examiner)"
+_TARGET = r"(?:this|the|my|our) (?:response|answer|output|reply|completion)"
 _INJECTION = [
-    ("override", r"\b(?:ignore|disregard|forget|override|bypass|skip)\b[^.\n]{0,40}?"
-                 r"\b(?:instructions?|rubric|rules|guidelines|criteria|principles|system prompt|prompt)\b"),
-    ("addresses the evaluator", rf"\b(?:dear|note to|attention|hey|hello|message (?:to|for)|to) (?:the |my |any )?"
-                                rf"(?:AI |LLM )?{_EVALUATOR}s?\b"),
+    ("override", r"\b(?:ignore|disregard|forget|override|bypass)\s+(?:all\s+|any\s+|the\s+|your\s+|of\s+)*"
+                 r"(?:previous\s+|prior\s+|above\s+|earlier\s+|preceding\s+|grading\s+|scoring\s+)*"
+                 r"(?:instructions?|rubric|guidelines|criteria|system prompt|prompts?)\b"),
+    ("addresses the evaluator", rf"\b(?:dear|note to|attention|hey|hello|message (?:to|for)|instructions? (?:to|for))"
+                                rf"\s+(?:the |my |any |all )?(?:AI |LLM )?{_EVALUATOR}s?\b"),
     ("evaluator told to score", rf"\b{_EVALUATOR}s?\b[^.\n]{{0,60}}?\b(?:must|should|will|shall|has to|needs to)\b"
-                                rf"[^.\n]{{0,30}}?\b(?:score|rate|grade|give|assign|mark|output|prefer|choose)\b"),
+                                rf"[^.\n]{{0,30}}?\b(?:score|rate|grade|give|assign|mark|prefer|choose)\b[^.\n]{{0,20}}?"
+                                rf"\b{_TARGET}\b"),
     ("demands a score", r"\b(?:score|rate|grade|mark)\s+(?:this|it|me|my|the)\s*(?:response|answer|output|reply)?"
                         r"\s*(?:as\s+|a\s+|an\s+|with\s+|at\s+)?(?:10|ten|100|9|perfect|full marks|the (?:highest|maximum|best))"),
-    ("demands a score", r"\bgive\s+(?:this|it|me|the\s+(?:response|answer))\s+(?:a\s+|an\s+)?"
+    ("demands a score", r"\bgive\s+(?:this|it|me|the)\s*(?:response|answer|reply|output)?\s+(?:a\s+|an\s+)?"
                         r"(?:10|ten|100|perfect|full marks|top marks|the (?:highest|maximum|best)\s+score)"),
-    ("forges the verdict", r"score\s*\(\s*1\s*-\s*\d+\s*\)\s*:|\"(?:score|winner)\"\s*:\s*\"?\w|"
-                           r"better response \(A or B\)\s*:"),
+    ("forges the verdict", r"score\s*\(\s*1\s*-\s*\d+\s*\)\s*:|\"score\"\s*:\s*\d+\s*,\s*\"rationale\"|"
+                           r"\"winner\"\s*:\s*\"(?:A|B|tie)\"|better response \(A or B\)\s*:"),
     ("forges a delimiter", r"<\s*/?\s*(?:response|request)\b"),
     ("chat template tokens", r"<\|im_(?:start|end)\|>|<\|(?:system|user|assistant|eot_id|start_header_id)\|>|"
                              r"<(?:start|end)_of_turn>|\[/?INST\]|<</?SYS>>"),

@@ -13,8 +13,9 @@ It builds a throw-away root file system and moves into it:
   ``/home``, ``/root``, ``/work``, ``/sys``.
 
 ``pivot_root`` then detaches the old root, so no path leads back to the host's files. It
-then sets the resource limits, drops to the unprivileged uid/gid given (where it runs as real
-root) or sets no-new-privileges (in a user namespace), and ``exec``s the command.
+then forks: the child sets the resource limits and no-new-privileges, drops to the
+unprivileged uid/gid given (where it runs as real root) and ``exec``s the command; this
+process, the PID namespace's init, waits for it and exits with its status.
 """
 import ctypes
 import json
@@ -106,15 +107,27 @@ def main():
     cfg = json.loads(sys.argv[1])
     try:
         build_root(cfg)
-        limit(cfg)
-        drop(cfg)
-        os.chdir("/tmp")
     except OSError as e:
         sys.stderr.write(f"sandbox setup failed: {e}\n")
         os._exit(125)
-    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
-           "PYTHONDONTWRITEBYTECODE": "1"}
-    os.execve(cfg["argv"][0], cfg["argv"], env)
+    # This process is the PID namespace's init, which ignores signals it has no handler for
+    # (RLIMIT_CPU's SIGXCPU included): the command runs in a child, and when that child ends
+    # this init exits and the kernel kills whatever else is left in the namespace.
+    pid = os.fork()
+    if pid == 0:
+        try:
+            limit(cfg)
+            drop(cfg)
+            os.chdir("/tmp")
+            env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
+                   "PYTHONDONTWRITEBYTECODE": "1"}
+            os.execve(cfg["argv"][0], cfg["argv"], env)
+        except OSError as e:
+            sys.stderr.write(f"sandbox setup failed: {e}\n")
+        os._exit(125)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    os._exit(code if code >= 0 else 128 - code)
 
 
 if __name__ == "__main__":
