@@ -8,20 +8,32 @@ placeholders before any model sees the prompt, as each objective's ``curation.pi
 A prompt goes to the objective it names (or the default objective when it names none and
 no active objective's routing takes it) and to every objective whose routing (tags,
 sources, a sampled fraction of prompt ids) takes it: shadow objectives included.
+
+Per objective, with a ``CurateState`` (owned by the binding, bounded): duplicates and near
+duplicates (``curation.dedup``, ``agents.dedup``) and prompts of low-utility families over
+the objective's budget (``curation.utility``, ``agents.utility``; the estimates follow the
+``prompt-stats`` topic) end as a ``dropped`` outcome with the reason instead of a curated
+message. A full agent trajectory (its last turn an assistant's) is taken only by objectives
+that branch it (``synthesis.branch``).
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import msgspec
 from prometheus_client import Counter as Counter_
 
+from agents.dedup import DedupIndex, Embedder, prompt_text
 from agents.pii import scrub
-from schemas import Curated, ObjectiveSpec, Prompt
+from agents.utility import Budget, Clusters, FamilyUtility, follow, tags_family
+from schemas import Curated, ObjectiveSpec, Outcome, Prompt
+from schemas.objectives import UtilitySpec
 from streams.runtime import Emit, Rejected
 
 logger = logging.getLogger(__name__)
@@ -29,14 +41,16 @@ logger = logging.getLogger(__name__)
 MAX_PROMPT_CHARS = 200_000
 
 
-def validate(prompt: Prompt) -> None:
-    """Refuse prompts no model should see; the reason names what is wrong."""
+def validate(prompt: Prompt, trajectory_ok: bool = False) -> None:
+    """Refuse prompts no model should see; the reason names what is wrong. A history ending
+    in an assistant turn is refused unless ``trajectory_ok`` (every objective branches it)."""
     if not prompt.id.strip():
         raise Rejected("prompt id is empty")
     if not prompt.messages:
         raise Rejected("prompt has no messages", prompt.id)
-    if prompt.messages[-1].role == "assistant":
-        raise Rejected("the last message is an assistant turn; there is nothing to respond to", prompt.id)
+    if prompt.messages[-1].role == "assistant" and not trajectory_ok:
+        raise Rejected("the last message is an assistant turn; there is nothing to respond to (an objective "
+                       "with synthesis.branch continues a full trajectory)", prompt.id)
     size = sum(len(m.content or "") for m in prompt.messages)
     if size == 0:
         raise Rejected("every message is empty", prompt.id)
@@ -114,14 +128,100 @@ def scrub_prompt(prompt: Prompt, kinds: list[str]) -> tuple[Prompt, dict[str, in
     return msgspec.structs.replace(prompt, messages=messages, metadata=meta), dict(total)
 
 
-def process(prompt: Prompt, objectives: Mapping[str, ObjectiveSpec], default: str) -> list[Emit]:
+@dataclass
+class CurateState:
+    """What curate remembers between prompts (bounded): per objective a dedup index, a
+    generation budget and embedding clusters; the family utility estimates; and each
+    (objective, prompt id)'s decision, so a replayed prompt gets the same one."""
+
+    embedder: Embedder = field(default_factory=Embedder)
+    families: FamilyUtility = field(default_factory=FamilyUtility)
+    indexes: dict[str, DedupIndex] = field(default_factory=dict)
+    budgets: dict[str, Budget] = field(default_factory=dict)
+    clusters: dict[str, Clusters] = field(default_factory=dict)
+    decisions: OrderedDict = field(default_factory=OrderedDict)
+    max_decisions: int = 100_000
+
+    def decide(self, prompt: Prompt, spec: ObjectiveSpec) -> tuple[str | None, str | None, str | None]:
+        """``(family, why it is dropped or None, the drop's kind)``, remembered per prompt id."""
+        key = (spec.name, prompt.id)
+        if key not in self.decisions:
+            self.decisions[key] = self._decide(prompt, spec)
+            if len(self.decisions) > self.max_decisions:
+                self.decisions.popitem(last=False)
+        return self.decisions[key]
+
+    def _decide(self, prompt: Prompt, spec: ObjectiveSpec) -> tuple[str | None, str | None, str | None]:
+        dedup, u = spec.curation.dedup, spec.curation.utility
+        index, found, text = None, None, prompt_text(prompt)
+        if dedup.mode != "off" and text:
+            index = self.indexes.get(spec.name)
+            if index is None or index.spec.window != dedup.window:
+                index = self.indexes[spec.name] = DedupIndex(dedup, self.embedder)
+            index.spec = dedup
+            dup, found = index.find(prompt.id, text)
+            if dup is not None:
+                return None, dup.reason, "duplicate"
+        family = None
+        if u.budget is not None:
+            family = self.family(prompt, spec, text)
+            budget = self.budgets.setdefault(spec.name, Budget(u.burst))
+            budget.burst = u.burst
+            if not budget.admit(self.families.is_low(spec.name, family, u), u.budget):
+                value, n = self.families.estimate(spec.name, family)
+                why = (f"low-utility family {family!r} (utility {value:.2f} < {u.low} over {n} judged sets): "
+                       f"its share of generation is at the objective's budget {u.budget}")
+                return family, why, "low_utility"
+        if index is not None:
+            index.add(prompt.id, found)
+        return family, None, None
+
+    def family(self, prompt: Prompt, spec: ObjectiveSpec, text: str) -> str:
+        u = spec.curation.utility
+        if u.family == "source":
+            return f"source:{prompt.source}"
+        if u.family == "cluster" and text:
+            vec = self.embedder.encode([text])[0]
+            return self.clusters.setdefault(spec.name, Clusters()).assign(prompt.id, vec, u.cluster_threshold)
+        return tags_family(prompt)
+
+
+def uses_embedder(specs) -> bool:
+    return any(s.curation.dedup.mode == "near" or (s.curation.utility.budget is not None
+                                                   and s.curation.utility.family == "cluster") for s in specs)
+
+
+def screen(prompt: Prompt, spec: ObjectiveSpec, state: CurateState | None) -> tuple[Prompt, Outcome | None]:
+    """The prompt as this objective takes it (with its ``metadata.family`` where utility is
+    on), or a ``dropped`` outcome saying why (a duplicate, a low-utility family over budget)."""
+    if state is None:
+        return prompt, None
+    family, reason, kind = state.decide(prompt, spec)
+    if family is not None:
+        prompt = msgspec.structs.replace(prompt, metadata={**prompt.metadata, "family": family})
+    if reason is None:
+        return prompt, None
+    return prompt, Outcome(prompt_id=prompt.id, objective=spec.ref, status="dropped", reason=reason,
+                           created_at=time.time(), counts={kind: 1})
+
+
+def process(prompt: Prompt, objectives: Mapping[str, ObjectiveSpec], default: str,
+            state: CurateState | None = None) -> list[Emit]:
     """One ``Curated`` per objective the prompt goes to, each carrying the spec live now and
-    the prompt scrubbed as that objective asks."""
-    validate(prompt)
+    the prompt scrubbed as that objective asks; with ``state``, a ``dropped`` outcome instead
+    for an objective that takes it as a duplicate or over its low-utility budget."""
+    validate(prompt, trajectory_ok=True)
+    specs = route(prompt, objectives, default)
+    if prompt.messages[-1].role == "assistant" and not all(s.synthesis.branch != "off" for s in specs):
+        validate(prompt)  # refuses it, with the reason
     now = time.time()
     out = []
-    for spec in route(prompt, objectives, default):
+    for spec in specs:
         clean, counts = scrub_prompt(prompt, list(spec.curation.pii))
+        clean, dropped = screen(clean, spec, state)
+        if dropped is not None:
+            out.append(Emit("outcomes", prompt.id, dropped))
+            continue
         out.append(Emit("curated", prompt.id, Curated(prompt=clean, objective=spec, curated_at=now, scrubbed=counts)))
     return out
 
@@ -130,18 +230,35 @@ def bind(app, ctx) -> None:
     """The faust agent: prompts → curated. Waits until the objectives are read up to date,
     and briefly for a named objective not yet published."""
 
+    state = CurateState()
+
     async def handler(prompt: Prompt) -> list[Emit]:
         registry, default = ctx.objectives, ctx.settings.default_objective
         await registry.wait_ready(ctx.settings.objective_wait_s)
         name = named(prompt, registry.specs, default)
         if name is not None and name not in registry.specs:
             await registry.wait_for(name, ctx.settings.objective_wait_s)
-        emits = process(prompt, registry.specs, default)
+        if uses_embedder(registry.specs.values()):
+            await asyncio.to_thread(state.embedder.load)  # once, off the event loop
+        emits = process(prompt, registry.specs, default, state)
         for e in emits:
+            if isinstance(e.value, Outcome):
+                dropped.labels(next(iter(e.value.counts), "other")).inc()
+                continue
             for kind, n in e.value.scrubbed.items():
                 scrubbed.labels(kind).inc(n)
         return emits
 
+    def decay(name: str) -> float:
+        spec = ctx.objectives.specs.get(name)
+        return (spec.curation.utility if spec else UtilitySpec()).decay
+
+    @app.task
+    async def follow_prompt_stats() -> None:
+        await follow(ctx.settings, ctx.topics, state.families, decay)
+
     scrubbed = Counter_("prefstream_pii_scrubbed_total", "Personal data and secrets replaced in prompts",
                         ["kind"], registry=ctx.metrics.registry)
+    dropped = Counter_("prefstream_curation_dropped_total", "Prompts curate dropped for an objective, by reason "
+                       "(duplicate, low_utility)", ["reason"], registry=ctx.metrics.registry)
     ctx.agent(app, "curate", ctx.topics.prompts, handler)

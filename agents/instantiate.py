@@ -8,6 +8,13 @@ kinds at once: pairs (best-vs-worst, best-vs-each, all pairs above the margin), 
 KTO labels by thresholds, a listwise ranking, scalar rewards. Ties and identical texts
 never pair. Record ids hash the prompt id, objective@version, the kind and the candidates
 involved, so the same judged set always yields the same ids.
+
+Agent trajectories branched at steps (candidates with ``intent="step:k"``): candidates are
+paired only with others of the same step, so a step-level pair has one prefix
+(``messages[:k]``) and two next actions, each an assistant turn in TRL's conversational shape
+(a tool call with ``tool_calls``, or a final answer); each record carries ``step``. Every
+record carries the prompt's ``difficulty`` (from the verifiers' pass rate). The binding also
+publishes the set's ``PromptStats`` to ``prompt-stats`` (``agents.utility``) for curate.
 """
 from __future__ import annotations
 
@@ -15,6 +22,10 @@ import logging
 import time
 from collections import Counter
 
+import msgspec
+
+from agents.trajectory import parse_action, step_of
+from agents.utility import difficulty, pass_rate, prompt_stats
 from schemas import (InstantiationSpec, Judged, JudgedSet, Message, Outcome, PreferenceRecord, Ranked,
                      RankingRecord, RewardRecord, Side, UnpairedRecord, stable_id)
 from streams.runtime import Emit
@@ -110,6 +121,8 @@ def _side(j: Judged) -> Side:
 
 
 def _completion(j: Judged) -> list[Message]:
+    if step_of(j.candidate) is not None:  # a trajectory step: the action as an assistant turn
+        return [parse_action(j.candidate.text).message()]
     return [Message(role="assistant", content=j.candidate.text)]
 
 
@@ -189,9 +202,38 @@ def instantiate(jset: JudgedSet) -> tuple[list, Counter, str]:
     return unique, Counter({k: v for k, v in counts.items() if v}), reason
 
 
+def by_step(jset: JudgedSet) -> dict[int | None, JudgedSet]:
+    """The judged set per branch step, each with the prompt cut to the step's prefix (one
+    set under ``None`` where the candidates are whole responses)."""
+    steps: dict[int | None, list[Judged]] = {}
+    for j in jset.judged:
+        steps.setdefault(step_of(j.candidate), []).append(j)
+    if list(steps) == [None]:
+        return {None: jset}
+    prompt = jset.prompt
+    return {k: msgspec.structs.replace(jset, judged=js, prompt=msgspec.structs.replace(
+        prompt, messages=prompt.messages if k is None else prompt.messages[:k]))
+            for k, js in sorted(steps.items(), key=lambda kv: -1 if kv[0] is None else kv[0])}
+
+
+def instantiate_steps(jset: JudgedSet) -> tuple[list, Counter, str]:
+    """``instantiate`` per branch step (once for whole responses); records carry their step
+    and difficulty."""
+    records, counts, reasons = [], Counter(), []
+    parts = by_step(jset)
+    for step, part in parts.items():
+        made, c, why = instantiate(part)
+        tag = difficulty(pass_rate(part), jset.objective.instantiation)
+        records += [msgspec.structs.replace(r, step=step, difficulty=tag) for r in made]
+        counts.update(c)
+        if why:
+            reasons.append(why if step is None else f"step {step}: {why}")
+    return records, counts, "; ".join(reasons)
+
+
 def process(jset: JudgedSet) -> list[Emit]:
     ref, pid = jset.objective.ref, jset.prompt.id
-    records, counts, reason = instantiate(jset)
+    records, counts, reason = instantiate_steps(jset)
     if not records:
         reason = reason or f"no records: the objective's instantiation made none ({dict(counts) or 'nothing on'})"
         outcome = Outcome(prompt_id=pid, objective=ref, status="no_pair", candidates=len(jset.judged),
@@ -204,9 +246,11 @@ def process(jset: JudgedSet) -> list[Emit]:
 
 
 def bind(app, ctx) -> None:
-    """The faust agent: judgments → preferences + outcomes."""
+    """The faust agent: judgments → preferences + prompt-stats + outcomes."""
 
     async def handler(jset: JudgedSet) -> list[Emit]:
-        return process(jset)
+        *records, outcome = process(jset)
+        stats = Emit("prompt-stats", jset.prompt.id, prompt_stats(jset, outcome.value))
+        return [*records, stats, outcome]
 
     ctx.agent(app, "instantiate", ctx.topics.judgments, handler)

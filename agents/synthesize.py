@@ -6,6 +6,8 @@ The objective's ``synthesis.strategy`` picks how: ``samples``/``pool`` (N sample
 the generators), ``contrastive`` (RLCD: positive vs negative system prompt), ``revise``
 (draft → critique → revision), ``perturb`` (a response and a degraded copy of it). A response
 captured from production (``metadata.production_response``) joins as model ``production``.
+With ``synthesis.branch``, an agent trajectory is continued at a chosen step: candidates are
+the next action from the prefix before that step (``branched``).
 """
 from __future__ import annotations
 
@@ -13,13 +15,16 @@ import asyncio
 import logging
 import time
 
+import msgspec
+
 from agents.backends.base import GenRequest, Generation
 from agents.synthesis.perturb import perturb
 from agents.synthesis.prompting import (chat_messages, contrastive_prompts, critique_prompt, last_user_text,
                                         render_completion, revision_prompt)
+from agents.trajectory import STEP, branch_steps
 from schemas import (Candidate, CandidateSet, Curated, GeneratorSpec, ObjectiveSpec, Prompt, Sampling,
                      SynthesisSpec, stable_id)
-from streams.runtime import Emit
+from streams.runtime import Emit, Rejected
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +59,7 @@ class Writer:
         self.spec = objective.synthesis
         self.seed = base_seed(prompt.id, objective.ref, self.spec.seed)
         self.index = 0
+        self.intent: str | None = None  # "step:k" while branching a trajectory at step k
 
     def request(self, gen: GeneratorSpec, n: int, system: str | None = None, text: str | None = None,
                 max_tokens: int | None = None) -> GenRequest:
@@ -92,7 +98,7 @@ class Writer:
                 jobs.append((gen, self.index, self.request(gen, k, system)))
                 self.index += k
         results = await asyncio.gather(*(self.backends.get(g).generate(r) for g, _, r in jobs))
-        return [self.candidate(gen, g, first + i, intent=intent)
+        return [self.candidate(gen, g, first + i, intent=intent or self.intent)
                 for (gen, first, _), gens in zip(jobs, results) for i, g in enumerate(gens)]
 
 
@@ -140,19 +146,40 @@ STRATEGIES = {"samples": sampled, "pool": sampled, "contrastive": contrastive, "
               "perturb": perturbed}
 
 
+async def branched(w: Writer) -> list[Candidate]:
+    """Agent trajectories (``synthesis.branch``): at each branch step k, the strategy's
+    candidates are the next assistant action from the prefix ``messages[:k]`` (a tool call or
+    a final answer), each with ``intent="step:k"``."""
+    full = w.prompt
+    steps = branch_steps(full.messages, w.spec.branch)
+    if not steps:
+        raise Rejected(f"synthesis.branch {w.spec.branch!r}: the trajectory has no turn after a user turn to "
+                       "branch at", full.id)
+    out: list[Candidate] = []
+    for step in steps:
+        w.prompt, w.intent = msgspec.structs.replace(full, messages=full.messages[:step]), f"{STEP}{step}"
+        out += await STRATEGIES[w.spec.strategy](w)
+    w.prompt, w.intent = full, None
+    return out
+
+
 def production_candidate(prompt: Prompt) -> Candidate | None:
     text = prompt.metadata.get("production_response")
     if not isinstance(text, str) or not text:
         return None
-    return Candidate(id="c-" + stable_id(prompt.id, "production", text), text=text, backend="production",
+    # the proxy's response id, so human feedback on that response (Feedback.response_id) finds it
+    cid = str(prompt.metadata.get("production_response_id") or "c-" + stable_id(prompt.id, "production", text))
+    return Candidate(id=cid, text=text, backend="production",
                      model=str(prompt.metadata.get("production_model") or "production"), strategy="production",
                      sampling=Sampling(temperature=-1, top_p=-1, max_tokens=-1), intent="production")
 
 
 async def process(curated: Curated, backends) -> list[Emit]:
     prompt, objective = curated.prompt, curated.objective
-    candidates = await STRATEGIES[objective.synthesis.strategy](Writer(prompt, objective, backends))
-    prod = production_candidate(prompt)
+    branch = objective.synthesis.branch != "off"
+    strategy = branched if branch else STRATEGIES[objective.synthesis.strategy]
+    candidates = await strategy(Writer(prompt, objective, backends))
+    prod = None if branch else production_candidate(prompt)
     if prod is not None:
         candidates.append(prod)
     cset = CandidateSet(id="s-" + stable_id(prompt.id, objective.ref, [c.id for c in candidates]),

@@ -8,6 +8,7 @@ deterministic ``id``, a ``kind``, the ``prompt_id`` and the ``objective`` (name@
 """
 from __future__ import annotations
 
+import json
 from typing import Literal, Union
 
 from schemas.base import Part, Wire
@@ -43,6 +44,10 @@ class PreferenceRecord(Wire, tag="preference.v1", kw_only=True):
     length_chosen: int = 0  # the lengths the length guard compared
     length_rejected: int = 0
     length_flagged: bool = False  # chosen wins mainly by length (guard "count")
+    # agent trajectories: the index of the turn the pair branches at (``prompt`` is the
+    # trajectory before it; chosen and rejected are two next actions); None for a whole response
+    step: int | None = None
+    difficulty: str | None = None  # "easy" | "medium" | "hard" from the verifiers' pass rate
 
     def trl(self) -> dict:
         """The line a trainer reads: TRL conversational preference format + provenance."""
@@ -58,6 +63,8 @@ class PreferenceRecord(Wire, tag="preference.v1", kw_only=True):
             "objective": self.objective,
             "model_chosen": self.chosen_side.model,
             "model_rejected": self.rejected_side.model,
+            **({"step": self.step} if self.step is not None else {}),
+            **({"difficulty": self.difficulty} if self.difficulty is not None else {}),
         }
 
 
@@ -74,6 +81,8 @@ class UnpairedRecord(Wire, tag="preference.unpaired.v1", kw_only=True):
     side: Side
     source: str = "unknown"
     created_at: float = 0.0
+    step: int | None = None
+    difficulty: str | None = None
 
 
 class Ranked(Part, kw_only=True):
@@ -95,6 +104,8 @@ class RankingRecord(Wire, tag="preference.ranking.v1", kw_only=True):
     ranked: list[Ranked]
     source: str = "unknown"
     created_at: float = 0.0
+    step: int | None = None
+    difficulty: str | None = None
 
 
 class RewardRecord(Wire, tag="preference.reward.v1", kw_only=True):
@@ -110,6 +121,8 @@ class RewardRecord(Wire, tag="preference.reward.v1", kw_only=True):
     side: Side
     source: str = "unknown"
     created_at: float = 0.0
+    step: int | None = None
+    difficulty: str | None = None
 
 
 AnyRecord = Union[PreferenceRecord, UnpairedRecord, RankingRecord, RewardRecord]
@@ -118,13 +131,28 @@ KINDS = ("pair", "unpaired", "ranking", "reward")
 
 
 def message_dict(m: Message) -> dict:
-    """A chat turn as TRL reads it: role and content (tool calls where present)."""
+    """A chat turn as TRL reads it: role and content; tool calls with their arguments as an
+    object (as chat templates and TRL's tool calling expect), a tool result with the tool's
+    ``name``."""
     out: dict = {"role": m.role, "content": m.content if m.content is not None else ""}
     if m.tool_calls:
-        out["tool_calls"] = m.tool_calls
+        out["tool_calls"] = [_call_dict(c) for c in m.tool_calls]
     if m.tool_call_id:
         out["tool_call_id"] = m.tool_call_id
+    if m.role == "tool" and m.name:
+        out["name"] = m.name
     return out
+
+
+def _call_dict(call: dict) -> dict:
+    fn = call.get("function")
+    if not isinstance(fn, dict) or not isinstance(fn.get("arguments"), str):
+        return call
+    try:
+        args = json.loads(fn["arguments"])
+    except ValueError:
+        return call
+    return {**call, "function": {**fn, "arguments": args}} if isinstance(args, dict) else call
 
 
 _msg = message_dict

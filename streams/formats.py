@@ -17,6 +17,12 @@ id, deterministic), ``prompt_id``, ``objective`` (name@version), ``source``, ``m
 ``evaluators``. Trainers drop columns they do not use.
 
 In Parquet a turn holds ``role`` and ``content``; tool calls stay in the JSONL rows.
+
+Agent trajectories: a step-level record's prompt is the trajectory before the step (user,
+assistant turns with ``tool_calls``, ``tool`` results with the tool's ``name``) and chosen /
+rejected are the two next actions, each one assistant turn (a tool call or a final answer),
+as TRL's tool-calling conversations hold them; ``step`` says at which turn it branches. In the
+standard style a tool call is written ``[calls name(arguments)]``.
 """
 from __future__ import annotations
 
@@ -34,20 +40,30 @@ ROLES = {"user": "Human", "assistant": "Assistant", "system": "System", "tool": 
 CHAT = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 STR, F64 = pa.string(), pa.float64()
 PROVENANCE = [("id", STR), ("prompt_id", STR), ("objective", STR), ("source", STR),
-              ("models", pa.list_(STR)), ("evaluators", pa.list_(STR))]
+              ("models", pa.list_(STR)), ("evaluators", pa.list_(STR)), ("step", pa.int64()), ("difficulty", STR)]
 
 
 class FormatError(ValueError):
     pass
 
 
+def _turn_text(m: Message, strip: bool = False) -> str:
+    """A turn's text, its tool calls written out (``[calls calc({"expr": "3 * 12"})]``)."""
+    text = (m.content or "").strip() if strip else (m.content or "")
+    if not m.tool_calls:
+        return text
+    calls = "; ".join(f"{c.get('function', {}).get('name', '?')}({c.get('function', {}).get('arguments', '')})"
+                      for c in m.tool_calls)
+    return f"{text} [calls {calls}]" if text.strip() else f"[calls {calls}]"
+
+
 def render_prompt(messages: list[Message]) -> str:
     """Standard style: the turns as HH-style text, ending where the answer begins."""
-    return "".join(f"\n\n{ROLES[m.role]}: {m.content or ''}" for m in messages) + "\n\nAssistant:"
+    return "".join(f"\n\n{ROLES[m.role]}: {_turn_text(m)}" for m in messages) + "\n\nAssistant:"
 
 
 def render_completion(messages: list[Message]) -> str:
-    return " " + "\n\n".join((m.content or "").strip() for m in messages)
+    return " " + "\n\n".join(_turn_text(m, strip=True) for m in messages)
 
 
 def _turns(messages: list[Message], style: str):
@@ -62,7 +78,7 @@ def _provenance(r, sides: list[Side]) -> dict:
     evaluators = sorted({s.evaluator for side in sides for s in side.scores if s.value is not None})
     models = list(dict.fromkeys(side.model for side in sides))
     return {"id": r.id, "prompt_id": r.prompt_id, "objective": r.objective, "source": r.source,
-            "models": models, "evaluators": evaluators}
+            "models": models, "evaluators": evaluators, "step": r.step, "difficulty": r.difficulty}
 
 
 def dpo_row(r: PreferenceRecord, style: str) -> dict:
