@@ -261,4 +261,4 @@ def bind(app, ctx) -> None:
                         ["kind"], registry=ctx.metrics.registry)
     dropped = Counter_("prefstream_curation_dropped_total", "Prompts curate dropped for an objective, by reason "
                        "(duplicate, low_utility)", ["reason"], registry=ctx.metrics.registry)
-    ctx.agent(app, "curate", ctx.topics.prompts, handler)
+    ctx.agent(app, "curate", ctx.topics.prompts, handler, concurrency=ctx.settings.agent_concurrency)

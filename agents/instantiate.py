@@ -253,4 +253,4 @@ def bind(app, ctx) -> None:
         stats = Emit("prompt-stats", jset.prompt.id, prompt_stats(jset, outcome.value))
         return [*records, stats, outcome]
 
-    ctx.agent(app, "instantiate", ctx.topics.judgments, handler)
+    ctx.agent(app, "instantiate", ctx.topics.judgments, handler, concurrency=ctx.settings.agent_concurrency)

@@ -52,6 +52,9 @@ class Settings:
     breaker_cooldown_s: float = 5.0  # first open period (doubles per failed probe, ≤ 30 s)
     outage_budget_s: float = 300.0  # a model request gives up (dead letter) after this long
     max_inflight: int = 4  # model requests in flight per worker
+    # messages in flight in the model-free stages (curate, instantiate): each waits for the
+    # broker to acknowledge its outputs, so a few dozen in flight keep the stage busy
+    agent_concurrency: int = 32
     # agents
     default_objective: str = "default"
     objective_wait_s: float = 30.0  # how long curate waits for an unknown objective to appear
