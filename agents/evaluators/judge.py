@@ -127,15 +127,12 @@ def parse_chat(text: str, scale: int) -> tuple[int | None, str]:
     return (_as_score(m.group(1), scale) if m else None), text
 
 
-class PointwiseJudge:
-    """Asks a judge model for a 1..scale rating of each response, normalised to [0, 1].
+class ModelJudge:
+    """What the model judges share: the judge model comes from ``backends`` — anything with
+    ``get(spec) -> Generator`` (``agents.backends.registry.Backends``) or a callable
+    ``spec -> Generator`` — asked for the objective's ``evaluation.judge`` spec on every
+    call, so an objective change takes effect at once."""
 
-    ``backends`` is anything with ``get(spec) -> Generator`` (``agents.backends.registry.
-    Backends``) or a callable ``spec -> Generator``; it is asked for the objective's
-    ``evaluation.judge`` spec on every call, so an objective change takes effect at once.
-    """
-
-    name = "judge"
     kind = "judge"
 
     def __init__(self, backends: Any) -> None:
@@ -147,6 +144,12 @@ class PointwiseJudge:
     def _generator(self, spec: JudgeSpec) -> Any:
         get = getattr(self._backends, "get", None)
         return get(spec) if get is not None else self._backends(spec)
+
+
+class PointwiseJudge(ModelJudge):
+    """Asks a judge model for a 1..scale rating of each response, normalised to [0, 1]."""
+
+    name = "judge"
 
     async def score(self, prompt: Prompt, candidates: list[Candidate],
                     objective: ObjectiveSpec) -> list[Score]:

@@ -24,7 +24,7 @@ from itertools import combinations
 from typing import Any
 
 from agents.backends.base import BackendError, GenRequest
-from agents.evaluators.judge import DEFAULT_PRINCIPLES, defuse, request_text
+from agents.evaluators.judge import DEFAULT_PRINCIPLES, ModelJudge, defuse, request_text
 from schemas import Candidate, JudgeSpec, Message, ObjectiveSpec, Prompt, Score
 from schemas.judgments import Comparison
 
@@ -107,19 +107,8 @@ def compare(first: str | None, second: str | None, other: str) -> Comparison:
                       first=first, second=second, consistent=consistent)
 
 
-class PairwiseJudge:
+class PairwiseJudge(ModelJudge):
     name = "pairwise"
-    kind = "judge"
-
-    def __init__(self, backends: Any) -> None:
-        self._backends = backends
-
-    def applies(self, prompt: Prompt) -> bool:
-        return True
-
-    def _generator(self, spec: JudgeSpec) -> Any:
-        get = getattr(self._backends, "get", None)
-        return get(spec) if get is not None else self._backends(spec)
 
     async def score(self, prompt: Prompt, candidates: list[Candidate],
                     objective: ObjectiveSpec) -> list[Score]:
