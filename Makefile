@@ -27,5 +27,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -m "not model"
 
+# The quick benchmarks (each prints a JSON line last).
+bench: $(STAMP)
+	$(VENV)/bin/python benchmarks/bus.py --quick
+	$(VENV)/bin/python benchmarks/model.py --quick
+	$(VENV)/bin/python benchmarks/soak.py --quick
+	$(VENV)/bin/python benchmarks/tap_parquet.py --quick
+
 clean:
 	rm -rf $(VENV) out .prefstream
