@@ -43,8 +43,8 @@ async def deliver(channel: faust.TopicT, key: bytes, value: bytes) -> None:
         except (KafkaError, ProducerSendError) as exc:
             cause = exc.__cause__ if isinstance(exc, ProducerSendError) and exc.__cause__ else exc
             if isinstance(cause, (MessageSizeTooLargeError, RecordListTooLargeError)):
-                raise Undeliverable(f"the broker refuses a {len(value)}-byte message to "
-                                    f"{channel.get_topic_name()}: {cause}") from exc
+                raise Undeliverable(f"a {len(value)}-byte message to {channel.get_topic_name()} is over "
+                                    f"the producer's or the broker's size limit: {cause}") from exc
             failures += 1
             logger.warning("send to %s failed (%s), retry %d in %.1fs", channel.get_topic_name(), cause,
                            failures, delay)

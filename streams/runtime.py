@@ -35,6 +35,9 @@ class Emit:
 # wire), so the letter always fits under the producer's max request size (1 MB)
 MAX_ORIGINAL_BYTES = 256 * 1024
 MAX_KEY_CHARS = 1000
+# what msgspec raises on bad bytes: invalid JSON or types (DecodeError), invalid UTF-8 inside
+# a string (UnicodeDecodeError), JSON nested deeper than Python's recursion limit
+MALFORMED = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
 class Undeliverable(Exception):
@@ -95,7 +98,7 @@ class Stage:
         value = None
         try:
             value = self.source.codec.decode(raw.value)
-        except msgspec.DecodeError as err:
+        except Exception as err:  # noqa: BLE001 - MALFORMED, or anything else a hostile message provokes
             await self.dead_letter(raw, err, reason=f"not a {self.source.codec.tag} message: {err}")
             return
         try:
@@ -103,12 +106,18 @@ class Stage:
         except Exception as err:  # noqa: BLE001 - every failure becomes a dead letter
             await self.dead_letter(raw, err, value)
             return
+        out = []
+        try:
+            for e in emits:
+                topic = getattr(self.topics, e.topic)
+                out.append((topic, e.key.encode(), topic.codec.encode(e.value)))
+        except Exception as err:  # noqa: BLE001 - an output that cannot be encoded: dead letter
+            await self.dead_letter(raw, err, value)
+            return
         # ``send`` returns once the broker has acknowledged the output, so when this returns
         # (and the input's offset may be committed) every output is stored. The sends are
         # queued in order and acknowledged together: one round trip per input, not per output.
-        topics = [getattr(self.topics, e.topic) for e in emits]
-        sent = await asyncio.gather(*(self.send(t, e.key.encode(), t.codec.encode(e.value))
-                                      for t, e in zip(topics, emits)), return_exceptions=True)
+        sent = await asyncio.gather(*(self.send(*o) for o in out), return_exceptions=True)
         for e, result in zip(emits, sent):
             if isinstance(result, Undeliverable):
                 await self.dead_letter(raw, result, value)
@@ -120,7 +129,7 @@ class Stage:
 
     async def dead_letter(self, raw: Raw, err: Exception, value: Any = None, reason: str | None = None) -> None:
         kind = "rejected" if isinstance(err, Rejected) else (
-            "malformed" if isinstance(err, msgspec.DecodeError) else "error")
+            "malformed" if isinstance(err, MALFORMED) else "error")
         prompt_id = getattr(err, "prompt_id", None) or (_prompt_id_of(value) if value is not None else None)
         key = raw.key.decode("utf-8", "replace")[:MAX_KEY_CHARS] if raw.key else None
         prompt_id = prompt_id[:MAX_KEY_CHARS] if prompt_id else prompt_id
