@@ -23,11 +23,10 @@ import logging
 import time
 from collections import OrderedDict
 
-import msgspec
-
 from schemas import InstantiationSpec, JudgedSet, Outcome, Prompt
 from schemas.objectives import UtilitySpec
 from schemas.stats import PromptStats
+from streams.topics import MALFORMED
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +147,7 @@ async def follow(settings, topics, families: FamilyUtility, decay_of) -> None:
                 for msg in msgs:
                     try:
                         stats = topic.codec.decode(msg.value)
-                    except msgspec.DecodeError as e:
+                    except MALFORMED as e:
                         logger.error("bad prompt stats at %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, e)
                         continue
                     families.observe(stats, decay_of(stats.objective.rsplit("@", 1)[0]))

@@ -26,7 +26,7 @@ import yaml
 from schemas import ObjectiveSpec
 from streams.admin import producer, reader
 from streams.settings import Settings
-from streams.topics import Topic, Topics
+from streams.topics import MALFORMED, Topic, Topics
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ async def read_all(settings: Settings, sources: list[Topic]) -> list[tuple[Topic
                     t = by_name[m.topic]
                     try:
                         out.append((t, t.codec.decode(m.value), m.timestamp / 1000))
-                    except msgspec.DecodeError as e:
+                    except MALFORMED as e:
                         logger.error("undecodable record at %s[%d]@%d: %s", m.topic, m.partition, m.offset, e)
     finally:
         await consumer.stop()
@@ -308,7 +308,7 @@ class ObjectiveRegistry:
                     for msg in msgs:
                         try:
                             await self.update(codec.decode(msg.value))
-                        except msgspec.DecodeError as e:
+                        except MALFORMED as e:
                             logger.error("bad objective at %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, e)
                 if not self.ready.is_set() and (idle >= IDLE_POLLS or await _caught_up(consumer, ends)):
                     self.ready.set()

@@ -31,7 +31,7 @@ from streams.objectives import publish, validate
 from streams.report import save_run
 from streams.settings import Settings
 from streams.tap import JsonlSink, open_sinks
-from streams.topics import Topics, from_settings
+from streams.topics import MALFORMED, Topics, from_settings
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def _consume(topics: Topics, msg, ledger: Ledger, sink: JsonlSink) -> None:
     topic = topics.by_name(msg.topic)
     try:
         value = topic.codec.decode(msg.value)
-    except msgspec.DecodeError as e:
+    except MALFORMED as e:
         logger.error("undecodable record at %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, e)
         return
     if isinstance(value, RECORD_TYPES):  # pair, unpaired, ranking, reward

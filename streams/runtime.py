@@ -13,11 +13,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-import msgspec
 
 from schemas import DeadLetter
 from streams.metrics import Metrics
-from streams.topics import Topic, Topics
+from streams.topics import MALFORMED, Topic, Topics
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +34,6 @@ class Emit:
 # wire), so the letter always fits under the producer's max request size (1 MB)
 MAX_ORIGINAL_BYTES = 256 * 1024
 MAX_KEY_CHARS = 1000
-# what msgspec raises on bad bytes: invalid JSON or types (DecodeError), invalid UTF-8 inside
-# a string (UnicodeDecodeError), JSON nested deeper than Python's recursion limit
-MALFORMED = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
 class Undeliverable(Exception):

@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
-import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError
@@ -21,7 +20,7 @@ from aiokafka.errors import KafkaConnectionError
 from schemas import ObjectiveSpec
 from streams.security import kafka_options
 from streams.settings import Settings
-from streams.topics import Topics
+from streams.topics import MALFORMED, Topics
 
 END_NOTE = ("end = offset after the last record, read from the broker; reported_end = the broker's "
             "ListOffsets answer (Tansu reports the start of the last batch + 1, so it can be lower); "
@@ -252,6 +251,6 @@ async def _decoded(consumer: AIOKafkaConsumer, topic, ends: dict[TopicPartition,
     async for rec in read_all(consumer, mine):
         try:
             out.append((rec, topic.codec.decode(rec.value)))
-        except msgspec.DecodeError:
+        except MALFORMED:
             continue  # not ours to judge here; counted in the topic's records
     return out

@@ -19,13 +19,12 @@ import logging
 import os
 from pathlib import Path
 
-import msgspec
 
 from streams.admin import reader
 from streams.formats import Format
 from streams.settings import Settings
 from streams.shards import DatasetSink, Rotation
-from streams.topics import Topics
+from streams.topics import MALFORMED, Topics
 
 __all__ = ["DatasetSink", "JsonlSink", "Rotation", "Sinks", "open_sinks", "tap"]
 
@@ -116,7 +115,7 @@ async def tap(settings: Settings, topics: Topics, out_dir: str, stop: asyncio.Ev
                 for msg in msgs:
                     try:
                         record = codec.decode(msg.value)
-                    except msgspec.DecodeError as e:
+                    except MALFORMED as e:
                         logger.error("undecodable record at %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, e)
                         continue
                     written += sink.write(record)

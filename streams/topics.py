@@ -38,6 +38,11 @@ ALL: tuple[TopicSpec, ...] = (PROMPTS, CURATED, OBJECTIVES, CANDIDATES, JUDGMENT
                               OUTCOMES, DEADLETTERS, FEEDBACK, OBJECTIVE_HISTORY, PREFERENCES_SHADOW, PROMPT_STATS)
 
 
+# what decoding bad bytes raises: invalid JSON or types (msgspec.DecodeError), invalid UTF-8
+# inside a string (UnicodeDecodeError), JSON nested deeper than Python's recursion limit
+MALFORMED = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+
 class Codec:
     """One encoder and one typed decoder for a topic, built once."""
 
