@@ -112,17 +112,24 @@ def parse_completion(text: str, scale: int) -> int | None:
     return _as_score(m.group(0), scale) if m else None
 
 
-def parse_chat(text: str, scale: int) -> tuple[int | None, str]:
-    """(score, rationale) from a JSON object anywhere in the text; a truncated object
-    still gives its score."""
+def json_object(text: str) -> dict | None:
+    """The JSON object spanning the first ``{`` to the last ``}`` of a model's text, if any."""
     start, end = text.find("{"), text.rfind("}")
     if 0 <= start < end:
         try:
             obj = json.loads(text[start:end + 1])
         except ValueError:
-            obj = None
-        if isinstance(obj, dict) and "score" in obj:
-            return _as_score(obj["score"], scale), str(obj.get("rationale", ""))
+            return None
+        return obj if isinstance(obj, dict) else None
+    return None
+
+
+def parse_chat(text: str, scale: int) -> tuple[int | None, str]:
+    """(score, rationale) from a JSON object anywhere in the text; a truncated object
+    still gives its score."""
+    obj = json_object(text)
+    if obj is not None and "score" in obj:
+        return _as_score(obj["score"], scale), str(obj.get("rationale", ""))
     m = _JSON_SCORE.search(text)
     return (_as_score(m.group(1), scale) if m else None), text
 

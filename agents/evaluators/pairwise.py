@@ -17,14 +17,13 @@ cannot be read is asked again (``retries``), then that comparison is unscored â€
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 from itertools import combinations
 from typing import Any
 
 from agents.backends.base import BackendError, GenRequest
-from agents.evaluators.judge import DEFAULT_PRINCIPLES, ModelJudge, defuse, request_text
+from agents.evaluators.judge import DEFAULT_PRINCIPLES, ModelJudge, defuse, json_object, request_text
 from schemas import Candidate, JudgeSpec, Message, ObjectiveSpec, Prompt, Score
 from schemas.judgments import Comparison
 
@@ -78,15 +77,10 @@ def parse_completion(text: str) -> str | None:
 
 
 def parse_chat(text: str) -> str | None:
-    start, end = text.find("{"), text.rfind("}")
-    if 0 <= start < end:
-        try:
-            obj = json.loads(text[start:end + 1])
-        except ValueError:
-            obj = None
-        if isinstance(obj, dict) and str(obj.get("winner", "")).strip().upper() in ("A", "B", "TIE"):
-            w = str(obj["winner"]).strip().upper()
-            return "tie" if w == "TIE" else w
+    obj = json_object(text)
+    if obj is not None and str(obj.get("winner", "")).strip().upper() in ("A", "B", "TIE"):
+        w = str(obj["winner"]).strip().upper()
+        return "tie" if w == "TIE" else w
     m = _WINNER.search(text)
     return None if m is None else ("tie" if m.group(1).lower() == "tie" else m.group(1).upper())
 
