@@ -42,7 +42,7 @@ def screenshot(html: Path, png: Path, width: int = 1280, height: int | None = No
     chrome = find_chromium()
     if chrome is None:
         raise RuntimeError("no chromium on PATH; install Debian's package: apt-get install -y chromium")
-    with tempfile.TemporaryDirectory(prefix="report-chromium-") as profile:
+    with tempfile.TemporaryDirectory(prefix="report-chromium-", ignore_cleanup_errors=True) as profile:
         cmd = [chrome, "--headless", "--disable-gpu", "--hide-scrollbars", "--no-first-run", "--mute-audio",
                "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", f"--user-data-dir={profile}",
                f"--window-size={width},900", "about:blank"]
@@ -53,13 +53,32 @@ def screenshot(html: Path, png: Path, width: int = 1280, height: int | None = No
             ws = _devtools_address(Path(profile) / "DevToolsActivePort", proc, timeout)
             result = asyncio.run(asyncio.wait_for(_drive(ws, html.resolve().as_uri(), png, width, height), timeout))
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            _stop_group(proc)
     return result
+
+
+def _stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop Chromium and every helper process it forked (its own session), and wait until none is
+    left: a renderer still writing into the profile would make removing the profile fail."""
+    import signal
+
+    def alive() -> bool:
+        try:
+            os.killpg(proc.pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if proc.poll() is not None and not alive():
+                return
+            time.sleep(0.05)
 
 
 def _devtools_address(path: Path, proc: subprocess.Popen, timeout: float) -> str:
