@@ -97,7 +97,11 @@ class Writer:
             if k:
                 jobs.append((gen, self.index, self.request(gen, k, system)))
                 self.index += k
-        results = await asyncio.gather(*(self.backends.get(g).generate(r) for g, _, r in jobs))
+        if len(jobs) == 1:  # the usual case: no task to gather one call
+            (gen, _, req), = jobs
+            results = [await self.backends.get(gen).generate(req)]
+        else:
+            results = await asyncio.gather(*(self.backends.get(g).generate(r) for g, _, r in jobs))
         return [self.candidate(gen, g, first + i, intent=intent or self.intent)
                 for (gen, first, _), gens in zip(jobs, results) for i, g in enumerate(gens)]
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import faust
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
+from faust.app.base import BootStrategy
 from faust.exceptions import ProducerSendError
 
 from streams.broker import free_port
@@ -23,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 AGENTS = ("curate", "synthesize", "evaluate", "instantiate")
 GUARANTEES = ("at_least_once", "exactly_once")
+RUNTIMES = ("batch", "faust")
 MAX_RETRY_S = 5.0
 
 
@@ -65,7 +67,9 @@ class Context:
     channels: dict[str, faust.TopicT] = field(default_factory=dict)
 
     def agent(self, app: faust.App, name: str, source: Topic, handler, concurrency: int = 1) -> None:
-        """Bind ``handler`` as a faust agent on ``source``; outputs go through faust's producer."""
+        """Bind ``handler`` on ``source``: a faust agent taking one event at a time (the
+        ``faust`` runtime, and exactly-once), or a ``StageRunner`` taking batches (``batch``).
+        Outputs go through faust's producer either way."""
         if not self.channels:
             self.channels.update({
                 t.name: app.topic(t.name, key_type=bytes, value_type=bytes, value_serializer="raw",
@@ -78,6 +82,12 @@ class Context:
             await deliver(channels[topic.name], key, value)
 
         stage = Stage(name, source, self.topics, self.metrics, self.metrics.instrument(name, handler), send)
+        if runtime_of(self.settings) == "batch":
+            from streams.batch import StageRunner
+
+            window = max(self.settings.batch_max_records, 2 * concurrency)
+            app.service(StageRunner(stage, self.settings, lambda: app.producer, channels, concurrency, window))
+            return
 
         async def run(stream):
             async for event in stream.events():
@@ -87,16 +97,42 @@ class Context:
         app.agent(channels[source.name], name=f"prefstream.{name}", concurrency=concurrency)(run)
 
 
+class _BatchBoot(BootStrategy):
+    enable_kafka_consumer = False  # each stage's StageRunner has a consumer of its own
+
+
+class BatchApp(faust.App):
+    """The worker for the batch runtime: faust without its shared consumer and conductor."""
+
+    BootStrategy = _BatchBoot
+
+
+def consumer_group(settings: Settings, agent: str) -> str:
+    """The consumer group an agent reads its topic in: its own in the batch runtime (so a
+    stage rebalances alone), the worker's shared one under faust."""
+    return f"{settings.group}.{agent}" if runtime_of(settings) == "batch" else settings.group
+
+
+def runtime_of(settings: Settings) -> str:
+    """``batch`` unless asked for ``faust``; exactly-once always runs on faust's transactions."""
+    if settings.processing_guarantee == "exactly_once":
+        return "faust"
+    return settings.runtime
+
+
 def build_app(settings: Settings, agents: tuple[str, ...] = AGENTS) -> faust.App:
     unknown = set(agents) - set(AGENTS)
     if unknown:
         raise ValueError(f"unknown agents {sorted(unknown)}; choose from {', '.join(AGENTS)}")
+    if settings.runtime not in RUNTIMES:
+        raise ValueError(f"PREFSTREAM_RUNTIME={settings.runtime!r}: choose {' or '.join(RUNTIMES)}")
     if settings.processing_guarantee not in GUARANTEES:
         raise ValueError(f"PREFSTREAM_PROCESSING_GUARANTEE={settings.processing_guarantee!r}: choose "
                          f"{' or '.join(GUARANTEES)} (exactly_once needs a broker with transactions)")
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    app_class = BatchApp if runtime_of(settings) == "batch" else faust.App
+    app = app_class(
         settings.group,
         broker=settings.faust_broker,
         broker_credentials=faust_credentials(settings),
@@ -114,6 +150,7 @@ def build_app(settings: Settings, agents: tuple[str, ...] = AGENTS) -> faust.App
         consumer_auto_offset_reset="earliest",
         producer_linger=settings.producer_linger_ms / 1000,
         producer_acks=-1,
+        producer_max_batch_size=settings.producer_batch_bytes,
         # bounded in-flight work: an agent's buffer holds a few messages beyond its
         # concurrency; when it is full faust pauses the partition instead of buffering more
         stream_buffer_maxsize=max(4, 2 * settings.max_inflight),

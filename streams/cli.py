@@ -67,6 +67,9 @@ def cmd_worker(args) -> int:
 
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True,
                           logging_config=dict_config(settings.log_level, settings.log_format))
+    import gc
+
+    gc.freeze()  # the start-up heap (modules, the app) leaves the collector's scans
     worker.execute_from_commandline()
     return 0
 

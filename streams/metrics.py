@@ -28,6 +28,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self._children: dict[tuple, Any] = {}
         # the bus, per agent
         self.messages_in = Counter("prefstream_messages_in_total", "Messages consumed by an agent",
                                    ["agent", "topic"], registry=r)
@@ -65,6 +66,14 @@ class Metrics:
         self.model_in_flight = Gauge("prefstream_model_requests_in_flight", "Model requests waiting for an answer",
                                      ["backend", "model"], registry=r)
 
+    def child(self, metric, *labels: str):
+        """``metric.labels(*labels)``, looked up once (labels are bounded, so is the cache)."""
+        key = (metric, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
     def names(self) -> set[str]:
         """Every series name a query can use (``_total``; ``_bucket``, ``_sum``, ``_count``)."""
         suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
@@ -86,7 +95,7 @@ class Metrics:
 
     def instrument(self, agent: str, handler: Callable[[Any], Awaitable[list]]) -> Callable[[Any], Awaitable[list]]:
         """``handler`` with in-flight counting, and what it emits observed."""
-        gauge = self.in_flight.labels(agent)
+        gauge = self.child(self.in_flight, agent)
 
         async def instrumented(value: Any) -> list:
             gauge.inc()
@@ -106,20 +115,23 @@ class Metrics:
             if name is None:
                 continue
             if version is not None:
-                self.objective_version.labels(name).set(version)
+                self.child(self.objective_version, name).set(version)
             if e.topic in ("preferences", "preferences-shadow"):
-                self.records.labels(name, getattr(e.value, "kind", "pair")).inc()
+                self.child(self.records, name, getattr(e.value, "kind", "pair")).inc()
             elif e.topic == "outcomes":
-                self.outcomes.labels(name, e.value.status).inc()
+                self.child(self.outcomes, name, e.value.status).inc()
             elif isinstance(e.value, JudgedSet):
                 self.observe_judged(name, e.value)
 
     def observe_judged(self, objective: str, jset: JudgedSet) -> None:
+        counts: dict[tuple[str, str], int] = {}
         for j in jset.judged:
             for s in j.scores:
                 result = "scored" if s.value is not None else (
                     "parse_failure" if s.error == "parse_failure" else "error" if s.error else "unscored")
-                self.scores.labels(objective, s.evaluator, result).inc()
+                counts[s.evaluator, result] = counts.get((s.evaluator, result), 0) + 1
+        for (evaluator, result), n in counts.items():
+            self.child(self.scores, objective, evaluator, result).inc(n)
 
 
 def objective_of(value: Any) -> tuple[str | None, int | None]:

@@ -11,7 +11,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, NamedTuple
 
 
 from schemas import DeadLetter
@@ -75,57 +75,90 @@ class Raw:
     value: bytes
 
 
-class Stage:
-    """Runs one stage's handler over raw records and sends what it emits.
+class Out(NamedTuple):
+    """One encoded output of one input, ready for the producer."""
 
-    ``send(topic: Topic, key: bytes, value: bytes)`` is supplied by the binding (faust's
-    topic.send in a worker) so this class is testable without a broker.
+    topic: Topic
+    key: bytes
+    value: bytes
+
+
+class Stage:
+    """Runs one stage's handler over raw records: ``outputs()`` turns one record into the
+    encoded messages to send (its dead letter when anything fails), ``handle()`` also sends
+    them with the binding's ``send``.
+
+    ``send(topic: Topic, key: bytes, value: bytes)`` is supplied by the binding and returns
+    once the broker has acknowledged the message, so this class is testable without a broker.
     """
 
     def __init__(self, name: str, source: Topic, topics: Topics, metrics: Metrics,
                  handler: Callable[[Any], Awaitable[list[Emit]]],
-                 send: Callable[[Topic, bytes, bytes], Awaitable[None]]) -> None:
+                 send: Callable[[Topic, bytes, bytes], Awaitable[None]] | None = None) -> None:
         self.name, self.source, self.topics, self.metrics = name, source, topics, metrics
         self.handler, self.send = handler, send
+        # the labelled series this stage touches on every message, looked up once
+        self._in = metrics.messages_in.labels(name, source.spec.short)
+        self._seconds = metrics.processing.labels(name)
+        self._out: dict[str, Any] = {}
 
-    async def handle(self, raw: Raw) -> None:
+    async def outputs(self, raw: Raw) -> list[Out]:
+        """decode → process → encode. Never raises for a bad message: the dead letter,
+        with the reason, is then the one output."""
         started = time.perf_counter()
-        self.metrics.messages_in.labels(self.name, self.source.spec.short).inc()
+        self._in.inc()
         value = None
         try:
             value = self.source.codec.decode(raw.value)
         except Exception as err:  # noqa: BLE001 - MALFORMED, or anything else a hostile message provokes
-            await self.dead_letter(raw, err, reason=f"not a {self.source.codec.tag} message: {err}")
-            return
+            return [self.letter(raw, err, reason=f"not a {self.source.codec.tag} message: {err}")]
         try:
             emits = await self.handler(value)
         except Exception as err:  # noqa: BLE001 - every failure becomes a dead letter
-            await self.dead_letter(raw, err, value)
-            return
-        out = []
+            return [self.letter(raw, err, value)]
         try:
+            out = []
             for e in emits:
                 topic = getattr(self.topics, e.topic)
-                out.append((topic, e.key.encode(), topic.codec.encode(e.value)))
+                out.append(Out(topic, e.key.encode(), topic.codec.encode(e.value)))
         except Exception as err:  # noqa: BLE001 - an output that cannot be encoded: dead letter
-            await self.dead_letter(raw, err, value)
+            return [self.letter(raw, err, value)]
+        self._seconds.observe(time.perf_counter() - started)
+        return out
+
+    def sent(self, out: Out) -> None:
+        """Count one output the broker acknowledged (dead letters are counted when made)."""
+        short = out.topic.spec.short
+        if short == "deadletters":
             return
-        # ``send`` returns once the broker has acknowledged the output, so when this returns
-        # (and the input's offset may be committed) every output is stored. The sends are
-        # queued in order and acknowledged together: one round trip per input, not per output.
-        sent = await asyncio.gather(*(self.send(*o) for o in out), return_exceptions=True)
-        for e, result in zip(emits, sent):
+        counter = self._out.get(short)
+        if counter is None:
+            counter = self._out[short] = self.metrics.messages_out.labels(self.name, short)
+        counter.inc()
+
+    async def handle(self, raw: Raw) -> None:
+        """``outputs()``, then send them all and wait for the broker's acknowledgement. The
+        sends are queued in order and acknowledged together: one round trip per input."""
+        outs = await self.outputs(raw)
+        results = await asyncio.gather(*(self.send(*o) for o in outs), return_exceptions=True)
+        for out, result in zip(outs, results):
             if isinstance(result, Undeliverable):
-                await self.dead_letter(raw, result, value)
+                await self.send(*self.letter(raw, result))
                 return
             if isinstance(result, BaseException):
                 raise result
-            self.metrics.messages_out.labels(self.name, e.topic).inc()
-        self.metrics.processing.labels(self.name).observe(time.perf_counter() - started)
+            self.sent(out)
 
-    async def dead_letter(self, raw: Raw, err: Exception, value: Any = None, reason: str | None = None) -> None:
+    def letter(self, raw: Raw, err: Exception, value: Any = None, reason: str | None = None) -> Out:
+        """The dead letter for ``raw``: the reason, the msgspec error path, the original bytes
+        (capped, so the letter always fits under the producer's size limit)."""
         kind = "rejected" if isinstance(err, Rejected) else (
             "malformed" if isinstance(err, MALFORMED) else "error")
+        if value is None and isinstance(err, Undeliverable):
+            try:
+                value = self.source.codec.decode(raw.value)
+            except Exception:  # noqa: BLE001 - only for the prompt id
+                value = None
         prompt_id = getattr(err, "prompt_id", None) or (_prompt_id_of(value) if value is not None else None)
         key = raw.key.decode("utf-8", "replace")[:MAX_KEY_CHARS] if raw.key else None
         prompt_id = prompt_id[:MAX_KEY_CHARS] if prompt_id else prompt_id
@@ -142,11 +175,6 @@ class Stage:
             original=raw.value[:MAX_ORIGINAL_BYTES], topic=raw.topic, partition=raw.partition, offset=raw.offset, key=key,
             prompt_id=prompt_id, created_at=time.time(),
         )
-        dl = self.topics.deadletters
-        try:
-            await self.send(dl, (prompt_id or key or "").encode(), dl.codec.encode(letter))
-        except Undeliverable:  # cannot happen with the caps above; never let it stop the agent
-            logger.error("%s: the dead letter for %s[%d]@%d was refused by the broker", self.name, raw.topic,
-                         raw.partition, raw.offset)
-            kind = "undeliverable"
         self.metrics.dead_letters.labels(self.name, self.source.spec.short, kind).inc()
+        dl = self.topics.deadletters
+        return Out(dl, (prompt_id or key or "").encode(), dl.codec.encode(letter))

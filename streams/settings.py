@@ -30,6 +30,11 @@ class Settings:
     enable_idempotence: bool = False  # on for Apache Kafka; Tansu's InitProducerId fails
     session_timeout_s: float = 10.0  # Tansu's first join waits half of this
     producer_linger_ms: int = 20  # batches sends: fewer, larger produce requests (less CPU per message)
+    producer_batch_bytes: int = 256 * 1024  # per partition; a judged set is a few KB
+    # "batch": each stage takes records in batches with a consumer of its own and never waits
+    # per message; "faust": faust's per-event agents (exactly_once always runs there)
+    runtime: str = "batch"
+    batch_max_records: int = 500  # records a stage holds at once, taken but not yet acknowledged
     # cluster security (Apache Kafka); secrets come from the environment or *_FILE files
     security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
     sasl_mechanism: str | None = None  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
 
 from schemas import JudgedSet
 
@@ -163,38 +165,47 @@ def _text_len(messages) -> int:
 
 
 class BiasGauges:
-    """The figures as gauges, one tracker per objective; a figure that is ``None`` has no
-    series (it is removed), so a dashboard shows a gap, never a false 0."""
+    """The figures as gauges, one tracker per objective, computed when Prometheus scrapes
+    (a judged set only folds into its tracker: no figure is recomputed per message). A figure
+    that is ``None`` has no sample, so a dashboard shows a gap, never a false 0."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.trackers: dict[str, BiasTracker] = {}
-        self.figure = Gauge("prefstream_bias", "Evaluation bias figures over the judged sets this worker produced",
-                            ["objective", "figure"], registry=registry)
-        self.mean = Gauge("prefstream_evaluator_score_mean", "Mean normalised value per evaluator",
-                          ["objective", "evaluator"], registry=registry)
-        self.stdev = Gauge("prefstream_evaluator_score_stdev", "Standard deviation of values per evaluator",
-                           ["objective", "evaluator"], registry=registry)
+        self.lock = threading.Lock()  # the scrape runs on the metrics server's thread
+        registry.register(self)
 
-    def observe(self, jset: JudgedSet) -> dict:
-        tracker = self.trackers.setdefault(jset.objective.name, BiasTracker())
-        tracker.add(jset)
-        tracker.seen.clear()  # a live worker needs no replay guard, and memory stays bounded
-        tracker.prompt_ids.clear()
-        figures = tracker.figures()
-        name = jset.objective.name
-        for key in FIGURES:
-            self._set(self.figure, (name, key), figures[key])
-        for evaluator, stats in figures["evaluators"].items():
-            self._set(self.mean, (name, evaluator), stats["mean"])
-            self._set(self.stdev, (name, evaluator), stats["stdev"])
-        return figures
+    def observe(self, jset: JudgedSet) -> None:
+        with self.lock:
+            tracker = self.trackers.get(jset.objective.name)
+            if tracker is None:
+                tracker = self.trackers[jset.objective.name] = BiasTracker()
+            tracker.add(jset)
+            tracker.seen.clear()  # a live worker needs no replay guard, and memory stays bounded
+            tracker.prompt_ids.clear()
+
+    def describe(self):  # the series names, without computing figures at registration
+        return self._families()
+
+    def collect(self):
+        with self.lock:
+            figures = {name: tracker.figures() for name, tracker in self.trackers.items()}
+        return self._families(figures)
 
     @staticmethod
-    def _set(gauge: Gauge, labels: tuple[str, str], value: float | None) -> None:
-        if value is None:
-            try:
-                gauge.remove(*labels)
-            except KeyError:
-                pass
-        else:
-            gauge.labels(*labels).set(value)
+    def _families(figures: dict | None = None):
+        figure = GaugeMetricFamily("prefstream_bias", "Evaluation bias figures over the judged sets this worker "
+                                   "produced", labels=["objective", "figure"])
+        mean = GaugeMetricFamily("prefstream_evaluator_score_mean", "Mean normalised value per evaluator",
+                                 labels=["objective", "evaluator"])
+        stdev = GaugeMetricFamily("prefstream_evaluator_score_stdev", "Standard deviation of values per evaluator",
+                                  labels=["objective", "evaluator"])
+        for name, f in (figures or {}).items():
+            for key in FIGURES:
+                if f[key] is not None:
+                    figure.add_metric([name, key], f[key])
+            for evaluator, stats in f["evaluators"].items():
+                if stats["mean"] is not None:
+                    mean.add_metric([name, evaluator], stats["mean"])
+                if stats["stdev"] is not None:
+                    stdev.add_metric([name, evaluator], stats["stdev"])
+        return [figure, mean, stdev]

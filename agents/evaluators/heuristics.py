@@ -50,6 +50,11 @@ _INJECTION = [
                              r"<(?:start|end)_of_turn>|\[/?INST\]|<</?SYS>>"),
 ]
 _INJECTION_RE = [(why, re.compile(p, re.IGNORECASE)) for why, p in _INJECTION]
+# every pattern above needs one of these words or characters: one cheap pass clears the
+# ordinary response (nearly all of them) before the eight patterns run
+_INJECTION_HINT = re.compile(
+    r"ignore|disregard|forget|override|bypass|judge|grader|evaluator|reviewer|rater|scorer|reward model|"
+    r"assessor|examiner|score|rate|grade|mark|give|winner|better response|<|inst\]", re.IGNORECASE)
 
 
 def repetition(text: str) -> float:
@@ -68,6 +73,8 @@ def refusal(text: str) -> str | None:
 
 def injection(text: str) -> tuple[str, str] | None:
     """``(why, matched text)`` for the first sign the response addresses its evaluator."""
+    if _INJECTION_HINT.search(text) is None:
+        return None
     for why, pattern in _INJECTION_RE:
         m = pattern.search(text)
         if m:

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from streams.app import AGENTS, build_app
+from streams.app import AGENTS, build_app, consumer_group
 from streams.cli import parser
 from streams.metrics import Metrics
 from streams.objectives import load_objective, problems
@@ -65,9 +65,11 @@ def source_topics(tmp_path_factory) -> dict[str, str]:
     s = load({}, broker="127.0.0.1:1", metrics_port=0, data_dir=str(tmp_path_factory.mktemp("app")))
     out = {}
     for agent in AGENTS:
-        [(_, a)] = build_app(s, (agent,)).agents.items()
-        [topic] = a.channel.topics
-        out[agent] = topic.removeprefix(s.namespace + ".")
+        app = build_app(s, (agent,))
+        [runner] = app._extra_services  # the batch runtime: the stage's StageRunner
+        out[agent] = runner.stage.source.name.removeprefix(s.namespace + ".")
+        [(_, a)] = build_app(s.replace(runtime="faust"), (agent,)).agents.items()  # the faust runtime agrees
+        assert list(a.channel.topics) == [runner.stage.source.name]
     return out
 
 
@@ -81,7 +83,7 @@ def exported() -> tuple[set[str], dict[str, set[str]]]:
     labels = {}
     for collector in list(m.registry._collector_to_names):
         for fam in collector.describe():
-            labels[fam.name] = set(getattr(collector, "_labelnames", ()))
+            labels[fam.name] = set(getattr(collector, "_labelnames", ()) or getattr(fam, "_labelnames", ()))
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
     names = set()
     for fam in m.registry.collect():
@@ -328,7 +330,8 @@ def test_keda_scales_each_stage_on_its_own_group_and_topic(source_topics):
         d = deployments[so["spec"]["scaleTargetRef"]["name"]]
         c = d["spec"]["template"]["spec"]["containers"][0]
         agent = cli(c["args"]).agents
-        group = next(e["value"] for e in c["env"] if e["name"] == "PREFSTREAM_GROUP")
+        group = consumer_group(load({}, group=next(e["value"] for e in c["env"] if e["name"] == "PREFSTREAM_GROUP"),
+                                    runtime=settings.get("PREFSTREAM_RUNTIME", "batch")), agent)
         [trig] = so["spec"]["triggers"]
         meta = trig["metadata"]
         assert meta["consumerGroup"] == group
