@@ -67,8 +67,7 @@ class StageRunner(Service):
         self.inflight = 0
         self.idle = asyncio.Event()
         self.idle.set()
-        self.room = asyncio.Event()
-        self.room.set()
+        self.consuming = asyncio.Event()  # set while the fetch loop runs
         # per partition, in fetch order: [offset, done] for every record not yet committed
         self.pending: dict[TopicPartition, deque[list]] = {}
         self.tasks: set[asyncio.Task] = set()
@@ -97,6 +96,10 @@ class StageRunner(Service):
         self.stopping = True
         if self.consumer is None:
             return
+        for _ in range(50):  # the fetch loop sees `stopping` within one getmany (200 ms)
+            if not self.consuming.is_set():
+                break
+            await asyncio.sleep(0.05)
         await self.drain()
         await self.commit()
         for t in list(self.tasks):
@@ -104,6 +107,13 @@ class StageRunner(Service):
         await self.consumer.stop()
 
     async def _consume(self) -> None:
+        self.consuming.set()
+        try:
+            await self._fetch_loop()
+        finally:
+            self.consuming.clear()
+
+    async def _fetch_loop(self) -> None:
         consumer = self.consumer
         last_commit = time.monotonic()
         while not self.stopping:
