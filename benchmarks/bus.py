@@ -3,7 +3,10 @@ the built-in `echo` generator (N=4 candidates) and the heuristic `length` evalua
 the raw aiokafka floor measured in the same run (the same number of messages of the same
 sizes through four topic hops, no processing).
 
-    python benchmarks/bus.py [--quick] [--prompts N] [--workers W]
+    python benchmarks/bus.py [--quick] [--prompts N] [--workers W] [--runtime batch|faust]
+
+``--runtime faust`` runs the same stages as faust agents, one event at a time (the figure
+without the batch runtime).
 
 Prints a table, then one JSON line:
 {"bench": "bus", "prompts_per_s", "raw_floor_per_s", "ratio_to_floor", "p99_ms", ...}
@@ -159,6 +162,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="2,000 prompts")
     ap.add_argument("--prompts", type=int)
     ap.add_argument("--workers", type=int, default=1, help="worker processes in the group")
+    ap.add_argument("--runtime", choices=("batch", "faust"), default="batch", help="PREFSTREAM_RUNTIME of the workers")
     args = ap.parse_args()
     n = args.prompts or (2000 if args.quick else 20000)
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(log_path=Path(tmp) / "broker.log") as broker:
@@ -170,7 +174,7 @@ def main() -> None:
         asyncio.run(create_topics(settings, topics))
         asyncio.run(publish_objective(settings, topics, echo_objective()))
         env = {**os.environ, "PREFSTREAM_PARTITIONS": str(PARTITIONS), "PREFSTREAM_METRICS_PORT": "0",
-               "PREFSTREAM_MAX_INFLIGHT": "64", "PREFSTREAM_LOG_LEVEL": "INFO"}
+               "PREFSTREAM_MAX_INFLIGHT": "64", "PREFSTREAM_LOG_LEVEL": "INFO", "PREFSTREAM_RUNTIME": args.runtime}
         workers = [start_worker(settings, broker.address, Path(tmp) / f"worker{i}.log", env)
                    for i in range(args.workers)]
         try:
@@ -186,7 +190,7 @@ def main() -> None:
     print(f"hop sizes (bytes): {sizes}")
     print(f"{'':<28}{'prompts/s':>12}")
     print(f"{'raw aiokafka floor':<28}{floor:>12.0f}")
-    print(f"{'prefstream end to end':<28}{result['prompts_per_s']:>12.0f}")
+    print(f"{f'prefstream ({args.workers} worker, {args.runtime})':<28}{result['prompts_per_s']:>12.0f}")
     for k, v in rates.items():
         print(f"{'  stage → ' + k:<28}{v:>12.0f}")
     print(f"latency submit→outcome p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms; "
@@ -195,7 +199,7 @@ def main() -> None:
     print(json.dumps({"bench": "bus", "prompts_per_s": round(result["prompts_per_s"], 1),
                       "raw_floor_per_s": round(floor, 1), "ratio_to_floor": round(result["prompts_per_s"] / floor, 3),
                       "p99_ms": round(result["p99_ms"], 1), "p50_ms": round(result["p50_ms"], 1),
-                      "prompts": n, "workers": args.workers, "ended": result["prompts"],
+                      "prompts": n, "workers": args.workers, "runtime": args.runtime, "ended": result["prompts"],
                       "stage_per_s": {k: round(v, 1) for k, v in rates.items()},
                       "worker_cpu_ms_per_prompt": round(result["worker_cpu_s_per_prompt"] * 1e3, 3),
                       "broker_cpu_ms_per_prompt": round(result["broker_cpu_s_per_prompt"] * 1e3, 3),

@@ -171,8 +171,8 @@ def run_distilabel(data: Path, batch: int, n: int) -> dict:
     return r
 
 
-def run_prefstream(prompts) -> dict:
-    """bus.py's pipeline on these prompts: embedded broker, one warmed-up worker."""
+def run_prefstream(prompts, workers: int = 1) -> dict:
+    """bus.py's pipeline on these prompts: embedded broker, warmed-up workers in one group."""
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(log_path=Path(tmp) / "broker.log") as broker:
         settings = load({}, broker=broker.address, namespace="benchdl", partitions=PARTITIONS, metrics_port=0,
                         max_inflight=64)
@@ -181,12 +181,13 @@ def run_prefstream(prompts) -> dict:
         asyncio.run(publish_objective(settings, topics, echo_objective(candidates=N)))
         env = {**os.environ, "PREFSTREAM_PARTITIONS": str(PARTITIONS), "PREFSTREAM_METRICS_PORT": "0",
                "PREFSTREAM_MAX_INFLIGHT": "64", "PREFSTREAM_LOG_LEVEL": "INFO"}
-        worker = start_worker(settings, broker.address, Path(tmp) / "worker.log", env)
+        procs = [start_worker(settings, broker.address, Path(tmp) / f"worker{i}.log", env) for i in range(workers)]
         try:
-            asyncio.run(pipeline(settings, make_prompts(20, "warm"), [worker]))
-            result = asyncio.run(pipeline(settings, prompts, [worker]))
+            asyncio.run(pipeline(settings, make_prompts(20, "warm"), procs))
+            result = asyncio.run(pipeline(settings, prompts, procs))
         finally:
-            stop_process(worker)
+            for w in procs:
+                stop_process(w)
     if result["prompts"] != len(prompts):  # bus.pipeline() gives up after 600 s; its rate counts those ended
         print(f"warning: prefstream ended {result['prompts']} of {len(prompts)} prompts before the deadline")
     return result
@@ -196,13 +197,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="2,000 prompts, batch size 1,000 only")
     ap.add_argument("--prompts", type=int)
+    ap.add_argument("--workers", type=int, default=1, help="prefstream worker processes in the group")
     ap.add_argument("--batch-sizes", help="comma-separated larger batch sizes to try (default 1000,5000)")
     args = ap.parse_args()
     n = args.prompts or (2000 if args.quick else 20000)
     sizes = [int(b) for b in (args.batch_sizes or ("1000" if args.quick else "1000,5000")).split(",")]
     setup_s = ensure_venv()
     prompts = make_prompts(n, "run")
-    ours = run_prefstream(prompts)
+    ours = run_prefstream(prompts, args.workers)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "prompts.jsonl"
         data.write_text("".join(json.dumps({"id": p.id, "instruction": p.messages[-1].content}) + "\n"
@@ -212,7 +214,7 @@ def main() -> None:
     versions = ", ".join(f"{k} {v}" for k, v in default["versions"].items())
     print(f"prompts {n}, N={N} candidates; {versions}; venv setup {setup_s:.0f} s (0 = cached)")
     print(f"{'':<32}{'prompts/s':>10}{'total/s':>10}{'start-up s':>12}{'import s':>10}")
-    print(f"{'prefstream (1 worker)':<32}{ours['prompts_per_s']:>10.0f}{'':>10}{'':>12}{'':>10}")
+    print(f"{f'prefstream ({args.workers} worker)':<32}{ours['prompts_per_s']:>10.0f}{'':>10}{'':>12}{'':>10}")
     for r in runs:
         label = f"distilabel batch {r['batch']}"
         print(f"{label:<32}{r['per_s']:>10.0f}{r['per_s_total']:>10.0f}{r['startup_s']:>12.1f}{r['import_s']:>10.1f}")
@@ -226,7 +228,7 @@ def main() -> None:
                       "distilabel_best_batch": best["batch"],
                       "distilabel_total_per_s": {str(r["batch"]): round(r["per_s_total"], 1) for r in runs},
                       "prefstream_p99_ms": round(ours["p99_ms"], 1), "prefstream_ended": ours["prompts"],
-                      "prompts": n}))
+                      "prompts": n, "prefstream_workers": args.workers}))
 
 
 if __name__ == "__main__":

@@ -81,8 +81,10 @@ class Context:
         async def send(topic: Topic, key: bytes, value: bytes) -> None:
             await deliver(channels[topic.name], key, value)
 
-        stage = Stage(name, source, self.topics, self.metrics, self.metrics.instrument(name, handler), send)
-        if runtime_of(self.settings) == "batch":
+        batch = runtime_of(self.settings) == "batch"  # a StageRunner sets the in-flight gauge per batch
+        stage = Stage(name, source, self.topics, self.metrics,
+                      self.metrics.instrument(name, handler, count_in_flight=not batch), send)
+        if batch:
             from streams.batch import StageRunner
 
             window = max(self.settings.batch_max_records, 2 * concurrency)

@@ -68,6 +68,7 @@ class StageRunner(Service):
         self.idle = asyncio.Event()
         self.idle.set()
         self.consuming = asyncio.Event()  # set while the fetch loop runs
+        self.gauge = stage.metrics.child(stage.metrics.in_flight, stage.name)  # inputs taken, not yet done
         # per partition, in fetch order: [offset, done] for every record not yet committed
         self.pending: dict[TopicPartition, deque[list]] = {}
         self.tasks: set[asyncio.Task] = set()
@@ -134,7 +135,10 @@ class StageRunner(Service):
                 for r in records:
                     mark = [r.offset, False]
                     queue.append(mark)
-                    taken.append((Raw(r.topic, r.partition, r.offset, r.key, r.value), mark))
+                    taken.append((r.timestamp, Raw(r.topic, r.partition, r.offset, r.key, r.value), mark))
+            if len(batches) > 1:  # partitions interleaved as the records arrived (stable within one)
+                taken.sort(key=lambda t: t[0])
+            taken = [(raw, mark) for _, raw, mark in taken]
             # spread what was taken over the free slots, in chunks of at most CHUNK records:
             # a chunk runs its records one after another in one task (a task per record costs
             # more than a cheap stage's work), and a few records still get a slot each
@@ -147,6 +151,7 @@ class StageRunner(Service):
 
     def _start(self, chunk: list[tuple[Raw, list]]) -> None:
         self.inflight += len(chunk)
+        self.gauge.set(self.inflight)
         self.idle.clear()
         task = asyncio.ensure_future(self._chunk(chunk))
         self.tasks.add(task)
@@ -155,6 +160,7 @@ class StageRunner(Service):
     def _finished(self, task: asyncio.Task, n: int) -> None:
         self.tasks.discard(task)
         self.inflight -= n
+        self.gauge.set(self.inflight)
         if not task.cancelled() and task.exception() is not None:
             logger.error("%s: a chunk failed outside the stage (not committed; it is retried after a "
                          "restart or rebalance)", self.stage.name, exc_info=task.exception())

@@ -54,7 +54,8 @@ _INJECTION_RE = [(why, re.compile(p, re.IGNORECASE)) for why, p in _INJECTION]
 # ordinary response (nearly all of them) before the eight patterns run
 _INJECTION_HINT = re.compile(
     r"ignore|disregard|forget|override|bypass|judge|grader|evaluator|reviewer|rater|scorer|reward model|"
-    r"assessor|examiner|score|rate|grade|mark|give|winner|better response|<|inst\]", re.IGNORECASE)
+    r"assessor|examiner|score|rate|grade|mark|give|winner|better response|<|inst\]")  # on lower-cased text:
+# a case-insensitive alternation is ten times slower in ``re``
 
 
 def repetition(text: str) -> float:
@@ -73,7 +74,7 @@ def refusal(text: str) -> str | None:
 
 def injection(text: str) -> tuple[str, str] | None:
     """``(why, matched text)`` for the first sign the response addresses its evaluator."""
-    if _INJECTION_HINT.search(text) is None:
+    if _INJECTION_HINT.search(text.lower()) is None:
         return None
     for why, pattern in _INJECTION_RE:
         m = pattern.search(text)

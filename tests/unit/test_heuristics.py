@@ -55,6 +55,15 @@ def test_injections_are_flagged(text):
     assert s.value == 0.0 and s.kind == "guard" and s.rationale.startswith("flagged")
 
 
+@pytest.mark.parametrize("text", INJECTIONS)
+def test_the_cheap_pre_check_never_clears_an_injection_in_any_case(text):
+    from agents.evaluators.heuristics import _INJECTION_RE
+
+    for variant in (text, text.upper(), text.title(), text.swapcase()):
+        full_scan = next((why for why, rx in _INJECTION_RE if rx.search(variant)), None)
+        assert full_scan is not None and injection(variant) is not None, variant
+
+
 @pytest.mark.parametrize("text", CLEAN)
 def test_ordinary_text_is_not_flagged(text):
     assert injection(text) is None, injection(text)

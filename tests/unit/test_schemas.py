@@ -49,3 +49,14 @@ def test_namespaced_topic_names():
     with pytest.raises(ValueError):
         Topics("bad name")
     assert CandidateSet in {x.spec.value_type for x in t}
+
+
+def test_stable_id_is_the_hash_of_each_parts_json_followed_by_a_separator():
+    """Ids must not change between releases (replays across an upgrade dedupe at the tap)."""
+    import hashlib
+
+    from schemas import stable_id
+
+    for parts in [(), ("p-1",), ("p-1", "o@1", "echo", "echo", 3, 17, None), ({"k": [1, 2.5]}, "é")]:
+        want = hashlib.sha256(b"".join(msgspec.json.encode(p) + b"\x1f" for p in parts)).hexdigest()
+        assert stable_id(*parts) == want[:16] and stable_id(*parts, size=64) == want
