@@ -31,7 +31,7 @@ from prometheus_client import Counter as Counter_
 
 from agents.dedup import DedupIndex, Embedder, prompt_text
 from agents.pii import scrub
-from agents.utility import Budget, Clusters, FamilyUtility, follow, tags_family
+from agents.utility import REPLAY_MEMORY, Budget, Clusters, FamilyUtility, follow, tags_family
 from schemas import Curated, ObjectiveSpec, Outcome, Prompt
 from schemas.objectives import UtilitySpec
 from streams.runtime import Emit, Rejected
@@ -140,7 +140,7 @@ class CurateState:
     budgets: dict[str, Budget] = field(default_factory=dict)
     clusters: dict[str, Clusters] = field(default_factory=dict)
     decisions: OrderedDict = field(default_factory=OrderedDict)
-    max_decisions: int = 100_000
+    max_decisions: int = REPLAY_MEMORY
 
     def decide(self, prompt: Prompt, spec: ObjectiveSpec) -> tuple[str | None, str | None, str | None]:
         """``(family, why it is dropped or None, the drop's kind)``, remembered per prompt id."""

@@ -31,6 +31,9 @@ from streams.topics import MALFORMED
 logger = logging.getLogger(__name__)
 
 MAX_FAMILIES = 10_000
+# how many recent prompts curate remembers for replays (a decision, a stats message counted):
+# a worker replays at most what it had taken but not committed, a few thousand prompts
+REPLAY_MEMORY = 20_000
 EPS = 1e-9
 
 
@@ -92,7 +95,7 @@ class FamilyUtility:
         if once in self.seen:  # a re-delivered stats message counts once
             return
         self.seen[once] = None
-        if len(self.seen) > 4 * self.max_families:
+        if len(self.seen) > REPLAY_MEMORY:
             self.seen.popitem(last=False)
         key = (stats.objective.rsplit("@", 1)[0], stats.family)
         old, n = self.estimates.pop(key, (stats.utility, 0))

@@ -72,12 +72,13 @@ def main() -> None:
         worker = start_worker(settings, broker.address, Path(tmp) / "worker.log", env)
         t0 = time.perf_counter()
         try:
-            rss = asyncio.run(soak(settings, n, worker, [first, n]))
+            rss = asyncio.run(soak(settings, n, worker, [n * k // 10 for k in range(1, 11)]))
         finally:
             stop_process(worker)
         wall = time.perf_counter() - t0
     a, b = rss.get(first, float("nan")), rss.get(n, float("nan"))
     print(f"prompts {n} in {wall:.0f} s ({n / wall:.0f}/s); worker RSS at {first}: {a:.1f} MB, at {n}: {b:.1f} MB")
+    print("RSS MB every tenth: " + " ".join(f"{rss.get(c, float('nan')):.0f}" for c in sorted(rss)))
     print(json.dumps({"bench": "soak", "rss_10k_mb": round(a, 1), "rss_100k_mb": round(b, 1),
                       "growth": round((b - a) / a, 3), "prompts": n, "prompts_per_s": round(n / wall, 1)}))
 

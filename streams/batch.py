@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 COMMIT_EVERY_S = 0.5
 CHUNK = 64  # records one task runs one after another
+FETCH_BYTES = 256 * 1024
 DRAIN_S = 10.0  # on stop or revoke: how long in-flight records may take to finish
 
 
@@ -88,6 +89,9 @@ class StageRunner(Service):
             **kafka_options(s), group_id=consumer_group(s, self.stage.name), client_id=f"prefstream-{self.stage.name}",
             enable_auto_commit=False, auto_offset_reset="earliest", session_timeout_ms=session_ms,
             heartbeat_interval_ms=max(1000, session_ms // 5),
+            # what one fetch may bring per partition: a few hundred messages, not aiokafka's 1 MB
+            # (a worker's memory holds this per partition of each stage, on top of the window)
+            max_partition_fetch_bytes=FETCH_BYTES,
             isolation_level="read_committed" if s.processing_guarantee == "exactly_once" else "read_uncommitted")
         await self.consumer.start()
         self.consumer.subscribe([self.stage.source.name], listener=_Rebalance(self))
