@@ -61,7 +61,7 @@ _INJECTION_HINT = re.compile(
 def repetition(text: str) -> float:
     """The share of word 3-grams that repeat an earlier one (0 for under four words)."""
     words = [w.lower() for w in _WORD.findall(text)]
-    grams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+    grams = list(zip(words, words[1:], words[2:]))
     if len(grams) < 2:
         return 0.0
     return 1.0 - len(set(grams)) / len(grams)
@@ -74,8 +74,8 @@ def refusal(text: str) -> str | None:
 
 def injection(text: str) -> tuple[str, str] | None:
     """``(why, matched text)`` for the first sign the response addresses its evaluator."""
-    if _INJECTION_HINT.search(text.lower()) is None:
-        return None
+    if text.isascii() and _INJECTION_HINT.search(text.lower()) is None:  # (non-ASCII text gets the
+        return None  # full scan: re's case-insensitive match folds "ſ", "K", "İ" onto ASCII letters)
     for why, pattern in _INJECTION_RE:
         m = pattern.search(text)
         if m:

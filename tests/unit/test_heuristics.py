@@ -59,7 +59,8 @@ def test_injections_are_flagged(text):
 def test_the_cheap_pre_check_never_clears_an_injection_in_any_case(text):
     from agents.evaluators.heuristics import _INJECTION_RE
 
-    for variant in (text, text.upper(), text.title(), text.swapcase()):
+    for variant in (text, text.upper(), text.title(), text.swapcase(),
+                    text.replace("s", "\u017f").replace("k", "\u212a").replace("i", "\u0130")):
         full_scan = next((why for why, rx in _INJECTION_RE if rx.search(variant)), None)
         assert full_scan is not None and injection(variant) is not None, variant
 
