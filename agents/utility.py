@@ -26,7 +26,6 @@ from collections import OrderedDict
 from schemas import InstantiationSpec, JudgedSet, Outcome, Prompt
 from schemas.objectives import UtilitySpec
 from schemas.stats import PromptStats
-from streams.topics import MALFORMED
 
 logger = logging.getLogger(__name__)
 
@@ -139,23 +138,10 @@ class Budget:
 async def follow(settings, topics, families: FamilyUtility, decay_of) -> None:
     """Read ``prompt-stats`` from the start, forever, into ``families``; ``decay_of(name)``
     is the decay the objective asks for. Rebuilds the estimates after a restart."""
-    from streams.admin import reader
+    from streams.admin import follow as follow_topic
 
-    topic = getattr(topics, "prompt-stats")
-    consumer = await reader(settings, [topic.name])
-    try:
-        while True:
-            batch = await consumer.getmany(timeout_ms=500)
-            for msgs in batch.values():
-                for msg in msgs:
-                    try:
-                        stats = topic.codec.decode(msg.value)
-                    except MALFORMED as e:
-                        logger.error("bad prompt stats at %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, e)
-                        continue
-                    families.observe(stats, decay_of(stats.objective.rsplit("@", 1)[0]))
-    finally:
-        await consumer.stop()
+    await follow_topic(settings, getattr(topics, "prompt-stats"),
+                       lambda stats: families.observe(stats, decay_of(stats.objective.rsplit("@", 1)[0])))
 
 
 class Clusters:

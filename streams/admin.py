@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+from typing import Any, Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -10,7 +12,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from streams.security import kafka_options
 from streams.settings import Settings
-from streams.topics import Topics
+from streams.topics import MALFORMED, Topic, Topics
 
 logger = logging.getLogger(__name__)
 
@@ -65,3 +67,33 @@ async def reader(settings: Settings, topic_names: list[str]) -> AIOKafkaConsumer
     consumer.assign(tps)
     await consumer.seek_to_beginning(*tps)
     return consumer
+
+
+async def follow(settings: Settings, topic: Topic, handle: Callable[[Any], Any],
+                 after_poll: Callable[[AIOKafkaConsumer, int], Awaitable[None]] | None = None) -> None:
+    """Read ``topic`` from the beginning, forever, as the background readers do (objectives,
+    human feedback, prompt stats): each message decoded and given to ``handle`` (awaited when
+    it returns an awaitable); a malformed one is logged with its position and skipped.
+    ``after_poll(consumer, idle)`` runs after every poll, ``idle`` counting the empty 0.5 s
+    polls in a row (a reader's "caught up" signal)."""
+    consumer = await reader(settings, [topic.name])
+    try:
+        idle = 0
+        while True:
+            batch = await consumer.getmany(timeout_ms=500)
+            idle = 0 if batch else idle + 1
+            for msgs in batch.values():
+                for msg in msgs:
+                    try:
+                        value = topic.codec.decode(msg.value)
+                    except MALFORMED as e:
+                        logger.error("bad %s message at %s[%d]@%d: %s", topic.spec.short, msg.topic, msg.partition,
+                                     msg.offset, e)
+                        continue
+                    result = handle(value)
+                    if inspect.isawaitable(result):
+                        await result
+            if after_poll is not None:
+                await after_poll(consumer, idle)
+    finally:
+        await consumer.stop()

@@ -295,23 +295,16 @@ class ObjectiveRegistry:
             return self.specs.get(name)
 
     async def follow(self, settings: Settings, topics: Topics) -> None:
-        """Read the objectives topic from the start, forever."""
-        codec = topics.objectives.codec
-        consumer = await reader(settings, [topics.objectives.name])
-        try:
-            ends = await consumer.end_offsets(list(consumer.assignment()))
-            idle = 0
-            while True:
-                batch = await consumer.getmany(timeout_ms=500)
-                idle = 0 if batch else idle + 1
-                for msgs in batch.values():
-                    for msg in msgs:
-                        try:
-                            await self.update(codec.decode(msg.value))
-                        except MALFORMED as e:
-                            logger.error("bad objective at %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, e)
-                if not self.ready.is_set() and (idle >= IDLE_POLLS or await _caught_up(consumer, ends)):
-                    self.ready.set()
-                    logger.info("objectives caught up: %s", ", ".join(s.ref for s in self.specs.values()) or "none")
-        finally:
-            await consumer.stop()
+        """Read the objectives topic from the start, forever; ``ready`` once caught up."""
+        from streams.admin import follow
+
+        ends: dict = {}
+
+        async def after_poll(consumer, idle: int) -> None:
+            if not ends:  # what there was to read when the reader started
+                ends.update(await consumer.end_offsets(list(consumer.assignment())))
+            if not self.ready.is_set() and (idle >= IDLE_POLLS or await _caught_up(consumer, ends)):
+                self.ready.set()
+                logger.info("objectives caught up: %s", ", ".join(s.ref for s in self.specs.values()) or "none")
+
+        await follow(settings, topics.objectives, self.update, after_poll)

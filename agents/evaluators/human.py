@@ -22,8 +22,6 @@ import asyncio
 import logging
 from collections import OrderedDict
 
-import msgspec
-
 from agents.evaluators.base import params_of
 from schemas import Candidate, Feedback, ObjectiveSpec, Prompt, Score
 
@@ -66,26 +64,14 @@ class FeedbackStore:
 
     async def follow(self, settings, topics) -> None:
         """Read the feedback topic from the start, forever; ``ready`` once caught up."""
-        from streams.admin import reader
+        from streams.admin import follow
 
-        codec = topics.feedback.codec
-        consumer = await reader(settings, [topics.feedback.name])
-        try:
-            idle = 0
-            while True:
-                batch = await consumer.getmany(timeout_ms=500)
-                idle = 0 if batch else idle + 1
-                for msgs in batch.values():
-                    for msg in msgs:
-                        try:
-                            self.add(codec.decode(msg.value))
-                        except (msgspec.DecodeError, msgspec.ValidationError) as e:
-                            log.error("bad feedback at %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, e)
-                if idle >= IDLE_POLLS and not self.ready.is_set():
-                    self.ready.set()
-                    log.info("feedback caught up: labels for %d ids", len(self))
-        finally:
-            await consumer.stop()
+        async def after_poll(consumer, idle: int) -> None:
+            if idle >= IDLE_POLLS and not self.ready.is_set():
+                self.ready.set()
+                log.info("feedback caught up: labels for %d ids", len(self))
+
+        await follow(settings, topics.feedback, self.add, after_poll)
 
     def start(self, settings, topics) -> None:
         """Start ``follow()`` as a background task once (a failed reader is restarted on the
