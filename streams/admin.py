@@ -47,9 +47,11 @@ def producer(settings: Settings, **overrides) -> AIOKafkaProducer:
 
 async def reader(settings: Settings, topic_names: list[str]) -> AIOKafkaConsumer:
     """A group-less consumer assigned every partition of the topics, from the beginning.
-    Used by the run driver, the objectives registry and `tap`-like readers."""
+    Used by the run driver, the objectives registry and `tap`-like readers. Under exactly-once
+    it reads committed transactions only (an aborted attempt's outputs are never seen)."""
+    isolation = "read_committed" if settings.processing_guarantee == "exactly_once" else "read_uncommitted"
     consumer = AIOKafkaConsumer(**kafka_options(settings), enable_auto_commit=False,
-                                auto_offset_reset="earliest", group_id=None)
+                                auto_offset_reset="earliest", group_id=None, isolation_level=isolation)
     await consumer.start()
     tps = []
     for name in topic_names:
