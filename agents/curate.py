@@ -39,6 +39,8 @@ from streams.runtime import Emit, Rejected
 logger = logging.getLogger(__name__)
 
 MAX_PROMPT_CHARS = 200_000
+MAX_ID_CHARS = 512  # an id is a key on every topic and in every record
+MAX_SIDE_BYTES = 64 * 1024  # tags + metadata (as JSON): they travel with every later message
 
 
 def validate(prompt: Prompt, trajectory_ok: bool = False) -> None:
@@ -46,6 +48,14 @@ def validate(prompt: Prompt, trajectory_ok: bool = False) -> None:
     in an assistant turn is refused unless ``trajectory_ok`` (every objective branches it)."""
     if not prompt.id.strip():
         raise Rejected("prompt id is empty")
+    if len(prompt.id) > MAX_ID_CHARS:
+        raise Rejected(f"prompt id is {len(prompt.id)} characters, over the {MAX_ID_CHARS} limit; use a "
+                       f"shorter id (or leave it out: `prefstream submit` derives one from the content)",
+                       prompt.id[:MAX_ID_CHARS])
+    side = len(msgspec.json.encode(prompt.metadata)) + sum(len(t) for t in prompt.tags)
+    if side > MAX_SIDE_BYTES:
+        raise Rejected(f"tags and metadata are {side} bytes, over the {MAX_SIDE_BYTES} limit; keep large "
+                       f"context in the messages", prompt.id)
     if not prompt.messages:
         raise Rejected("prompt has no messages", prompt.id)
     if prompt.messages[-1].role == "assistant" and not trajectory_ok:

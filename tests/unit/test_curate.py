@@ -34,6 +34,18 @@ def test_refusals_carry_reason_and_prompt_id(prompt, reason):
     assert err.value.prompt_id == "p1"
 
 
+def test_an_oversized_id_or_metadata_is_refused_with_the_limit_and_what_to_do():
+    with pytest.raises(Rejected, match="512 limit; use a shorter id") as err:
+        curate.process(P(id="p" * 5000), OBJ, "default")
+    assert err.value.prompt_id == "p" * 512  # the dead letter's key stays bounded
+    with pytest.raises(Rejected, match="tags and metadata .* over the 65536 limit"):
+        curate.process(P(metadata={"blob": "x" * 70_000}), OBJ, "default")
+    with pytest.raises(Rejected, match="tags and metadata"):
+        curate.process(P(tags=["t" * 1000] * 70), OBJ, "default")
+    [ok] = curate.process(P(id="p" * 512, metadata={"k": "x" * 60_000}), OBJ, "default")
+    assert ok.topic == "curated"
+
+
 def test_pii_is_scrubbed_per_objective_before_any_model_sees_it():
     from schemas import CurationSpec
 
