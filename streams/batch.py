@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
+from streams.app import consumer_group, deliver
 from streams.runtime import Out, Raw, Stage, Undeliverable
 from streams.security import kafka_options
 from streams.settings import Settings
@@ -68,7 +69,7 @@ class StageRunner(Service):
         self.inflight = 0
         self.idle = asyncio.Event()
         self.idle.set()
-        self.consuming = asyncio.Event()  # set while the fetch loop runs
+        self.fetching: asyncio.Future | None = None  # the fetch loop
         self.gauge = stage.metrics.child(stage.metrics.in_flight, stage.name)  # inputs taken, not yet done
         # per partition, in fetch order: [offset, done] for every record not yet committed
         self.pending: dict[TopicPartition, deque[list]] = {}
@@ -81,8 +82,6 @@ class StageRunner(Service):
         return f"prefstream.{self.stage.name}"
 
     async def on_start(self) -> None:
-        from streams.app import consumer_group
-
         s = self.settings
         session_ms = int(s.session_timeout_s * 1000)
         self.consumer = AIOKafkaConsumer(
@@ -91,32 +90,22 @@ class StageRunner(Service):
             heartbeat_interval_ms=max(1000, session_ms // 5),
             # what one fetch may bring per partition: a few hundred messages, not aiokafka's 1 MB
             # (a worker's memory holds this per partition of each stage, on top of the window)
-            max_partition_fetch_bytes=FETCH_BYTES,
-            isolation_level="read_committed" if s.processing_guarantee == "exactly_once" else "read_uncommitted")
+            max_partition_fetch_bytes=FETCH_BYTES)
         await self.consumer.start()
         self.consumer.subscribe([self.stage.source.name], listener=_Rebalance(self))
-        self.add_future(self._consume())
+        self.fetching = self.add_future(self._fetch_loop())
 
     async def on_stop(self) -> None:
         self.stopping = True
         if self.consumer is None:
             return
-        for _ in range(50):  # the fetch loop sees `stopping` within one getmany (200 ms)
-            if not self.consuming.is_set():
-                break
-            await asyncio.sleep(0.05)
+        if self.fetching is not None:  # it sees `stopping` within one getmany (200 ms)
+            await asyncio.wait({self.fetching}, timeout=5.0)
         await self.drain()
         await self.commit()
         for t in list(self.tasks):
             t.cancel()
         await self.consumer.stop()
-
-    async def _consume(self) -> None:
-        self.consuming.set()
-        try:
-            await self._fetch_loop()
-        finally:
-            self.consuming.clear()
 
     async def _fetch_loop(self) -> None:
         consumer = self.consumer
@@ -203,8 +192,6 @@ class StageRunner(Service):
             self.stage.sent(out)
 
     async def _deliver(self, out: Out) -> None:
-        from streams.app import deliver
-
         await deliver(self.channels[out.topic.name], out.key, out.value)
 
     async def drain(self) -> None:
