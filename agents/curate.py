@@ -248,8 +248,8 @@ def bind(app, ctx) -> None:
         name = named(prompt, registry.specs, default)
         if name is not None and name not in registry.specs:
             await registry.wait_for(name, ctx.settings.objective_wait_s)
-        if uses_embedder(registry.specs.values()):
-            await asyncio.to_thread(state.embedder.load)  # once, off the event loop
+        if not state.embedder.loaded and uses_embedder(registry.specs.values()):
+            await asyncio.to_thread(state.embedder.load)  # once, off the event loop (not a thread hop per prompt)
         emits = process(prompt, registry.specs, default, state)
         for e in emits:
             if isinstance(e.value, Outcome):

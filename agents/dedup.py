@@ -49,6 +49,10 @@ class Embedder:
         self._lock = threading.Lock()
         self.threads = threads
 
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
     def load(self) -> None:
         """Load the model (a few seconds, once); ``encode`` calls it where nobody did."""
         with self._lock:
