@@ -245,21 +245,29 @@ def report_and_check(title: str, rig: Rig, r: Result, prompts, seed: int) -> Non
     assert (lost, duplicated, unexpected) == ([], [], [])
 
 
+def _rig(stack: ExitStack, tmp_path, workers, namespace, broker, model, name: str, n: int, n_workers: int, rng):
+    """Topics on ``broker``, an objective generating through ``model``, ``n`` math prompts and a
+    rig of ``n_workers`` workers; workers and tap are stopped before the broker goes (a worker
+    stops fast while the broker is there)."""
+    settings = load({}, broker=broker.address, namespace=namespace, partitions=2,
+                    data_dir=str(tmp_path / "data"), metrics_port=0)
+    topics = from_settings(settings)
+    spec = math_objective(name, GeneratorSpec(backend="openai", model="echo", base_url=model.base_url))
+    prompts = math_prompts(n, spec.name)
+    asyncio.run(create_topics(settings, topics))
+    asyncio.run(publish_objective(settings, topics, spec))
+    rig = Rig(tmp_path, settings, workers, n_workers, rng, broker=broker, model=model)
+    stack.callback(workers.stop_all)
+    stack.callback(rig.stop_tap)
+    return rig, topics, spec, prompts
+
+
 def test_kills_broker_freeze_and_model_outage_lose_and_duplicate_nothing(tmp_path, workers, namespace):
     n, rate, rng = 2000, 25.0, random.Random(SEED)
     with ExitStack() as stack:
         broker = stack.enter_context(EmbeddedBroker(log_path=tmp_path / "tansu.log"))
         model = stack.enter_context(EchoModel(tmp_path))
-        settings = load({}, broker=broker.address, namespace=namespace, partitions=2,
-                        data_dir=str(tmp_path / "data"), metrics_port=0)
-        topics = from_settings(settings)
-        spec = math_objective("crash", GeneratorSpec(backend="openai", model="echo", base_url=model.base_url))
-        prompts = math_prompts(n, spec.name)
-        asyncio.run(create_topics(settings, topics))
-        asyncio.run(publish_objective(settings, topics, spec))
-        rig = Rig(tmp_path, settings, workers, 2, rng, broker=broker, model=model)
-        stack.callback(workers.stop_all)  # before the broker goes: a worker stops fast while it is there
-        stack.callback(rig.stop_tap)
+        rig, topics, spec, prompts = _rig(stack, tmp_path, workers, namespace, broker, model, "crash", n, 2, rng)
         result = drive(rig, topics, prompts, spec, plan(rng, n / rate), rate, deadline_s=360)
     report_and_check("kill -9 x5, broker frozen, model gone 60 s, tap kill -9 (Tansu, memory storage, 2 workers)",
                      rig, result, prompts, SEED)
@@ -273,16 +281,7 @@ def test_broker_restart_on_s3_storage_loses_and_duplicates_nothing(tmp_path, wor
         s3 = stack.enter_context(S3Server(tmp_path))
         broker = stack.enter_context(TansuS3(tmp_path, s3))
         model = stack.enter_context(EchoModel(tmp_path))
-        settings = load({}, broker=broker.address, namespace=namespace, partitions=2,
-                        data_dir=str(tmp_path / "data"), metrics_port=0)
-        topics = from_settings(settings)
-        spec = math_objective("restart", GeneratorSpec(backend="openai", model="echo", base_url=model.base_url))
-        prompts = math_prompts(n, spec.name)
-        asyncio.run(create_topics(settings, topics))
-        asyncio.run(publish_objective(settings, topics, spec))
-        rig = Rig(tmp_path, settings, workers, 1, rng, broker=broker, model=model)
-        stack.callback(workers.stop_all)
-        stack.callback(rig.stop_tap)
+        rig, topics, spec, prompts = _rig(stack, tmp_path, workers, namespace, broker, model, "restart", n, 1, rng)
         events = [(rng.uniform(3, n / rate), "restart-broker")]
         result = drive(rig, topics, prompts, spec, events, rate, deadline_s=240)
     report_and_check("broker stopped and started (Tansu, s3:// storage on a local S3 server, 1 worker)",
