@@ -30,15 +30,12 @@ from aiokafka.admin import NewTopic  # noqa: E402
 from agents import curate, evaluate, instantiate, synthesize  # noqa: E402
 from agents.backends import Backends  # noqa: E402
 from agents.evaluators import build_evaluators  # noqa: E402
-from benchmarks.common import cpu_seconds, echo_objective, percentile  # noqa: E402
+from benchmarks.common import PARTITIONS, cpu_seconds, echo_objective, echo_settings, echo_workers, percentile  # noqa: E402
 from schemas import Message, Prompt  # noqa: E402
-from streams.admin import create_topics, producer, reader  # noqa: E402
+from streams.admin import producer, reader  # noqa: E402
 from streams.broker import EmbeddedBroker  # noqa: E402
-from streams.run import publish_objective, start_worker, stop_process  # noqa: E402
-from streams.settings import load  # noqa: E402
 from streams.topics import Topics, from_settings  # noqa: E402
 
-PARTITIONS = 4
 
 
 def make_prompts(n: int, tag: str) -> list[Prompt]:
@@ -166,27 +163,16 @@ def main() -> None:
     args = ap.parse_args()
     n = args.prompts or (2000 if args.quick else 20000)
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(log_path=Path(tmp) / "broker.log") as broker:
-        settings = load({}, broker=broker.address, namespace="benchbus", partitions=PARTITIONS, metrics_port=0,
-                        max_inflight=64)
+        settings = echo_settings(broker.address, "benchbus")
         sizes = hop_sizes(settings)
         floor = asyncio.run(raw_floor(settings, n, sizes))
-        topics = from_settings(settings)
-        asyncio.run(create_topics(settings, topics))
-        asyncio.run(publish_objective(settings, topics, echo_objective()))
-        env = {**os.environ, "PREFSTREAM_PARTITIONS": str(PARTITIONS), "PREFSTREAM_METRICS_PORT": "0",
-               "PREFSTREAM_MAX_INFLIGHT": "64", "PREFSTREAM_LOG_LEVEL": "INFO", "PREFSTREAM_RUNTIME": args.runtime}
-        workers = [start_worker(settings, broker.address, Path(tmp) / f"worker{i}.log", env)
-                   for i in range(args.workers)]
-        try:
+        with echo_workers(settings, Path(tmp), echo_objective(), args.workers, args.runtime) as workers:
             asyncio.run(pipeline(settings, make_prompts(20, "warm"), workers))
             prompts = make_prompts(n, "run")
             broker_cpu0 = cpu_seconds(broker.proc.pid)
             result = asyncio.run(pipeline(settings, prompts, workers))
             result["broker_cpu_s_per_prompt"] = (cpu_seconds(broker.proc.pid) - broker_cpu0) / max(1, result["prompts"])
             rates = asyncio.run(stage_rates(settings, {p.id for p in prompts}))
-        finally:
-            for w in workers:
-                stop_process(w)
     print(f"hop sizes (bytes): {sizes}")
     print(f"{'':<28}{'prompts/s':>12}")
     print(f"{'raw aiokafka floor':<28}{floor:>12.0f}")

@@ -1,12 +1,17 @@
-"""Shared pieces of the benchmarks: CPU time of processes, percentiles, a fast objective."""
+"""Shared pieces of the benchmarks: CPU time of processes, percentiles, a fast objective and
+the echo pipeline's workers."""
 from __future__ import annotations
 
+import asyncio
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from schemas import EvaluationSpec, EvaluatorSpec, GeneratorSpec, InstantiationSpec, ObjectiveSpec, SynthesisSpec
 
 ROOT = Path(__file__).resolve().parents[1]
+PARTITIONS = 4
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -40,3 +45,33 @@ def echo_objective(name: str = "bench", candidates: int = 4) -> ObjectiveSpec:
                                   aggregation="weighted_mean"),
         instantiation=InstantiationSpec(min_margin=0.0),
     )
+
+
+def echo_settings(broker: str, namespace: str):
+    """Settings of the echo benchmarks: ``PARTITIONS`` partitions, 64 model calls in flight."""
+    from streams.settings import load
+
+    return load({}, broker=broker, namespace=namespace, partitions=PARTITIONS, metrics_port=0, max_inflight=64)
+
+
+@contextmanager
+def echo_workers(settings, log_dir: Path, objective: ObjectiveSpec, n: int = 1,
+                 runtime: str = "batch") -> Iterator[list]:
+    """The namespace's topics created, ``objective`` published and ``n`` worker processes
+    started (INFO logs, no /metrics); they are stopped on leaving."""
+    from streams.admin import create_topics
+    from streams.run import publish_objective, start_worker, stop_process
+    from streams.topics import from_settings
+
+    topics = from_settings(settings)
+    asyncio.run(create_topics(settings, topics))
+    asyncio.run(publish_objective(settings, topics, objective))
+    env = {**os.environ, "PREFSTREAM_PARTITIONS": str(PARTITIONS), "PREFSTREAM_METRICS_PORT": "0",
+           "PREFSTREAM_MAX_INFLIGHT": str(settings.max_inflight), "PREFSTREAM_LOG_LEVEL": "INFO",
+           "PREFSTREAM_RUNTIME": runtime}
+    procs = [start_worker(settings, settings.broker, log_dir / f"worker{i}.log", env) for i in range(n)]
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            stop_process(proc)

@@ -34,13 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bus import PARTITIONS, make_prompts, pipeline  # noqa: E402
-from benchmarks.common import echo_objective  # noqa: E402
-from streams.admin import create_topics  # noqa: E402
+from benchmarks.bus import make_prompts, pipeline  # noqa: E402
+from benchmarks.common import echo_objective, echo_settings, echo_workers  # noqa: E402
 from streams.broker import EmbeddedBroker  # noqa: E402
-from streams.run import publish_objective, start_worker, stop_process  # noqa: E402
-from streams.settings import load  # noqa: E402
-from streams.topics import from_settings  # noqa: E402
 
 VERSION = "1.5.3"
 VENV = ROOT / "benchmarks" / ".venv-distilabel"
@@ -174,20 +170,10 @@ def run_distilabel(data: Path, batch: int, n: int) -> dict:
 def run_prefstream(prompts, workers: int = 1) -> dict:
     """bus.py's pipeline on these prompts: embedded broker, warmed-up workers in one group."""
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(log_path=Path(tmp) / "broker.log") as broker:
-        settings = load({}, broker=broker.address, namespace="benchdl", partitions=PARTITIONS, metrics_port=0,
-                        max_inflight=64)
-        topics = from_settings(settings)
-        asyncio.run(create_topics(settings, topics))
-        asyncio.run(publish_objective(settings, topics, echo_objective(candidates=N)))
-        env = {**os.environ, "PREFSTREAM_PARTITIONS": str(PARTITIONS), "PREFSTREAM_METRICS_PORT": "0",
-               "PREFSTREAM_MAX_INFLIGHT": "64", "PREFSTREAM_LOG_LEVEL": "INFO"}
-        procs = [start_worker(settings, broker.address, Path(tmp) / f"worker{i}.log", env) for i in range(workers)]
-        try:
+        settings = echo_settings(broker.address, "benchdl")
+        with echo_workers(settings, Path(tmp), echo_objective(candidates=N), workers) as procs:
             asyncio.run(pipeline(settings, make_prompts(20, "warm"), procs))
             result = asyncio.run(pipeline(settings, prompts, procs))
-        finally:
-            for w in procs:
-                stop_process(w)
     if result["prompts"] != len(prompts):  # bus.pipeline() gives up after 600 s; its rate counts those ended
         print(f"warning: prefstream ended {result['prompts']} of {len(prompts)} prompts before the deadline")
     return result

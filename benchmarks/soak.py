@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import tempfile
 import time
@@ -20,12 +19,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bus import PARTITIONS, make_prompts  # noqa: E402
-from benchmarks.common import echo_objective, rss_mb  # noqa: E402
-from streams.admin import create_topics, producer, reader  # noqa: E402
+from benchmarks.bus import make_prompts  # noqa: E402
+from benchmarks.common import echo_objective, echo_settings, echo_workers, rss_mb  # noqa: E402
+from streams.admin import producer, reader  # noqa: E402
 from streams.broker import EmbeddedBroker  # noqa: E402
-from streams.run import publish_objective, start_worker, stop_process  # noqa: E402
-from streams.settings import load  # noqa: E402
 from streams.topics import from_settings  # noqa: E402
 
 
@@ -62,19 +59,10 @@ def main() -> None:
     n = 20000 if args.quick else 100000
     first = n // 10
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(log_path=Path(tmp) / "broker.log") as broker:
-        settings = load({}, broker=broker.address, namespace="soak", partitions=PARTITIONS, metrics_port=0,
-                        max_inflight=64)
-        topics = from_settings(settings)
-        asyncio.run(create_topics(settings, topics))
-        asyncio.run(publish_objective(settings, topics, echo_objective()))
-        env = {**os.environ, "PREFSTREAM_PARTITIONS": str(PARTITIONS), "PREFSTREAM_METRICS_PORT": "0",
-               "PREFSTREAM_MAX_INFLIGHT": "64", "PREFSTREAM_LOG_LEVEL": "INFO"}
-        worker = start_worker(settings, broker.address, Path(tmp) / "worker.log", env)
-        t0 = time.perf_counter()
-        try:
+        settings = echo_settings(broker.address, "soak")
+        with echo_workers(settings, Path(tmp), echo_objective()) as [worker]:
+            t0 = time.perf_counter()
             rss = asyncio.run(soak(settings, n, worker, [n * k // 10 for k in range(1, 11)]))
-        finally:
-            stop_process(worker)
         wall = time.perf_counter() - t0
     a, b = rss.get(first, float("nan")), rss.get(n, float("nan"))
     print(f"prompts {n} in {wall:.0f} s ({n / wall:.0f}/s); worker RSS at {first}: {a:.1f} MB, at {n}: {b:.1f} MB")
