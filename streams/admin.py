@@ -45,13 +45,18 @@ def producer(settings: Settings, **overrides) -> AIOKafkaProducer:
     return AIOKafkaProducer(**{**opts, **overrides})
 
 
+def isolation(settings: Settings) -> str:
+    """What a reader sees: under exactly-once only committed transactions (an aborted
+    attempt's outputs never), else everything."""
+    return "read_committed" if settings.processing_guarantee == "exactly_once" else "read_uncommitted"
+
+
 async def reader(settings: Settings, topic_names: list[str]) -> AIOKafkaConsumer:
     """A group-less consumer assigned every partition of the topics, from the beginning.
     Used by the run driver, the objectives registry and `tap`-like readers. Under exactly-once
     it reads committed transactions only (an aborted attempt's outputs are never seen)."""
-    isolation = "read_committed" if settings.processing_guarantee == "exactly_once" else "read_uncommitted"
     consumer = AIOKafkaConsumer(**kafka_options(settings), enable_auto_commit=False,
-                                auto_offset_reset="earliest", group_id=None, isolation_level=isolation)
+                                auto_offset_reset="earliest", group_id=None, isolation_level=isolation(settings))
     await consumer.start()
     tps = []
     for name in topic_names:

@@ -18,6 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError
 
 from schemas import ObjectiveSpec
+from streams.admin import isolation
 from streams.security import kafka_options
 from streams.settings import Settings
 from streams.topics import MALFORMED, Topics
@@ -40,7 +41,8 @@ class Ends:
 async def open_consumer(settings: Settings) -> AIOKafkaConsumer:
     """A group-less consumer; ``ConnectionError`` naming the fix when the broker is unreachable."""
     c = AIOKafkaConsumer(**kafka_options(settings), group_id=None, enable_auto_commit=False,
-                         auto_offset_reset="earliest", fetch_max_wait_ms=100, client_id="prefstream-status")
+                         auto_offset_reset="earliest", fetch_max_wait_ms=100, client_id="prefstream-status",
+                         isolation_level=isolation(settings))
     try:
         await c.start()
     except KafkaConnectionError as e:
