@@ -88,7 +88,9 @@ class Context:
             from streams.batch import StageRunner
 
             window = max(self.settings.batch_max_records, 2 * concurrency)
-            app.service(StageRunner(stage, self.settings, lambda: app.producer, channels, concurrency, window))
+            # the runner batches its outputs itself, on the aiokafka producer faust's producer holds
+            app.service(StageRunner(stage, self.settings, lambda: app.producer._ensure_producer(), channels,
+                                    concurrency, window))
             return
 
         async def run(stream):

@@ -8,7 +8,8 @@ gives each stage its own consumer in the group ``<group>.<stage>``:
 
 - ``getmany`` takes up to ``room`` records at once (``room`` = the window less what is in
   flight); they run in chunks, one task each, at most ``concurrency`` chunks at a time;
-- outputs go to faust's producer without waiting; a record is done once every output is
+- outputs go, without waiting, into per-partition record batches (``streams.outbox``) sent
+  on the aiokafka producer faust holds; a record is done once every output is
   acknowledged (a transient failure is re-sent with back-off by ``deliver``; one the broker
   will never take dead-letters the input);
 - a partition's offset is committed up to its oldest record not yet done, every
@@ -22,13 +23,14 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
 from streams.app import consumer_group, deliver
+from streams.outbox import Outbox
 from streams.runtime import Out, Raw, Stage, Undeliverable
 from streams.security import kafka_options
 from streams.settings import Settings
@@ -58,11 +60,12 @@ class _Rebalance(ConsumerRebalanceListener):
 class StageRunner(Service):
     """One stage over its topic with a consumer of its own; started and stopped with the app."""
 
-    def __init__(self, stage: Stage, settings: Settings, producer_of, channels: dict[str, Any],
+    def __init__(self, stage: Stage, settings: Settings, producer_of: Callable[[], Any], channels: dict[str, Any],
                  concurrency: int, window: int, **kwargs) -> None:
         super().__init__(**kwargs)
         self.stage, self.settings, self.channels = stage, settings, channels
-        self.producer_of = producer_of  # () -> faust's producer, started by the app
+        # producer_of: () -> the aiokafka producer faust holds, started by the app
+        self.outbox = Outbox(producer_of, settings.producer_batch_bytes)
         self.window = max(window, concurrency)
         self.concurrency = concurrency
         self.slots = asyncio.Semaphore(concurrency)
@@ -163,12 +166,12 @@ class StageRunner(Service):
     async def _chunk(self, chunk: list[tuple[Raw, list]]) -> None:
         sent = []
         async with self.slots:
-            producer = self.producer_of()
+            send = self.outbox.send
             for raw, mark in chunk:
                 queued = []
                 for out in await self.stage.outputs(raw):
                     try:
-                        queued.append((out, await producer.send(out.topic.name, out.key, out.value, None, None, None)))
+                        queued.append((out, await send(out.topic.name, out.key, out.value)))
                     except Exception as exc:  # noqa: BLE001 - refused before it was queued: settled below
                         queued.append((out, exc))
                 sent.append((raw, mark, queued))

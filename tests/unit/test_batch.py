@@ -1,6 +1,6 @@
-"""The batch runtime's bookkeeping without a broker: what it commits, and how a chunk settles
+"""The batch runtime's bookkeeping without a broker: what it commits, how a chunk settles
 its outputs (acknowledged, re-sent after a transient failure, or dead-lettered when the broker
-will never take one)."""
+will never take one), and how the outbox batches them per partition."""
 from __future__ import annotations
 
 import asyncio
@@ -8,9 +8,11 @@ from collections import deque
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+from aiokafka.partitioner import DefaultPartitioner
 
 from schemas import Message, Prompt
 from streams.batch import StageRunner
+from streams.outbox import BATCH_OVERHEAD, RECORD_OVERHEAD, Outbox
 from streams.metrics import Metrics
 from streams.runtime import Emit, Raw, Stage
 from streams.settings import load
@@ -30,15 +32,45 @@ class _Consumer:
         self.commits.append(dict(offsets))
 
 
+class _Builder:
+    """aiokafka's ``BatchBuilder`` as the outbox uses it; ``room`` records fit."""
+
+    def __init__(self, room: int = 1000) -> None:
+        self.records, self.room = [], room
+
+    def append(self, *, key, value, timestamp):
+        if self.records and len(self.records) >= self.room:
+            return None
+        self.records.append((key, value))
+        return object()
+
+
+class _Cluster:
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+
+    def partitions_for_topic(self, topic):
+        return set(range(self.partitions))
+
+
+class _Client:
+    def __init__(self, partitions: int) -> None:
+        self.cluster = _Cluster(partitions)
+
+
 class _Producer:
-    """faust's producer as the runner sees it: ``send`` queues and returns the delivery future;
-    ``fail`` maps a topic's short name to what its next send does."""
+    """The aiokafka producer as the runner's outbox sees it: ``send_batch`` queues a batch and
+    returns its delivery future, ``send`` one message; ``fail`` maps a topic's short name to
+    what its next batch (or message) does."""
 
-    def __init__(self, fail: dict[str, Exception] | None = None) -> None:
-        self.fail, self.sent = dict(fail or {}), []
+    def __init__(self, fail: dict[str, Exception] | None = None, partitions: int = 1, room: int = 1000) -> None:
+        self.fail, self.sent, self.batches = dict(fail or {}), [], []
+        self.client, self.room = _Client(partitions), room
 
-    async def send(self, topic, key, value, partition, timestamp, headers):
-        short = topic.split(".", 1)[1]
+    def create_batch(self) -> _Builder:
+        return _Builder(self.room)
+
+    def _outcome(self, short: str, keys: list[bytes]) -> asyncio.Future:
         exc = self.fail.pop(short, None)
         if isinstance(exc, MessageSizeTooLargeError):
             raise exc  # refused before it was queued
@@ -46,22 +78,29 @@ class _Producer:
         if exc is not None:
             fut.set_exception(exc)
         else:
-            self.sent.append((short, key))
+            self.sent += [(short, key) for key in keys]
             fut.set_result("ack")
         return fut
 
+    async def send_batch(self, batch: _Builder, topic: str, *, partition: int):
+        self.batches.append((topic.split(".", 1)[1], partition, [k for k, _ in batch.records]))
+        return self._outcome(topic.split(".", 1)[1], [k for k, _ in batch.records])
+
+    async def send(self, topic, value, key):
+        return self._outcome(topic.split(".", 1)[1], [key])
+
 
 class _Channel:
-    """A faust topic for ``deliver()``'s re-send; ``refuse`` makes it over the size limit."""
+    """A faust topic for ``deliver()``'s re-send; a value over ``limit`` bytes is over the size limit."""
 
-    def __init__(self, name: str, log: list, refuse: bool = False) -> None:
-        self.name, self.log, self.refuse = name, log, refuse
+    def __init__(self, name: str, log: list, limit: int | None = None) -> None:
+        self.name, self.log, self.limit = name, log, limit
 
     def get_topic_name(self) -> str:
         return self.name
 
     async def send(self, key, value):
-        if self.refuse:
+        if self.limit is not None and len(value) > self.limit:
             raise MessageSizeTooLargeError("too big")
         fut = asyncio.get_running_loop().create_future()
         fut.set_result("ack")
@@ -69,21 +108,25 @@ class _Channel:
         return fut
 
 
-def _runner(producer: _Producer, refuse: set[str] = frozenset()) -> tuple[StageRunner, list, Metrics]:
+def _runner(producer: _Producer, limit: int | None = None) -> tuple[StageRunner, list, Metrics]:
+    """A runner whose handler emits each prompt to curated and outcomes; with ``limit``, a
+    batch holds ``limit`` bytes and the broker refuses a message over that (a dead letter
+    aside: the real one keeps at most 256 KB of the original)."""
     topics, metrics, resent = Topics("ns"), Metrics(), []
 
     async def handler(p: Prompt) -> list[Emit]:
         return [Emit("curated", p.id, p), Emit("outcomes", p.id, p)] if p.id != "bad" else []
 
     stage = Stage("curate", topics.prompts, topics, metrics, handler)
-    channels = {t.name: _Channel(t.name, resent, t.spec.short in refuse) for t in topics}
-    runner = StageRunner(stage, load({}, broker="127.0.0.1:1"), lambda: producer, channels, concurrency=2, window=8)
+    channels = {t.name: _Channel(t.name, resent, None if t.spec.short == "deadletters" else limit) for t in topics}
+    settings = load({}, broker="127.0.0.1:1", **({"producer_batch_bytes": limit} if limit else {}))
+    runner = StageRunner(stage, settings, lambda: producer, channels, concurrency=2, window=8)
     runner.consumer = _Consumer()
     return runner, resent, metrics
 
 
-def _raw(offset: int, pid: str) -> Raw:
-    value = Topics("ns").prompts.codec.encode(Prompt(id=pid, messages=[Message(role="user", content="hi")]))
+def _raw(offset: int, pid: str, content: str = "hi") -> Raw:
+    value = Topics("ns").prompts.codec.encode(Prompt(id=pid, messages=[Message(role="user", content=content)]))
     return Raw(TP.topic, TP.partition, offset, pid.encode(), value)
 
 
@@ -104,24 +147,59 @@ def test_commits_only_up_to_the_oldest_input_not_done():
 
 
 def test_a_chunk_marks_each_input_done_once_its_outputs_are_acknowledged_or_re_sent():
-    # the first "curated" send fails after queueing (a timeout): deliver() sends it again
+    # the first "curated" batch fails after queueing (a timeout): deliver() sends each of its
+    # messages again; the outcomes batch went through
     producer = _Producer(fail={"curated": KafkaTimeoutError("batch expired")})
     runner, resent, metrics = _runner(producer)
     marks = [[0, False], [1, False]]
 
     asyncio.run(runner._chunk([(_raw(0, "a"), marks[0]), (_raw(1, "b"), marks[1])]))
     assert all(done for _, done in marks)
-    assert resent == [("curated", b"a")]
-    assert producer.sent == [("outcomes", b"a"), ("curated", b"b"), ("outcomes", b"b")]
+    assert producer.batches == [("curated", 0, [b"a", b"b"]), ("outcomes", 0, [b"a", b"b"])]
+    assert resent == [("curated", b"a"), ("curated", b"b")]
+    assert producer.sent == [("outcomes", b"a"), ("outcomes", b"b")]
     assert metrics.messages_out.labels("curate", "curated")._value.get() == 2
 
 
 def test_an_output_the_broker_never_takes_dead_letters_its_input_and_the_chunk_goes_on():
+    # "a" is over a batch: it goes alone, through the producer's own send, which refuses it
     producer = _Producer(fail={"curated": MessageSizeTooLargeError("too big")})
-    runner, resent, metrics = _runner(producer, refuse={"curated"})
+    runner, resent, metrics = _runner(producer, limit=1000)
     marks = [[0, False], [1, False]]
 
-    asyncio.run(runner._chunk([(_raw(0, "a"), marks[0]), (_raw(1, "b"), marks[1])]))
+    asyncio.run(runner._chunk([(_raw(0, "a", "x" * 2000), marks[0]), (_raw(1, "b"), marks[1])]))
     assert all(done for _, done in marks)
-    assert ("deadletters", b"a") in resent and producer.sent[-2:] == [("curated", b"b"), ("outcomes", b"b")]
+    assert ("deadletters", b"a") in resent and ("curated", b"b") in producer.sent
+    assert ("outcomes", b"b") in producer.sent and ("curated", b"a") not in producer.sent + resent
     assert metrics.dead_letters.labels("curate", "prompts", "error")._value.get() == 1
+
+
+def test_the_outbox_puts_a_key_where_aiokafkas_partitioner_does_and_keeps_each_partitions_order():
+    producer = _Producer(partitions=4)
+    outbox = Outbox(lambda: producer, batch_bytes=256 * 1024)
+    keys = [f"p-{i}".encode() for i in range(40)]
+
+    async def go():
+        futures = [await outbox.send("ns.curated", k, b"v") for k in keys]
+        await asyncio.gather(*futures)
+
+    asyncio.run(go())
+    expected = {}
+    for k in keys:
+        expected.setdefault(DefaultPartitioner()(k, [0, 1, 2, 3], [0, 1, 2, 3]), []).append(k)
+    assert {p: ks for _, p, ks in producer.batches} == expected  # one batch per partition, in send order
+    assert len(producer.batches) == len(expected) > 1
+
+
+def test_the_outbox_opens_a_new_batch_when_one_is_full_and_a_refused_batch_fails_only_its_messages():
+    producer = _Producer(fail={"curated": KafkaTimeoutError("expired")})
+    outbox = Outbox(lambda: producer, batch_bytes=BATCH_OVERHEAD + 3 * (RECORD_OVERHEAD + 3))
+
+    async def go():
+        futures = [await outbox.send("ns.curated", f"k{i}".encode(), b"v") for i in range(5)]
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    results = asyncio.run(go())
+    assert producer.batches == [("curated", 0, [b"k0", b"k1", b"k2"]), ("curated", 0, [b"k3", b"k4"])]
+    assert [isinstance(r, KafkaTimeoutError) for r in results] == [True, True, True, False, False]
+    assert producer.sent == [("curated", b"k3"), ("curated", b"k4")]
