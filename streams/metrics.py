@@ -29,6 +29,7 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self._children: dict[tuple, Any] = {}
+        self._versions: dict[str, int] = {}  # the objective version last set per name
         # the bus, per agent
         self.messages_in = Counter("prefstream_messages_in_total", "Messages consumed by an agent",
                                    ["agent", "topic"], registry=r)
@@ -123,7 +124,8 @@ class Metrics:
             name, version = objective_of(e.value)
             if name is None:
                 continue
-            if version is not None:
+            if version is not None and self._versions.get(name) != version:  # set on a change only
+                self._versions[name] = version
                 self.child(self.objective_version, name).set(version)
             if e.topic in ("preferences", "preferences-shadow"):
                 self.child(self.records, name, getattr(e.value, "kind", "pair")).inc()

@@ -273,6 +273,8 @@ class ObjectiveRegistry:
             self._changed.notify_all()
 
     async def wait_ready(self, timeout: float) -> bool:
+        if self.ready.is_set():  # the usual case: no timer, no task per prompt
+            return True
         try:
             await asyncio.wait_for(self.ready.wait(), timeout)
             return True
