@@ -35,14 +35,21 @@ def percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
+SHORT_TOKENS = 8  # the second echo generator's length: every set has a longer and a shorter pair
+
+
 def echo_objective(name: str = "bench", candidates: int = 4) -> ObjectiveSpec:
-    """The zero-cost pipeline: the echo generator and the heuristic length evaluator."""
+    """The zero-cost pipeline: two echo generators (64 and ``SHORT_TOKENS`` words), so every
+    candidate set has a best and a worst and every prompt ends in a pair record; one heuristic
+    evaluator, ``length``, and no other features or guards (the issue's "a heuristic evaluator",
+    and the same scoring as the distilabel pipeline)."""
     return ObjectiveSpec(
         name=name,
-        synthesis=SynthesisSpec(candidates=candidates, generators=[GeneratorSpec(backend="echo", model="echo",
-                                                                                 max_tokens=64)]),
+        synthesis=SynthesisSpec(candidates=candidates, generators=[
+            GeneratorSpec(backend="echo", model="echo", max_tokens=64),
+            GeneratorSpec(backend="echo", model="echo", max_tokens=SHORT_TOKENS)]),
         evaluation=EvaluationSpec(evaluators=[EvaluatorSpec(name="length", weight=1.0)],
-                                  aggregation="weighted_mean"),
+                                  aggregation="weighted_mean", features=[], guards=[]),
         instantiation=InstantiationSpec(min_margin=0.0),
     )
 

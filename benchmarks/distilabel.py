@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bus import make_prompts, pipeline  # noqa: E402
-from benchmarks.common import echo_objective, echo_settings, echo_workers  # noqa: E402
+from benchmarks.common import SHORT_TOKENS, echo_objective, echo_settings, echo_workers  # noqa: E402
 from streams.broker import EmbeddedBroker  # noqa: E402
 
 VERSION = "1.5.3"
@@ -62,7 +62,8 @@ def mark(tag):
 
 
 class EchoLLM(LLM):
-    """Instant: N texts per prompt, as prefstream's echo backend writes them."""
+    """Instant: N texts per prompt, as prefstream's echo backend writes them; the second half
+    cut at __SHORT__ words, as the bench objective's second echo generator."""
 
     @property
     def model_name(self):
@@ -74,8 +75,9 @@ class EchoLLM(LLM):
         for messages in inputs:
             text = (messages[-1]["content"] or "").rsplit("Question:", 1)[-1].strip()[:200]
             seed = zlib.crc32(text.encode()) % (2**31 - 1024)
-            gens = [" ".join(f"Candidate {i} (seed {seed + i}) answers: {text}".split()[:max_tokens])
-                    for i in range(num_generations)]
+            half = (num_generations + 1) // 2
+            gens = [" ".join(f"Candidate {i} (seed {seed + i}) answers: {text}".split()
+                             [:max_tokens if i < half else __SHORT__]) for i in range(num_generations)]
             out.append({"generations": gens,
                         "statistics": {"input_tokens": [len(text.split())] * num_generations,
                                        "output_tokens": [len(g.split()) for g in gens]}})
@@ -126,7 +128,7 @@ def main():
 
 if __name__ == "__main__":
     main()
-'''.replace("__N__", str(N))
+'''.replace("__N__", str(N)).replace("__SHORT__", str(SHORT_TOKENS))
 
 
 def ensure_venv() -> float:
