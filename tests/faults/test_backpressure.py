@@ -10,6 +10,7 @@ that much. Broker: Tansu (memory storage), the session's.
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 
 import pytest
@@ -29,6 +30,8 @@ PAD = 10_000  # characters of context per prompt
 # Bounded: the worker's RSS settles within seconds (5-23 MB above its start here, the
 # allocator's doing) and stays flat while the backlog keeps growing. With faust's buffer
 # unbounded (stream_buffer_maxsize=100000) the same run grew steadily, by 43 MB in all.
+# The second half compares medians of 5 samples (around the middle, at the end): a single
+# late step of 5-12 MB from the allocator (seen, once in a few runs) is not growth with lag.
 SECOND_HALF_GROWTH_LIMIT_MB = 8.0  # RSS growth while the lag grows by another ~1,500 prompts
 RSS_GROWTH_LIMIT_MB = 40.0  # over the whole run
 
@@ -71,7 +74,9 @@ def test_slow_model_grows_lag_not_memory(settings, workers):
     mid = samples[len(samples) // 2]
     print(f"\nback-pressure (Tansu, memory storage): {produced} prompts in {SECONDS:.0f}s at {RATE:.0f}/s "
           f"(+{PAD} chars each), model {DELAY_S}s per call x 4 in flight")
-    second_half = max(s[1] for s in samples[len(samples) // 2:]) - mid[1]
+    half = len(samples) // 2
+    second_half = statistics.median(s[1] for s in samples[-5:]) - statistics.median(
+        s[1] for s in samples[half - 2:half + 3])
     print(f"  worker RSS: start {base:.0f} MB, peak {peak:.0f} MB, end {rss_end:.0f} MB (growth {peak - base:.1f} MB, "
           f"limit {RSS_GROWTH_LIMIT_MB:.0f}; in the second half {second_half:.1f} MB, limit "
           f"{SECOND_HALF_GROWTH_LIMIT_MB:.0f})")
