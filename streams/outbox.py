@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 
 RECORD_OVERHEAD = 40  # bytes a record adds beyond its key and value (varints, attributes, headers)
 BATCH_OVERHEAD = 100  # the batch header (61 bytes) and a margin
-HASH_CACHE = 50_000  # keys whose partition hash is remembered (a prompt id recurs once per output)
+HASH_CACHE = 8192  # keys whose partition hash is remembered: a prompt id recurs once per output,
+# all within the few thousand records the stages hold between them
 
 
 class _Batch:
@@ -85,7 +86,6 @@ class Outbox:
 
     async def _flush(self, producer, tp: tuple[str, int], queue: deque[_Batch]) -> None:
         """Hand the partition's batches to the producer in order until none is left."""
-        topic, partition = tp
         try:
             while queue:
                 batch = queue.popleft()  # from here on new messages open the next batch
@@ -94,18 +94,23 @@ class Outbox:
                     builder = producer.create_batch()
                     for key, value in batch.records:
                         if builder.append(key=key, value=value, timestamp=None) is None:  # full after all
-                            acks.append(await producer.send_batch(builder, topic, partition=partition))
+                            acks.append(await self._send(producer, builder, tp))
                             builder = producer.create_batch()
                             builder.append(key=key, value=value, timestamp=None)  # a first record always fits
-                    acks.append(await producer.send_batch(builder, topic, partition=partition))
+                    acks.append(await self._send(producer, builder, tp))
                 except Exception as exc:  # noqa: BLE001 - the caller re-sends each message
                     logger.warning("batch of %d to %s[%d] not queued (%s); re-sent one by one",
-                                   len(batch.records), topic, partition, exc)
+                                   len(batch.records), *tp, exc)
                     batch.future.set_exception(exc)
                     continue
                 _settle_when_done(acks, batch.future)
         finally:
             self.flushing.discard(tp)
+
+    @staticmethod
+    async def _send(producer, builder, tp: tuple[str, int]) -> asyncio.Future:
+        builder.close()  # complete: the producer sends it without lingering for more
+        return await producer.send_batch(builder, tp[0], partition=tp[1])
 
 
 def _settle_when_done(acks: list[asyncio.Future], future: asyncio.Future) -> None:

@@ -36,9 +36,13 @@ class _Builder:
     """aiokafka's ``BatchBuilder`` as the outbox uses it; ``room`` records fit."""
 
     def __init__(self, room: int = 1000) -> None:
-        self.records, self.room = [], room
+        self.records, self.room, self.closed = [], room, False
+
+    def close(self) -> None:
+        self.closed = True
 
     def append(self, *, key, value, timestamp):
+        assert not self.closed, "appended to after it was handed over"
         if self.records and len(self.records) >= self.room:
             return None
         self.records.append((key, value))
@@ -83,6 +87,7 @@ class _Producer:
         return fut
 
     async def send_batch(self, batch: _Builder, topic: str, *, partition: int):
+        assert batch.closed, "a batch is handed over complete"
         self.batches.append((topic.split(".", 1)[1], partition, [k for k, _ in batch.records]))
         return self._outcome(topic.split(".", 1)[1], [k for k, _ in batch.records])
 
