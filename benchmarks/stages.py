@@ -1,0 +1,119 @@
+"""The four stages' own cost, without Kafka: every prompt through each stage's ``outputs()``
+(decode → process → encode, with the worker's metrics) in one process, stage after stage,
+with the bench objective of `bus.py` (echo generators, the length evaluator).
+
+    python benchmarks/stages.py [--quick] [--default-features]
+
+What `bus.py`'s worker CPU per prompt costs beyond this figure is the runtime and the
+transport (fetch, batching, acknowledgements, commits). ``--default-features`` scores the
+objective's default features and guard too (repetition, refusal, injection).
+Last line: {"bench": "stages", "us_per_prompt", "per_stage_us": {...}, ...}
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import faust
+import msgspec
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.bus import make_prompts  # noqa: E402
+from benchmarks.common import echo_objective, echo_settings  # noqa: E402
+from schemas import EvaluationSpec  # noqa: E402
+from streams.app import AGENTS, Context  # noqa: E402
+from streams.metrics import Metrics  # noqa: E402
+from streams.runtime import Raw, Stage  # noqa: E402
+from streams.topics import from_settings  # noqa: E402
+
+FORWARD = ("curated", "candidates", "judgments")  # what the next stage consumes
+
+
+class _Stages(Context):
+    """A worker's context whose bindings hand over their stage instead of running it."""
+
+    def agent(self, app, name, source, handler, concurrency: int = 1) -> None:
+        self.stages[name] = Stage(name, source, self.topics, self.metrics,
+                                  self.metrics.instrument(name, handler, count_in_flight=False))
+
+
+def build(settings) -> _Stages:
+    from agents.backends import Backends
+    from agents.evaluators import build_evaluators
+
+    ctx = _Stages(settings, from_settings(settings), Metrics())
+    ctx.stages = {}
+    ctx.backends = Backends(settings, metrics=ctx.metrics)
+    ctx.evaluators = build_evaluators(ctx.backends, settings)
+    app = faust.App("bench-stages", broker=settings.faust_broker, web_enabled=False)
+    for name in AGENTS:
+        importlib.import_module(f"agents.{name}").bind(app, ctx)
+    return ctx
+
+
+async def through(ctx: _Stages, raws: list[Raw]) -> tuple[dict[str, float], dict[str, int]]:
+    """CPU seconds per stage for ``raws`` and the outputs counted per topic."""
+    seconds, counts = {}, {}
+    for name in AGENTS:
+        stage, forward = ctx.stages[name], []
+        started = time.process_time()
+        for raw in raws:
+            for out in await stage.outputs(raw):
+                short = out.topic.spec.short
+                counts[short] = counts.get(short, 0) + 1
+                if short in FORWARD:
+                    forward.append(Raw(out.topic.name, 0, len(forward), out.key, out.value))
+        seconds[name] = time.process_time() - started
+        raws = forward
+    return seconds, counts
+
+
+async def run(n: int, default_features: bool) -> dict:
+    settings = echo_settings("127.0.0.1:9", "benchstages")  # never connected
+    ctx = build(settings)
+    objective = echo_objective()
+    if default_features:
+        defaults = EvaluationSpec()
+        objective = msgspec.structs.replace(objective, evaluation=msgspec.structs.replace(
+            objective.evaluation, features=defaults.features, guards=defaults.guards))
+    await ctx.objectives.update(objective)
+    ctx.objectives.ready.set()
+    codec = ctx.topics.prompts.codec
+
+    def raws(tag: str, count: int) -> list[Raw]:
+        return [Raw(ctx.topics.prompts.name, 0, i, p.id.encode(), codec.encode(p))
+                for i, p in enumerate(make_prompts(count, tag))]
+
+    await through(ctx, raws("warm", 200))
+    gc.collect()
+    gc.freeze()  # as the worker does after start-up
+    seconds, counts = await through(ctx, raws("run", n))
+    return {"prompts": n, "per_stage_us": {k: round(v / n * 1e6, 1) for k, v in seconds.items()},
+            "us_per_prompt": round(sum(seconds.values()) / n * 1e6, 1), "outputs": counts,
+            "default_features": default_features}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="2,000 prompts instead of 10,000")
+    ap.add_argument("--default-features", action="store_true",
+                    help="also score the default features and guard (repetition, refusal, injection)")
+    args = ap.parse_args()
+    result = asyncio.run(run(2000 if args.quick else 10000, args.default_features))
+    print(f"{'stage':<14}{'µs CPU per prompt':>20}")
+    for name, us in result["per_stage_us"].items():
+        print(f"{name:<14}{us:>20.1f}")
+    print(f"{'all four':<14}{result['us_per_prompt']:>20.1f}")
+    print(json.dumps({"bench": "stages", **result}))
+
+
+if __name__ == "__main__":
+    main()
