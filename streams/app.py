@@ -65,6 +65,7 @@ class Context:
     backends: Any = None
     evaluators: Any = None
     channels: dict[str, faust.TopicT] = field(default_factory=dict)
+    outbox: Any = None  # the batch runtime's (streams.outbox.Outbox), made with the first stage
 
     def agent(self, app: faust.App, name: str, source: Topic, handler, concurrency: int = 1) -> None:
         """Bind ``handler`` on ``source``: a faust agent taking one event at a time (the
@@ -88,9 +89,12 @@ class Context:
             from streams.batch import StageRunner
 
             window = max(self.settings.batch_max_records, 2 * concurrency)
-            # the runner batches its outputs itself, on the aiokafka producer faust's producer holds
-            app.service(StageRunner(stage, self.settings, lambda: app.producer._ensure_producer(), channels,
-                                    concurrency, window))
+            if self.outbox is None:  # one per worker: its stages share the batches and the partition hashes
+                from streams.outbox import Outbox
+
+                # on the aiokafka producer faust's producer holds (started with the app)
+                self.outbox = Outbox(lambda: app.producer._ensure_producer(), self.settings.producer_batch_bytes)
+            app.service(StageRunner(stage, self.settings, self.outbox, channels, concurrency, window))
             return
 
         async def run(stream):

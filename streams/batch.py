@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Any, Callable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
@@ -60,12 +60,11 @@ class _Rebalance(ConsumerRebalanceListener):
 class StageRunner(Service):
     """One stage over its topic with a consumer of its own; started and stopped with the app."""
 
-    def __init__(self, stage: Stage, settings: Settings, producer_of: Callable[[], Any], channels: dict[str, Any],
+    def __init__(self, stage: Stage, settings: Settings, outbox: Outbox, channels: dict[str, Any],
                  concurrency: int, window: int, **kwargs) -> None:
         super().__init__(**kwargs)
         self.stage, self.settings, self.channels = stage, settings, channels
-        # producer_of: () -> the aiokafka producer faust holds, started by the app
-        self.outbox = Outbox(producer_of, settings.producer_batch_bytes)
+        self.outbox = outbox  # the worker's, shared by its stages
         self.window = max(window, concurrency)
         self.concurrency = concurrency
         self.slots = asyncio.Semaphore(concurrency)

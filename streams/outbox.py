@@ -26,8 +26,8 @@ logger = logging.getLogger(__name__)
 
 RECORD_OVERHEAD = 40  # bytes a record adds beyond its key and value (varints, attributes, headers)
 BATCH_OVERHEAD = 100  # the batch header (61 bytes) and a margin
-HASH_CACHE = 8192  # keys whose partition hash is remembered: a prompt id recurs once per output,
-# all within the few thousand records the stages hold between them
+HASH_CACHE = 32_768  # keys whose partition hash is remembered (about 3 MB): a prompt id recurs
+# once per output of every stage, within the backlog the stages hold between them
 
 
 class _Batch:

@@ -125,7 +125,8 @@ def _runner(producer: _Producer, limit: int | None = None) -> tuple[StageRunner,
     stage = Stage("curate", topics.prompts, topics, metrics, handler)
     channels = {t.name: _Channel(t.name, resent, None if t.spec.short == "deadletters" else limit) for t in topics}
     settings = load({}, broker="127.0.0.1:1", **({"producer_batch_bytes": limit} if limit else {}))
-    runner = StageRunner(stage, settings, lambda: producer, channels, concurrency=2, window=8)
+    runner = StageRunner(stage, settings, Outbox(lambda: producer, settings.producer_batch_bytes), channels,
+                         concurrency=2, window=8)
     runner.consumer = _Consumer()
     return runner, resent, metrics
 
