@@ -7,7 +7,7 @@ runtime keeps faust as the worker (lifecycle, signals, its producer, the other t
 gives each stage its own consumer in the group ``<group>.<stage>``:
 
 - ``getmany`` takes up to ``room`` records at once (``room`` = the window less what is in
-  flight); they run in chunks, one task each, at most ``concurrency`` chunks at a time;
+  flight) into a queue; at most ``concurrency`` workers take them one at a time;
 - outputs go, without waiting, into per-partition record batches (``streams.outbox``) sent
   on the aiokafka producer faust holds; a record is done once every output is
   acknowledged (a transient failure is re-sent with back-off by ``deliver``; one the broker
@@ -38,9 +38,13 @@ from streams.settings import Settings
 logger = logging.getLogger(__name__)
 
 COMMIT_EVERY_S = 0.5
-CHUNK = 64  # records one task runs one after another
+CHUNK = 64  # a worker's records whose outputs are sent, not yet acknowledged, at most
 FETCH_BYTES = 256 * 1024
 DRAIN_S = 10.0  # on stop or revoke: how long in-flight records may take to finish
+
+
+def _acknowledged(queued: list) -> bool:
+    return all(isinstance(fut, BaseException) or fut.done() for _, fut in queued)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -67,7 +71,7 @@ class StageRunner(Service):
         self.outbox = outbox  # the worker's, shared by its stages
         self.window = max(window, concurrency)
         self.concurrency = concurrency
-        self.slots = asyncio.Semaphore(concurrency)
+        self.todo: deque[tuple[Raw, list]] = deque()  # taken, not yet started
         self.inflight = 0
         self.idle = asyncio.Event()
         self.idle.set()
@@ -75,7 +79,7 @@ class StageRunner(Service):
         self.gauge = stage.metrics.child(stage.metrics.in_flight, stage.name)  # inputs taken, not yet done
         # per partition, in fetch order: [offset, done] for every record not yet committed
         self.pending: dict[TopicPartition, deque[list]] = {}
-        self.tasks: set[asyncio.Task] = set()
+        self.tasks: set[asyncio.Task] = set()  # the workers (at most ``concurrency``)
         self.consumer: AIOKafkaConsumer | None = None
         self.stopping = False
 
@@ -133,50 +137,73 @@ class StageRunner(Service):
                     taken.append((r.timestamp, Raw(r.topic, r.partition, r.offset, r.key, r.value), mark))
             if len(batches) > 1:  # partitions interleaved as the records arrived (stable within one)
                 taken.sort(key=lambda t: t[0])
-            taken = [(raw, mark) for _, raw, mark in taken]
-            # spread what was taken over the free slots, in chunks of at most CHUNK records:
-            # a chunk runs its records one after another in one task (a task per record costs
-            # more than a cheap stage's work), and a few records still get a slot each
-            size = max(1, min(CHUNK, -(-len(taken) // self.concurrency)))
-            for i in range(0, len(taken), size):
-                self._start(taken[i:i + size])
+            self.take([(raw, mark) for _, raw, mark in taken])
             if time.monotonic() - last_commit >= COMMIT_EVERY_S:
                 await self.commit()
                 last_commit = time.monotonic()
 
-    def _start(self, chunk: list[tuple[Raw, list]]) -> None:
-        self.inflight += len(chunk)
+    def take(self, records: list[tuple[Raw, list]]) -> None:
+        """Queue records and start workers for them, at most ``concurrency`` in all. A worker
+        takes one record at a time from the shared queue, so no slot idles while a record
+        waits (a slow model call holds one worker, not a fixed share of the batch), and a
+        cheap stage still costs no task per record."""
+        if not records:
+            return
+        self.todo.extend(records)
+        self.inflight += len(records)
         self.gauge.set(self.inflight)
         self.idle.clear()
-        task = asyncio.ensure_future(self._chunk(chunk))
-        self.tasks.add(task)
-        task.add_done_callback(lambda t, n=len(chunk): self._finished(t, n))
+        self._spawn()
 
-    def _finished(self, task: asyncio.Task, n: int) -> None:
+    def _spawn(self) -> None:
+        for _ in range(min(self.concurrency - len(self.tasks), len(self.todo))):
+            task = asyncio.ensure_future(self._work())
+            self.tasks.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
         self.tasks.discard(task)
-        self.inflight -= n
         self.gauge.set(self.inflight)
         if not task.cancelled() and task.exception() is not None:
-            logger.error("%s: a chunk failed outside the stage (not committed; it is retried after a "
-                         "restart or rebalance)", self.stage.name, exc_info=task.exception())
-        if self.inflight == 0:
-            self.idle.set()
+            logger.error("%s: a worker failed outside the stage (its records are not committed; they are "
+                         "retried after a restart or rebalance)", self.stage.name, exc_info=task.exception())
+        if self.todo:  # queued while this worker was settling its last records
+            self._spawn()
 
-    async def _chunk(self, chunk: list[tuple[Raw, list]]) -> None:
-        sent = []
-        async with self.slots:
-            send = self.outbox.send
-            for raw, mark in chunk:
+    async def _work(self) -> None:
+        """Until the queue is empty: a record's outputs are sent without waiting; it is done
+        once they are acknowledged, checked as later records go (at most ``CHUNK`` waiting)."""
+        send, unsettled, held = self.outbox.send, deque(), 0
+        try:
+            while self.todo:
+                raw, mark = self.todo.popleft()
+                held += 1
                 queued = []
                 for out in await self.stage.outputs(raw):
                     try:
                         queued.append((out, await send(out.topic.name, out.key, out.value)))
                     except Exception as exc:  # noqa: BLE001 - refused before it was queued: settled below
                         queued.append((out, exc))
-                sent.append((raw, mark, queued))
-        for raw, mark, queued in sent:
-            await self._settle(raw, queued)
-            mark[1] = True
+                unsettled.append((raw, mark, queued))
+                while unsettled and (len(unsettled) > CHUNK or _acknowledged(unsettled[0][2])):
+                    await self._done(*unsettled.popleft())
+                    held -= 1
+            while unsettled:
+                await self._done(*unsettled.popleft())
+                held -= 1
+        finally:
+            self._release(held)  # a failed or cancelled worker's records: not in flight, not done
+
+    async def _done(self, raw: Raw, mark: list, queued: list) -> None:
+        await self._settle(raw, queued)
+        mark[1] = True
+        self._release(1)
+
+    def _release(self, n: int) -> None:
+        self.inflight -= n
+        if self.inflight == 0:
+            self.gauge.set(0)
+            self.idle.set()
 
     async def _settle(self, raw: Raw, queued: list) -> None:
         """Wait for the acknowledgement of each output of ``raw``; re-send what failed."""

@@ -1,5 +1,5 @@
-"""The batch runtime's bookkeeping without a broker: what it commits, how a chunk settles
-its outputs (acknowledged, re-sent after a transient failure, or dead-lettered when the broker
+"""The batch runtime's bookkeeping without a broker: what it commits, how its workers share
+the records taken and settle their outputs (acknowledged, re-sent after a transient failure, or dead-lettered when the broker
 will never take one), and how the outbox batches them per partition."""
 from __future__ import annotations
 
@@ -136,6 +136,48 @@ def _raw(offset: int, pid: str, content: str = "hi") -> Raw:
     return Raw(TP.topic, TP.partition, offset, pid.encode(), value)
 
 
+def _run(runner: StageRunner, records: list) -> None:
+    async def go():
+        runner.take(records)
+        await asyncio.wait_for(runner.idle.wait(), 10)
+
+    asyncio.run(go())
+
+
+def test_a_slow_input_holds_one_worker_while_the_others_take_the_rest():
+    # concurrency 2: "slow" waits until "b" and "c" are done, so it completes only if the
+    # second worker takes both of them while the first is held (no fixed share per worker)
+    producer = _Producer()
+    runner, _, _ = _runner(producer)
+    others_done = None
+
+    async def handler(p: Prompt) -> list[Emit]:
+        if p.id == "slow":
+            await others_done.wait()
+        return [Emit("curated", p.id, p)]
+
+    runner.stage.handler = handler
+    marks = {pid: [i, False] for i, pid in enumerate(("slow", "b", "c"))}
+
+    async def go():
+        nonlocal others_done
+        others_done = asyncio.Event()
+        runner.take([(_raw(m[0], pid), m) for pid, m in marks.items()])
+        assert len(runner.tasks) == 2
+        async def others():
+            while not (marks["b"][1] and marks["c"][1]):
+                await asyncio.sleep(0)
+
+        await asyncio.wait_for(others(), 10)
+        assert not marks["slow"][1]
+        others_done.set()
+        await asyncio.wait_for(runner.idle.wait(), 10)
+
+    asyncio.run(go())
+    assert all(done for _, done in marks.values()) and runner.inflight == 0 and not runner.tasks
+    assert [k for _, k in producer.sent] == [b"b", b"c", b"slow"]
+
+
 def test_commits_only_up_to_the_oldest_input_not_done():
     runner, _, _ = _runner(_Producer())
     marks = [[10, True], [11, False], [12, True]]
@@ -152,14 +194,14 @@ def test_commits_only_up_to_the_oldest_input_not_done():
     assert not runner.pending[TP]
 
 
-def test_a_chunk_marks_each_input_done_once_its_outputs_are_acknowledged_or_re_sent():
+def test_each_input_is_done_once_its_outputs_are_acknowledged_or_re_sent():
     # the first "curated" batch fails after queueing (a timeout): deliver() sends each of its
     # messages again; the outcomes batch went through
     producer = _Producer(fail={"curated": KafkaTimeoutError("batch expired")})
     runner, resent, metrics = _runner(producer)
     marks = [[0, False], [1, False]]
 
-    asyncio.run(runner._chunk([(_raw(0, "a"), marks[0]), (_raw(1, "b"), marks[1])]))
+    _run(runner, [(_raw(0, "a"), marks[0]), (_raw(1, "b"), marks[1])])
     assert all(done for _, done in marks)
     assert producer.batches == [("curated", 0, [b"a", b"b"]), ("outcomes", 0, [b"a", b"b"])]
     assert resent == [("curated", b"a"), ("curated", b"b")]
@@ -167,13 +209,13 @@ def test_a_chunk_marks_each_input_done_once_its_outputs_are_acknowledged_or_re_s
     assert metrics.messages_out.labels("curate", "curated")._value.get() == 2
 
 
-def test_an_output_the_broker_never_takes_dead_letters_its_input_and_the_chunk_goes_on():
+def test_an_output_the_broker_never_takes_dead_letters_its_input_and_the_rest_goes_on():
     # "a" is over a batch: it goes alone, through the producer's own send, which refuses it
     producer = _Producer(fail={"curated": MessageSizeTooLargeError("too big")})
     runner, resent, metrics = _runner(producer, limit=1000)
     marks = [[0, False], [1, False]]
 
-    asyncio.run(runner._chunk([(_raw(0, "a", "x" * 2000), marks[0]), (_raw(1, "b"), marks[1])]))
+    _run(runner, [(_raw(0, "a", "x" * 2000), marks[0]), (_raw(1, "b"), marks[1])])
     assert all(done for _, done in marks)
     assert ("deadletters", b"a") in resent and ("curated", b"b") in producer.sent
     assert ("outcomes", b"b") in producer.sent and ("curated", b"a") not in producer.sent + resent
