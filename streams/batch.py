@@ -167,8 +167,8 @@ class StageRunner(Service):
         if not task.cancelled() and task.exception() is not None:
             logger.error("%s: a worker failed outside the stage (its records are not committed; they are "
                          "retried after a restart or rebalance)", self.stage.name, exc_info=task.exception())
-        if self.todo:  # queued while this worker was settling its last records
-            self._spawn()
+        if self.todo and not task.cancelled():  # queued while this worker was settling its last
+            self._spawn()  # records (a worker cancelled on stop is not replaced)
 
     async def _work(self) -> None:
         """Until the queue is empty: a record's outputs are sent without waiting; it is done
