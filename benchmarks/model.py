@@ -5,7 +5,9 @@
 - pipeline: the whole pipeline (broker, curate → synthesize → evaluate → instantiate) with
             that backend, timed from submit to the last outcome, worker warmed up first;
 
-each at concurrency 1, 4 and 16 over the same prompts and sampling. Usage:
+each at concurrency 1, 4 and 16 over the same prompts, sampling and seeds: the direct and
+backend runs ask each completion with the seed the pipeline's synthesize stage gives it
+(from the prompt id and the objective), so all three generate the same texts. Usage:
 
     python benchmarks/model.py [--quick]
 
@@ -32,7 +34,8 @@ from agents.backends.base import GenRequest  # noqa: E402
 from agents.backends.llamacpp_server import LlamaServer  # noqa: E402
 from agents.backends.openai import OpenAIGenerator  # noqa: E402
 from agents.synthesis.prompting import render_completion  # noqa: E402
-from schemas import (EvaluationSpec, EvaluatorSpec, GeneratorSpec, ObjectiveSpec, SynthesisSpec)  # noqa: E402
+from agents.synthesize import base_seed  # noqa: E402
+from schemas import (EvaluationSpec, EvaluatorSpec, GeneratorSpec, ObjectiveSpec, Prompt, SynthesisSpec)  # noqa: E402
 from streams.admin import create_topics, reader  # noqa: E402
 from streams.broker import EmbeddedBroker  # noqa: E402
 from streams.inputs import read_prompts  # noqa: E402
@@ -53,37 +56,51 @@ def spec_for(base_url: str) -> ObjectiveSpec:
                          evaluation=EvaluationSpec(evaluators=[EvaluatorSpec(name="math")]))
 
 
-async def direct(base_url: str, texts: list[str], conc: int) -> tuple[int, float]:
+def tagged(prompts: list[Prompt], suffix: str) -> list[Prompt]:
+    """Fresh ids per run, so each pipeline run's outcomes (and seeds) are its own."""
+    return [msgspec.structs.replace(p, id=f"{p.id}-{suffix}", objective=spec_for("").name) for p in prompts]
+
+
+def completions(prompts: list[Prompt]) -> list[tuple[str, int]]:
+    """Every completion the pipeline asks for these prompts: its text and its seed (the
+    synthesize stage's seed for the prompt, plus the candidate's position)."""
+    spec = spec_for("")
+    return [(render_completion(p, spec.synthesis), base_seed(p.id, spec.ref, spec.synthesis.seed) + k)
+            for p in prompts for k in range(CANDIDATES)]
+
+
+async def direct(base_url: str, jobs: list[tuple[str, int]], conc: int) -> tuple[int, float]:
     from openai import AsyncOpenAI
 
     client = AsyncOpenAI(base_url=f"{base_url}/v1", api_key="none", max_retries=0)
     sem = asyncio.Semaphore(conc)
 
-    async def one(i: int, text: str) -> int:
+    async def one(text: str, seed: int) -> int:
         async with sem:
             r = await client.completions.create(model="gemma-3-270m", prompt=text, max_tokens=MAX_TOKENS,
-                                                temperature=TEMPERATURE, seed=i, stop=["\nQuestion:"])
+                                                temperature=TEMPERATURE, top_p=0.95, seed=seed, stop=["\nQuestion:"])
             return r.usage.completion_tokens
 
     t0 = time.perf_counter()
-    tokens = sum(await asyncio.gather(*(one(i, t) for i, t in enumerate(texts))))
+    tokens = sum(await asyncio.gather(*(one(t, seed) for t, seed in jobs)))
     await client.close()
     return tokens, time.perf_counter() - t0
 
 
-async def backend(settings, base_url: str, texts: list[str], conc: int) -> tuple[int, float]:
+async def backend(settings, base_url: str, jobs: list[tuple[str, int]], conc: int) -> tuple[int, float]:
     gen = OpenAIGenerator(settings.replace(max_inflight=conc), "gemma-3-270m", base_url)
     t0 = time.perf_counter()
     outs = await asyncio.gather(*(gen.generate(GenRequest(prompt=t, n=1, temperature=TEMPERATURE, top_p=0.95,
-                                                          max_tokens=MAX_TOKENS, seed=i, stop=["\nQuestion:"]))
-                                  for i, t in enumerate(texts)))
+                                                          max_tokens=MAX_TOKENS, seed=seed, stop=["\nQuestion:"]))
+                                  for t, seed in jobs))
     await gen.close()
     return sum(g.tokens_out for o in outs for g in o), time.perf_counter() - t0
 
 
-async def candidate_tokens(settings, topics, ids: set[str]) -> int:
+async def candidate_tokens(settings, topics, ids: set[str]) -> tuple[int, set[int]]:
+    """Tokens the pipeline generated for ``ids``, and the seeds it asked them with."""
     consumer = await reader(settings, [topics.candidates.name])
-    total, seen = 0, set()
+    total, seen, seeds = 0, set(), set()
     try:
         while seen != ids:
             batch = await consumer.getmany(timeout_ms=2000)
@@ -95,12 +112,13 @@ async def candidate_tokens(settings, topics, ids: set[str]) -> int:
                     if c.prompt.id in ids and c.prompt.id not in seen:
                         seen.add(c.prompt.id)
                         total += sum(x.tokens_out for x in c.candidates)
+                        seeds.update(x.sampling.seed for x in c.candidates)
     finally:
         await consumer.stop()
-    return total
+    return total, seeds
 
 
-def pipeline(broker: str, base_url: str, prompts, conc: int, work: Path) -> tuple[int, float]:
+def pipeline(broker: str, base_url: str, measured: list[Prompt], conc: int, work: Path) -> tuple[int, float, set[int]]:
     settings = load({}, broker=broker, namespace=f"benchmodel{conc}", partitions=4, max_inflight=conc)
     topics = from_settings(settings)
     spec = spec_for(base_url)
@@ -111,17 +129,13 @@ def pipeline(broker: str, base_url: str, prompts, conc: int, work: Path) -> tupl
     worker = start_worker(settings, broker, work / f"worker{conc}.log", env)
     try:
         sink = JsonlSink(work / f"out{conc}")
-
-        def tag(ps, suffix):  # fresh ids per run, so each run's outcomes are its own
-            return [msgspec.structs.replace(p, id=f"{p.id}-{suffix}", objective=spec.name) for p in ps]
-
-        asyncio.run(drive(settings, topics, tag(prompts[:1], "warm"), sink, worker, None, progress=False))
-        measured = tag(prompts, f"c{conc}")
+        asyncio.run(drive(settings, topics, tagged(measured[:1], "warm"), sink, worker, None, progress=False))
         t0 = time.perf_counter()
         asyncio.run(drive(settings, topics, measured, sink, worker, None, progress=False))
         wall = time.perf_counter() - t0
         sink.close()
-        return asyncio.run(candidate_tokens(settings, topics, {p.id for p in measured})), wall
+        tokens, seeds = asyncio.run(candidate_tokens(settings, topics, {p.id for p in measured}))
+        return tokens, wall, seeds
     finally:
         stop_process(worker)
 
@@ -132,26 +146,30 @@ def main() -> None:
     args = ap.parse_args()
     n = 8 if args.quick else 24
     prompts = list(read_prompts(DATA, limit=n))
-    texts = [render_completion(p, spec_for("").synthesis) for p in prompts for _ in range(CANDIDATES)]
     settings = load({})
     rows = []
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
         server = LlamaServer(log_path=Path(tmp) / "server.log")
         server.start()
         try:
-            asyncio.run(direct(server.base_url, texts[:2], 1))  # warm the server
+            asyncio.run(direct(server.base_url, completions(tagged(prompts[:1], "warm")), 1))  # warm the server
             for conc in (1, 4, 16):
-                d = asyncio.run(direct(server.base_url, texts, conc))
-                b = asyncio.run(backend(settings, server.base_url, texts, conc))
-                p = pipeline(broker.address, server.base_url, prompts, conc, Path(tmp))
+                measured = tagged(prompts, f"c{conc}")
+                jobs = completions(measured)  # the same texts and seeds the pipeline run asks for
+                d = asyncio.run(direct(server.base_url, jobs, conc))
+                b = asyncio.run(backend(settings, server.base_url, jobs, conc))
+                p = pipeline(broker.address, server.base_url, measured, conc, Path(tmp))
                 rows.append({"concurrency": conc, "direct_tok_s": d[0] / d[1], "backend_tok_s": b[0] / b[1],
-                             "pipeline_tok_s": p[0] / p[1], "tokens": [d[0], b[0], p[0]]})
+                             "pipeline_tok_s": p[0] / p[1], "tokens": [d[0], b[0], p[0]],
+                             "same_seeds": p[2] == {seed for _, seed in jobs}})
         finally:
             server.stop()
-    print(f"{'conc':>4} {'direct tok/s':>13} {'backend tok/s':>14} {'pipeline tok/s':>15} {'pipe/direct':>12}")
+    print(f"{'conc':>4} {'direct tok/s':>13} {'backend tok/s':>14} {'pipeline tok/s':>15} {'pipe/direct':>12}"
+          f" {'tokens d/b/p':>16} {'same seeds':>11}")
     for r in rows:
         print(f"{r['concurrency']:>4} {r['direct_tok_s']:>13.1f} {r['backend_tok_s']:>14.1f} "
-              f"{r['pipeline_tok_s']:>15.1f} {r['pipeline_tok_s'] / r['direct_tok_s']:>12.2f}")
+              f"{r['pipeline_tok_s']:>15.1f} {r['pipeline_tok_s'] / r['direct_tok_s']:>12.2f}"
+              f" {'/'.join(map(str, r['tokens'])):>16} {str(r['same_seeds']):>11}")
     head = next(r for r in rows if r["concurrency"] == 4)
     print(json.dumps({"bench": "model", "pipeline_tok_s": round(head["pipeline_tok_s"], 1),
                       "direct_tok_s": round(head["direct_tok_s"], 1),
