@@ -8,6 +8,10 @@ other 4xx fails at once (``retryable=False``) with the server's error text.
 Seeds: a request asks for ``n`` choices with seed ``s``; choice ``j`` is labelled ``s + j``.
 Servers that ignore ``n`` (llama.cpp's) return fewer choices; the rest are asked for with the
 seed advanced past the labels already used, so every generation carries a distinct seed.
+Once a server has answered with fewer choices than asked, this generator asks it for the
+choices of a request as that many one-choice requests at once (choice ``j`` with seed
+``s + j``), so a candidate set's generations run side by side on the server, not one after
+another.
 """
 from __future__ import annotations
 
@@ -57,6 +61,7 @@ class OpenAIGenerator:
         self._backoff_s = settings.backoff_s
         self._sem = asyncio.Semaphore(max(1, settings.max_inflight))
         self._budget_s = settings.outage_budget_s
+        self.ignores_n = False  # the server answered fewer choices than asked: ask one per request
         self.breaker = CircuitBreaker(f"{model}@{self.base_url}", settings.breaker_threshold,
                                       settings.breaker_cooldown_s)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -69,21 +74,44 @@ class OpenAIGenerator:
         return f"OpenAIGenerator(model={self.model!r}, base_url={self.base_url!r})"
 
     async def generate(self, req: GenRequest) -> list[Generation]:
-        chat = req.messages is not None
-        path = "/v1/chat/completions" if chat else "/v1/completions"
         out: list[Generation] = []
         seed = req.seed
         while len(out) < req.n:
             want = req.n - len(out)
-            started = time.perf_counter()
-            data = await self._post(path, self._body(req, want, seed))
-            gens = _parse(data, chat, seed, time.perf_counter() - started)
-            if not gens:
-                raise BackendError(f"{self.base_url}{path} returned no choices", retryable=True)
+            if self.ignores_n and want > 1:
+                out += await self._one_each(req, want, seed)
+                break
+            gens = await self._ask(req, want, seed)
+            if len(gens) < want and not self.ignores_n:
+                self.ignores_n = True
+                log.info("model %s at %s answers one choice per request; asking for several at once",
+                         self.model, self.base_url)
             out.extend(gens[:want])
             if seed is not None:
                 seed += len(gens)
         return out
+
+    async def _ask(self, req: GenRequest, n: int, seed: int | None) -> list[Generation]:
+        chat = req.messages is not None
+        path = "/v1/chat/completions" if chat else "/v1/completions"
+        started = time.perf_counter()
+        data = await self._post(path, self._body(req, n, seed))
+        gens = _parse(data, chat, seed, time.perf_counter() - started)
+        if not gens:
+            raise BackendError(f"{self.base_url}{path} returned no choices", retryable=True)
+        return gens
+
+    async def _one_each(self, req: GenRequest, n: int, seed: int | None) -> list[Generation]:
+        """``n`` one-choice requests at once, the ``j``-th with seed ``seed + j``; if one
+        fails, the others are cancelled."""
+        tasks = [asyncio.ensure_future(self._ask(req, 1, None if seed is None else seed + j)) for j in range(n)]
+        try:
+            return [gens[0] for gens in await asyncio.gather(*tasks)]
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
 
     def _body(self, req: GenRequest, n: int, seed: int | None) -> dict[str, Any]:
         body: dict[str, Any] = {

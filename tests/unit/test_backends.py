@@ -144,7 +144,66 @@ def test_n_is_topped_up_when_the_server_ignores_it():
     gens = asyncio.run(generate(handler, req=GenRequest(prompt="p", n=3, seed=5)))
     assert [g.text for g in gens] == ["s5", "s6", "s7"]
     assert [g.seed for g in gens] == [5, 6, 7]
-    assert [b["n"] for b in bodies] == [3, 2, 1]
+    # the first answer had one choice of three: the other two are asked for one each
+    assert [b["n"] for b in bodies] == [3, 1, 1]
+    assert sorted(b["seed"] for b in bodies) == [5, 6, 7]
+
+
+def test_a_server_that_ignores_n_gets_the_requests_of_a_set_side_by_side():
+    state = {"now": 0, "max": 0, "bodies": [], "gate": False}
+    arrived = asyncio.Event()
+
+    async def handler(request):
+        body = await request.json()
+        if state["gate"]:  # the measured call: each request waits for the other three (or 3 s)
+            state["bodies"].append(body)
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+            if len(state["bodies"]) == 4:
+                arrived.set()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(arrived.wait(), 3.0)
+            state["now"] -= 1
+        return web.json_response(completion(text=f"s{body['seed']}"))
+
+    async def go():
+        async with serve(handler) as url:
+            gen = OpenAIGenerator(FAST, "m", url)
+            try:
+                assert len(await gen.generate(GenRequest(prompt="p", n=1, seed=0))) == 1
+                assert not gen.ignores_n  # one asked, one answered: nothing learnt
+                await gen.generate(GenRequest(prompt="p", n=2, seed=0))  # one answered of two
+                assert gen.ignores_n
+                state["gate"] = True
+                return await gen.generate(GenRequest(prompt="p", n=4, seed=20))
+            finally:
+                await gen.close()
+
+    gens = asyncio.run(go())
+    assert [g.seed for g in gens] == [20, 21, 22, 23] and [g.text for g in gens] == ["s20", "s21", "s22", "s23"]
+    assert [b["n"] for b in state["bodies"]] == [1, 1, 1, 1]
+    assert state["max"] == 4  # all four in flight together
+
+
+def test_one_failed_request_of_a_set_fails_the_call():
+    async def handler(request):
+        body = await request.json()
+        if body["seed"] == 2:
+            return web.Response(status=400, text="bad seed")
+        return web.json_response(completion())
+
+    async def go():
+        async with serve(handler) as url:
+            gen = OpenAIGenerator(FAST, "m", url)
+            gen.ignores_n = True
+            try:
+                await gen.generate(GenRequest(prompt="p", n=3, seed=0))
+            finally:
+                await gen.close()
+
+    with pytest.raises(BackendError) as info:
+        asyncio.run(go())
+    assert info.value.retryable is False and "bad seed" in str(info.value)
 
 
 def test_one_request_when_the_server_honours_n():
