@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import importlib
 import json
 import sys
 import time
@@ -29,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.bus import make_prompts  # noqa: E402
 from benchmarks.common import echo_objective, echo_settings  # noqa: E402
 from schemas import EvaluationSpec  # noqa: E402
-from streams.app import AGENTS, Context  # noqa: E402
+from streams.app import AGENTS, Context, bind_agents  # noqa: E402
 from streams.metrics import Metrics  # noqa: E402
 from streams.runtime import Raw, Stage  # noqa: E402
 from streams.topics import from_settings  # noqa: E402
@@ -46,16 +45,9 @@ class _Stages(Context):
 
 
 def build(settings) -> _Stages:
-    from agents.backends import Backends
-    from agents.evaluators import build_evaluators
-
     ctx = _Stages(settings, from_settings(settings), Metrics())
     ctx.stages = {}
-    ctx.backends = Backends(settings, metrics=ctx.metrics)
-    ctx.evaluators = build_evaluators(ctx.backends, settings)
-    app = faust.App("bench-stages", broker=settings.faust_broker, web_enabled=False)
-    for name in AGENTS:
-        importlib.import_module(f"agents.{name}").bind(app, ctx)
+    bind_agents(faust.App("bench-stages", broker=settings.faust_broker, web_enabled=False), ctx, AGENTS)
     return ctx
 
 

@@ -165,21 +165,26 @@ def build_app(settings: Settings, agents: tuple[str, ...] = AGENTS) -> faust.App
         processing_guarantee=settings.processing_guarantee,
     )
     ctx = Context(settings, from_settings(settings), Metrics())
-    if {"synthesize", "evaluate"} & set(agents):
-        from agents.backends import Backends
-        from agents.evaluators import build_evaluators
-
-        ctx.backends = Backends(settings, metrics=ctx.metrics)
-        ctx.evaluators = build_evaluators(ctx.backends, settings)
     if "curate" in agents:
         @app.task
         async def follow_objectives() -> None:
             await ctx.objectives.follow(settings, ctx.topics)
 
-    import importlib
-
-    for name in agents:
-        importlib.import_module(f"agents.{name}").bind(app, ctx)
+    bind_agents(app, ctx, agents)
     ctx.metrics.serve(settings.metrics_port, settings.metrics_host)
     app.prefstream = ctx  # for tests and the CLI
     return app
+
+
+def bind_agents(app: faust.App, ctx: Context, agents: tuple[str, ...]) -> None:
+    """The model backends and evaluators the agents need, then each agent's binding."""
+    import importlib
+
+    if {"synthesize", "evaluate"} & set(agents):
+        from agents.backends import Backends
+        from agents.evaluators import build_evaluators
+
+        ctx.backends = Backends(ctx.settings, metrics=ctx.metrics)
+        ctx.evaluators = build_evaluators(ctx.backends, ctx.settings)
+    for name in agents:
+        importlib.import_module(f"agents.{name}").bind(app, ctx)

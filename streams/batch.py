@@ -38,7 +38,7 @@ from streams.settings import Settings
 logger = logging.getLogger(__name__)
 
 COMMIT_EVERY_S = 0.5
-CHUNK = 64  # a worker's records whose outputs are sent, not yet acknowledged, at most
+MAX_UNACKED = 64  # a worker's records whose outputs are sent, not yet acknowledged, at most
 FETCH_BYTES = 256 * 1024
 DRAIN_S = 10.0  # on stop or revoke: how long in-flight records may take to finish
 
@@ -172,27 +172,27 @@ class StageRunner(Service):
 
     async def _work(self) -> None:
         """Until the queue is empty: a record's outputs are sent without waiting; it is done
-        once they are acknowledged, checked as later records go (at most ``CHUNK`` waiting)."""
-        send, unsettled, held = self.outbox.send, deque(), 0
+        once they are acknowledged, checked as later records go (at most ``MAX_UNACKED``
+        waiting). A record leaves ``unsettled`` only once it is done."""
+        send, unsettled = self.outbox.send, deque()
         try:
             while self.todo:
                 raw, mark = self.todo.popleft()
-                held += 1
-                queued = []
+                queued: list = []
+                unsettled.append((raw, mark, queued))
                 for out in await self.stage.outputs(raw):
                     try:
                         queued.append((out, await send(out.topic.name, out.key, out.value)))
                     except Exception as exc:  # noqa: BLE001 - refused before it was queued: settled below
                         queued.append((out, exc))
-                unsettled.append((raw, mark, queued))
-                while unsettled and (len(unsettled) > CHUNK or _acknowledged(unsettled[0][2])):
-                    await self._done(*unsettled.popleft())
-                    held -= 1
+                while unsettled and (len(unsettled) > MAX_UNACKED or _acknowledged(unsettled[0][2])):
+                    await self._done(*unsettled[0])
+                    unsettled.popleft()
             while unsettled:
-                await self._done(*unsettled.popleft())
-                held -= 1
+                await self._done(*unsettled[0])
+                unsettled.popleft()
         finally:
-            self._release(held)  # a failed or cancelled worker's records: not in flight, not done
+            self._release(len(unsettled))  # a failed or cancelled worker's records: not in flight, not done
 
     async def _done(self, raw: Raw, mark: list, queued: list) -> None:
         await self._settle(raw, queued)
