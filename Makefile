@@ -16,9 +16,11 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -e ".[cpu,test,bench]"
 	touch $(STAMP)
 
-# The main job on the embedded default: Tansu broker + Gemma 3 270M on CPU, bundled prompts.
+# The main job on the embedded default: Tansu broker + Gemma 3 270M on CPU, bundled prompts;
+# two workers in one group, each with its own model on one thread (WORKERS=1 for one).
+WORKERS ?= 2
 run: $(STAMP)
-	$(VENV)/bin/prefstream run --input examples/prompts.jsonl --out out/example
+	$(VENV)/bin/prefstream run --input examples/prompts.jsonl --out out/example --workers $(WORKERS)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest

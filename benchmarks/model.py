@@ -129,9 +129,9 @@ def pipeline(broker: str, base_url: str, measured: list[Prompt], conc: int, work
     worker = start_worker(settings, broker, work / f"worker{conc}.log", env)
     try:
         sink = JsonlSink(work / f"out{conc}")
-        asyncio.run(drive(settings, topics, tagged(measured[:1], "warm"), sink, worker, None, progress=False))
+        asyncio.run(drive(settings, topics, tagged(measured[:1], "warm"), sink, [worker], progress=False))
         t0 = time.perf_counter()
-        asyncio.run(drive(settings, topics, measured, sink, worker, None, progress=False))
+        asyncio.run(drive(settings, topics, measured, sink, [worker], progress=False))
         wall = time.perf_counter() - t0
         sink.close()
         tokens, seeds = asyncio.run(candidate_tokens(settings, topics, {p.id for p in measured}))

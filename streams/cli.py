@@ -38,6 +38,15 @@ def _settings(args) -> Settings:
     return load(config_file=getattr(args, "config", None))
 
 
+def _with_flags(settings: Settings, args) -> Settings:
+    """``run`` and ``up``: their --metrics-port and --workers over the settings."""
+    if args.metrics_port is not None:
+        settings = settings.replace(metrics_port=args.metrics_port)
+    if args.workers is not None:
+        settings = settings.replace(workers=args.workers)
+    return settings
+
+
 def cmd_broker(args) -> int:
     from streams.broker import EmbeddedBroker
 
@@ -153,9 +162,7 @@ def cmd_run(args) -> int:
     from streams.inputs import read_prompts
     from streams.run import run
 
-    settings = _settings(args)
-    if args.metrics_port is not None:
-        settings = settings.replace(metrics_port=args.metrics_port)
+    settings = _with_flags(_settings(args), args)
     spec = _objective(args)
     prompts = list(read_prompts(args.input, args.limit))
     env = dict(os.environ)
@@ -176,32 +183,30 @@ def cmd_run(args) -> int:
 
 
 def cmd_up(args) -> int:
-    """The whole system as a service on the embedded broker: broker + one worker, until ^C."""
+    """The whole system as a service on the embedded broker: broker + the workers, until ^C."""
     from streams.broker import EmbeddedBroker
-    from streams.run import publish_objective, start_worker, stop_process
+    from streams.run import publish_objective, start_workers, stop_processes
     from streams.admin import create_topics
     from streams.topics import from_settings
 
-    settings = _settings(args)
-    if args.metrics_port is not None:
-        settings = settings.replace(metrics_port=args.metrics_port)
+    settings = _with_flags(_settings(args), args)
     out = Path(settings.data_dir)
     out.mkdir(parents=True, exist_ok=True)
     stop = stop_signal()
     broker = None if settings.broker else EmbeddedBroker(port=args.port, log_path=out / "broker.log").start()
     if broker:
         settings = settings.replace(broker=broker.address)
-    worker = None
+    workers = []
     try:
         topics = from_settings(settings)
         asyncio.run(create_topics(settings, topics))
         asyncio.run(publish_objective(settings, topics, _objective(args)))
-        worker = start_worker(settings, settings.broker, out / "worker.log", dict(os.environ))
+        workers = start_workers(settings, settings.broker, out, dict(os.environ))
         print(f"prefstream up: broker {settings.broker}, namespace {settings.namespace}; "
               f"submit with PREFSTREAM_BROKER={settings.broker} prefstream submit FILE; ^C stops", flush=True)
         wait_for(stop)
     finally:
-        stop_process(worker)
+        stop_processes(workers)
         if broker:
             broker.stop()
     return 0
@@ -219,7 +224,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--candidates", type=int, help="candidates per prompt (overrides the objective)")
     r.add_argument("--out", required=True, help="output directory")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
-    r.add_argument("--metrics-port", type=int, help="the worker serves /metrics on PORT (default 9464; 0 = off)")
+    r.add_argument("--metrics-port", type=int, help="the first worker serves /metrics on PORT, worker i on PORT+i (default 9464; 0 = off)")
+    r.add_argument("--workers", type=int, help="worker processes in one group, each with every agent and its own "
+                   "model (default 1, or PREFSTREAM_WORKERS; at most the partitions)")
     r.add_argument("--format", action="append", help=f"also write this training format to DIR/<format>/ as JSONL and "
                    f"Parquet (repeatable): {FORMAT_NAMES}")
     r.add_argument("--style", default="conversational", choices=["conversational", "standard"],
@@ -229,7 +236,9 @@ def parser() -> argparse.ArgumentParser:
     u = sub.add_parser("up", help="the whole system as a long-running service on the embedded broker")
     u.add_argument("--objective", help="objective YAML to publish at start")
     u.add_argument("--port", type=int, help="broker port (default: a free one)")
-    u.add_argument("--metrics-port", type=int, help="the worker serves /metrics on PORT (default 9464; 0 = off)")
+    u.add_argument("--metrics-port", type=int, help="the first worker serves /metrics on PORT, worker i on PORT+i (default 9464; 0 = off)")
+    u.add_argument("--workers", type=int, help="worker processes in one group, each with every agent and its own "
+                   "model (default 1, or PREFSTREAM_WORKERS; at most the partitions)")
     u.set_defaults(fn=cmd_up)
 
     w = sub.add_parser("worker", help="run agents against PREFSTREAM_BROKER")

@@ -1,7 +1,7 @@
 """``prefstream run``: the one-shot main job.
 
 Starts the embedded broker (unless one is configured), creates the topics, publishes the
-objective, starts a worker process with every agent, submits the prompts, and waits until
+objective, starts the worker processes (``--workers``, each with every agent), submits the prompts, and waits until
 every prompt has ended — as preference records, a no-pair outcome or a dead letter —
 counting outcomes per prompt id (never lag: Tansu's end offsets are wrong). Then it
 writes ``preferences.jsonl`` and ``summary.json``, and for ``prefstream report`` the judged
@@ -85,22 +85,52 @@ class Ledger:
 
 def start_worker(settings: Settings, broker: str, log_path: Path, env: dict[str, str]) -> subprocess.Popen:
     env = {**env, "PREFSTREAM_BROKER": broker, "PREFSTREAM_NAMESPACE": settings.namespace,
-           "PREFSTREAM_DATA_DIR": str(log_path.parent / "worker-data"), "PYTHONUNBUFFERED": "1"}
+           "PREFSTREAM_DATA_DIR": str(log_path.parent / f"{log_path.stem}-data"), "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "streams.cli", "worker", "--metrics-port", str(settings.metrics_port)]
     log = log_path.open("ab")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                             start_new_session=True)
+    proc.log_path = log_path
+    return proc
+
+
+def start_workers(settings: Settings, broker: str, log_dir: Path, env: dict[str, str]) -> list[subprocess.Popen]:
+    """``settings.workers`` worker processes in one consumer group, each running every agent
+    (the partitions are shared out among them). The first logs to ``worker.log`` and serves
+    /metrics on ``metrics_port``; worker ``i`` logs to ``worker-i.log`` on ``metrics_port + i``."""
+    if settings.workers < 1:
+        raise RunError(f"PREFSTREAM_WORKERS={settings.workers}: run at least 1 worker")
+    if settings.workers > settings.partitions:
+        raise RunError(f"PREFSTREAM_WORKERS={settings.workers} is more than PREFSTREAM_PARTITIONS="
+                       f"{settings.partitions}: a worker beyond the partitions would idle; raise the "
+                       f"partitions or lower --workers")
+    procs = []
+    try:
+        for i in range(settings.workers):
+            port = settings.metrics_port + i if settings.metrics_port else 0
+            name = "worker" if i == 0 else f"worker-{i}"
+            procs.append(start_worker(settings.replace(metrics_port=port), broker, log_dir / f"{name}.log", env))
+    except BaseException:
+        stop_processes(procs)
+        raise
+    return procs
 
 
 def stop_process(proc: subprocess.Popen | None, grace: float = 15.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+    stop_processes([proc] if proc is not None else [], grace)
+
+
+def stop_processes(procs: list[subprocess.Popen], grace: float = 15.0) -> None:
+    """SIGTERM to all at once, then each gets ``grace`` seconds before it is killed."""
+    live = [p for p in procs if p.poll() is None]
+    for proc in live:
+        proc.send_signal(signal.SIGTERM)
+    for proc in live:
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 async def publish_objective(settings: Settings, topics: Topics, spec: ObjectiveSpec) -> None:
@@ -108,7 +138,8 @@ async def publish_objective(settings: Settings, topics: Topics, spec: ObjectiveS
 
 
 async def drive(settings: Settings, topics: Topics, prompts: list[Prompt], sink: JsonlSink,
-                worker: subprocess.Popen | None, worker_log: Path | None, progress: bool = True) -> Ledger:
+                workers: list[subprocess.Popen], progress: bool = True) -> Ledger:
+    """Submit ``prompts`` and read until each has ended; a worker that exits meanwhile fails the run."""
     ledger = Ledger({p.id for p in prompts}, {p.id: p.objective for p in prompts})
     names = [topics.preferences.name, topics.outcomes.name, topics.deadletters.name, topics.judgments.name]
     consumer = await reader(settings, names)
@@ -121,8 +152,9 @@ async def drive(settings: Settings, topics: Topics, prompts: list[Prompt], sink:
             await prod.send(topics.prompts.name, codec.encode(p), key=p.id.encode())
         await prod.flush()
         while (n := ledger.done()) < len(ledger.expected):
-            if worker is not None and worker.poll() is not None:
-                raise RunError(f"the worker exited with code {worker.returncode}; see {worker_log}")
+            for w in workers:
+                if w.poll() is not None:
+                    raise RunError(f"a worker exited with code {w.returncode}; see {getattr(w, 'log_path', 'its log')}")
             batch = await consumer.getmany(timeout_ms=500)
             for msgs in batch.values():
                 for msg in msgs:
@@ -214,7 +246,7 @@ def run(settings: Settings, prompts: list[Prompt], spec: ObjectiveSpec, out_dir:
     prompts = list({p.id: p for p in prompts}.values())  # the same prompt twice is one prompt
     started = time.monotonic()
     broker = None
-    worker = None
+    workers: list[subprocess.Popen] = []
     sink = open_sinks(out_dir, formats or [], style)
     try:
         if not settings.broker:
@@ -223,12 +255,11 @@ def run(settings: Settings, prompts: list[Prompt], spec: ObjectiveSpec, out_dir:
         topics = from_settings(settings)
         asyncio.run(create_topics(settings, topics))
         asyncio.run(publish_objective(settings, topics, spec))
-        log = out_dir / "worker.log"
-        worker = start_worker(settings, settings.broker, log, dict(os.environ if env is None else env))
-        ledger = asyncio.run(drive(settings, topics, prompts, sink, worker, log, progress))
+        workers = start_workers(settings, settings.broker, out_dir, dict(os.environ if env is None else env))
+        ledger = asyncio.run(drive(settings, topics, prompts, sink, workers, progress))
     finally:
         sink.close()
-        stop_process(worker)
+        stop_processes(workers)
         if broker:
             broker.stop()
     result = summary(ledger, prompts, spec, time.monotonic() - started)

@@ -64,6 +64,7 @@ class Settings:
     default_objective: str = "default"
     objective_wait_s: float = 30.0  # how long curate waits for an unknown objective to appear
     # worker process
+    workers: int = 1  # worker processes `prefstream run` / `up` start in one group, each with every agent
     web_port: int = 0  # faust's web server (bound to 127.0.0.1); 0 = a free port
     metrics_port: int = 9464  # prometheus /metrics; 0 = off
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so Prometheus can scrape it

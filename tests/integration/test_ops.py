@@ -174,7 +174,7 @@ def test_the_compose_agent_services_run_the_pipeline(broker, namespace, tmp_path
         prompts = [prompt(i, "0") for i in range(3)] + [prompt(3, "7")]
         sink = JsonlSink(tmp_path / "out")
         try:
-            ledger = asyncio.run(asyncio.wait_for(drive(s, topics, prompts, sink, None, None, progress=False), 180))
+            ledger = asyncio.run(asyncio.wait_for(drive(s, topics, prompts, sink, [], progress=False), 180))
         finally:
             sink.close()
         result = summary(ledger, prompts, OBJ, 1.0)
@@ -240,7 +240,7 @@ def live_run(broker, tmp_path_factory):
         started = time.monotonic()
         sink = JsonlSink(tmp / "out")
         try:
-            ledger = asyncio.run(drive(s, topics, prompts, sink, worker, Path(worker.log_path), progress=False))
+            ledger = asyncio.run(drive(s, topics, prompts, sink, [worker], progress=False))
         finally:
             stop.set()
             thread.join(5)
