@@ -9,8 +9,8 @@ import time
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from schemas import EvaluationSpec, EvaluatorSpec, GeneratorSpec, Message, ObjectiveSpec, Prompt, SynthesisSpec
-from schemas import Verification
+from schemas import (EvaluationSpec, EvaluatorSpec, GeneratorSpec, Message, ObjectiveSpec, Prompt, SynthesisSpec,
+                     Verification)
 from streams.admin import create_topics
 from streams.app import AGENTS, consumer_group
 from streams.run import RunError, drive, publish_objective, start_workers, stop_processes
