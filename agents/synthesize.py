@@ -62,20 +62,23 @@ class Writer:
         self.intent: str | None = None  # "step:k" while branching a trajectory at step k
 
     def request(self, gen: GeneratorSpec, n: int, system: str | None = None, text: str | None = None,
-                max_tokens: int | None = None) -> GenRequest:
+                max_tokens: int | None = None, at: int | None = None) -> GenRequest:
+        """The request for ``n`` generations from position ``at`` (default: the next one)."""
+        pos = self.index if at is None else at
         common = dict(n=n, temperature=gen.temperature, top_p=gen.top_p, max_tokens=max_tokens or gen.max_tokens,
-                      seed=self.seed + self.index, stop=list(self.spec.stop))
+                      seed=self.seed + pos, stop=list(self.spec.stop))
         if text is not None:
             return GenRequest(prompt=text, **common)
         if self.spec.prompting == "completion":
             return GenRequest(prompt=render_completion(self.prompt, self.spec, system), **common)
         return GenRequest(messages=chat_messages(self.prompt, system), **common)
 
-    async def call(self, gen: GeneratorSpec, req: GenRequest) -> tuple[int, list[Generation]]:
-        """One generator call; returns the position of its first generation and them."""
+    def reserve(self, n: int) -> int:
+        """The first of ``n`` positions set aside now, so calls made side by side get the
+        positions (seeds, candidate ids) they would get one after another."""
         first = self.index
-        self.index += req.n
-        return first, await self.backends.get(gen).generate(req)
+        self.index += n
+        return first
 
     def candidate(self, gen: GeneratorSpec, g: Generation, pos: int, **extra) -> Candidate:
         """A candidate; its id depends on where it was asked for, never on the text, so a
@@ -115,18 +118,23 @@ async def contrastive(w: Writer) -> list[Candidate]:
 
 
 async def revise(w: Writer) -> list[Candidate]:
+    """Drafts, then per draft a critique and a revision. The drafts' chains run side by side;
+    chain ``i`` has positions ``first + 2i`` (critique) and ``first + 2i + 1`` (revision)."""
     drafts = await w.samples(max(1, w.spec.candidates // 2), intent="draft")
     principles = w.objective.principles or ["The response is correct, helpful and follows the instructions."]
     question, gen = last_user_text(w.prompt), w.spec.generators[0]
-    out = list(drafts)
-    for i, draft in enumerate(drafts):
+    model, first = w.backends.get(gen), w.reserve(2 * len(drafts))
+
+    async def chain(i: int, draft: Candidate) -> Candidate:
         principle = principles[(w.seed + i) % len(principles)]
-        _, [crit] = await w.call(gen, w.request(gen, 1, text=critique_prompt(question, draft.text, principle),
-                                                max_tokens=w.spec.critique_max_tokens))
-        pos, [rev] = await w.call(gen, w.request(gen, 1, text=revision_prompt(question, draft.text, crit.text)))
-        out.append(w.candidate(gen, rev, pos, intent="revision", parent=draft.id,
-                               critique=f"[{principle}] {crit.text.strip()}"))
-    return out
+        [crit] = await model.generate(w.request(gen, 1, text=critique_prompt(question, draft.text, principle),
+                                                max_tokens=w.spec.critique_max_tokens, at=first + 2 * i))
+        pos = first + 2 * i + 1
+        [rev] = await model.generate(w.request(gen, 1, text=revision_prompt(question, draft.text, crit.text), at=pos))
+        return w.candidate(gen, rev, pos, intent="revision", parent=draft.id,
+                           critique=f"[{principle}] {crit.text.strip()}")
+
+    return drafts + list(await asyncio.gather(*(chain(i, d) for i, d in enumerate(drafts))))
 
 
 async def perturbed(w: Writer) -> list[Candidate]:

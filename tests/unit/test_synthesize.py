@@ -96,6 +96,44 @@ def test_revise_emits_draft_and_revision_with_critique_provenance():
     assert draft.text in reqs[2].prompt
 
 
+def test_revise_runs_the_drafts_chains_side_by_side_with_the_sequential_positions():
+    state = {"now": 0, "max": 0, "critiques": 0}
+    both = asyncio.Event()
+
+    class Slow(EchoGenerator):
+        async def generate(self, req):
+            if req.prompt and "Critique:" in req.prompt:  # each critique waits for the other (or 2 s)
+                state["critiques"] += 1
+                state["now"] += 1
+                state["max"] = max(state["max"], state["now"])
+                if state["critiques"] == 2:
+                    both.set()
+                try:
+                    await asyncio.wait_for(both.wait(), 2.0)
+                except asyncio.TimeoutError:
+                    pass
+                state["now"] -= 1
+            return await super().generate(req)
+
+    class Backends:
+        def get(self, spec):
+            return Slow(spec.model)
+
+    obj = ObjectiveSpec(name="o", principles=["Be correct."],
+                        synthesis=SynthesisSpec(strategy="revise", candidates=4, prompting="chat"))
+    [emit] = asyncio.run(synthesize.process(Curated(prompt=PROMPT, objective=obj), Backends()))
+    cands = emit.value.candidates
+    assert state["max"] == 2  # both critiques in flight together
+    seed = synthesize.base_seed(PROMPT.id, obj.ref, 0)
+    # drafts at positions 0, 1; draft i's critique at 2 + 2i and its revision at 3 + 2i, as
+    # when the chains ran one after another (so replayed ids and seeds are unchanged)
+    assert [c.intent for c in cands] == ["draft", "draft", "revision", "revision"]
+    assert [c.sampling.seed for c in cands] == [seed, seed + 1, seed + 3, seed + 5]
+    assert [c.parent for c in cands[2:]] == [cands[0].id, cands[1].id]
+    again = asyncio.run(synthesize.process(Curated(prompt=PROMPT, objective=obj), Backends()))[0].value
+    assert [c.id for c in again.candidates] == [c.id for c in cands]
+
+
 def test_perturb_pairs_each_original_with_a_degraded_copy():
     p = Prompt(id="p2", messages=[Message(role="user", content="What is 2+3?")],
                verification=Verification(kind="math", answer="5"))
