@@ -98,8 +98,8 @@ class Writer:
         for gen in self.spec.generators:
             k = sum(1 for g in planned if g is gen)
             if k:
-                jobs.append((gen, self.index, self.request(gen, k, system)))
-                self.index += k
+                first = self.reserve(k)
+                jobs.append((gen, first, self.request(gen, k, system, at=first)))
         if len(jobs) == 1:  # the usual case: no task to gather one call
             (gen, _, req), = jobs
             results = [await self.backends.get(gen).generate(req)]
