@@ -225,6 +225,11 @@ def kill_three_times_then_finish(settings, out: Path, log: Path, fmt: str | None
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
             kills.append(len(ids_of(out)))
+        # the stream goes on past the last kill (the tap may have caught up just before it), so
+        # the fourth run has records none of the killed ones saw
+        deadline = time.monotonic() + 30
+        while len(prod.pair_ids) <= kills[-1] and prod.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
         prod.halt.set()
         prod.join(30)
         assert prod.error is None and len(prod.pair_ids) > kills[-1]  # the kills came mid-stream
