@@ -11,9 +11,14 @@ worker's bias gauges (``agents.evaluators.bias``) follow every judged set.
 Agent trajectories branched at a step (``synthesis.branch``): the ``outcome`` verifier judges
 the final outcome the candidate step leads to (outcome-level), ``process`` the step itself
 (process-level); verifiers of final answers skip candidates that are tool calls.
+
+The evaluators of one set that wait on something outside the worker (model judges, a reward
+model, the feedback feed, the code sandbox) run side by side, so a model server is never idle
+while another evaluator of the same prompt is being waited for.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Mapping
@@ -30,6 +35,7 @@ from streams.runtime import Emit, Rejected
 logger = logging.getLogger(__name__)
 
 MODEL_JUDGES = ("judge", "pairwise")
+WAITING_KINDS = ("judge", "reward", "human")  # evaluators that wait on a model server or a feed
 STEP_AWARE = ("outcome", "process")  # the verifiers that judge a trajectory step (agents.evaluators.trajectory)
 
 
@@ -68,16 +74,44 @@ def names_to_run(objective: ObjectiveSpec) -> list[str]:
     return list(dict.fromkeys([e.name for e in spec.evaluators] + list(spec.features) + list(spec.guards)))
 
 
+def waits(evaluator: Evaluator) -> bool:
+    """Whether scoring waits on something outside this process (a model server, the feedback
+    feed, a sandbox): an evaluator says so with ``waits``, else its kind does."""
+    return getattr(evaluator, "waits", evaluator.kind in WAITING_KINDS)
+
+
+async def score_all(cset: CandidateSet, evaluators: list[Evaluator]) -> list[list[Score]]:
+    """Each evaluator's scores, in the evaluators' order. Where two or more wait (``waits``),
+    those run side by side — a judge and a reward model of one prompt overlap instead of the
+    second waiting for the first — and the rest run meanwhile in this task; the first failure
+    cancels the others and is raised as it is."""
+    def score(e: Evaluator):
+        return e.score(cset.prompt, cset.candidates, cset.objective)
+
+    if sum(map(waits, evaluators)) < 2:
+        return [await score(e) for e in evaluators]
+    tasks = {i: asyncio.ensure_future(score(e)) for i, e in enumerate(evaluators) if waits(e)}
+    try:
+        inline = {i: await score(e) for i, e in enumerate(evaluators) if i not in tasks}
+        await asyncio.gather(*tasks.values())
+    except BaseException:
+        for t in tasks.values():
+            t.cancel()
+        raise
+    return [tasks[i].result() if i in tasks else inline[i] for i in range(len(evaluators))]
+
+
 async def process(cset: CandidateSet, evaluators: Mapping[str, Evaluator]) -> list[Emit]:
     spec = cset.objective.evaluation
-    per_candidate: list[list[Score]] = [[] for _ in cset.candidates]
+    running = []
     for name in names_to_run(cset.objective):
         evaluator = evaluators.get(name)
         if evaluator is None:
             raise Rejected(f"objective {cset.objective.ref} names unknown evaluator {name!r}", cset.prompt.id)
-        if not evaluator.applies(cset.prompt):
-            continue
-        scores = await evaluator.score(cset.prompt, cset.candidates, cset.objective)
+        if evaluator.applies(cset.prompt):
+            running.append(evaluator)
+    per_candidate: list[list[Score]] = [[] for _ in cset.candidates]
+    for evaluator, scores in zip(running, await score_all(cset, running), strict=True):
         for bucket, score, cand in zip(per_candidate, scores, cset.candidates, strict=True):
             bucket.append(step_level(score, cand, evaluator))
     judges = judge_families(cset.objective)

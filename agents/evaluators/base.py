@@ -9,6 +9,8 @@ from schemas import Candidate, ObjectiveSpec, Prompt, Score
 class Evaluator(Protocol):
     name: str  # the name objectives use: "math", "ifeval", "judge", "code", ...
     kind: str  # "verifier" (checked by code), "judge"/"reward" (a model), "human", "feature", "guard"
+    # optional ``waits: bool``: scoring waits outside the worker (default: kind judge/reward/human);
+    # the waiting evaluators of one set run side by side (agents.evaluate.score_all)
 
     def applies(self, prompt: Prompt) -> bool:
         """Whether this evaluator can score responses to this prompt at all."""

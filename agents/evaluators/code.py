@@ -97,6 +97,7 @@ class CodeVerifier:
 
     name = "code"
     kind = "verifier"
+    waits = True  # on the sandbox's child process: it runs beside the set's other waiting evaluators
 
     def applies(self, prompt: Prompt) -> bool:
         v = prompt.verification

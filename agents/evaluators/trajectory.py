@@ -129,6 +129,7 @@ class _TrajectoryEvaluator:
 
 class OutcomeVerifier(_TrajectoryEvaluator):
     name = "outcome"
+    waits = True  # policy "model" rolls each step forward with the model
 
     async def one(self, prompt: Prompt, c: Candidate, objective: ObjectiveSpec) -> Score:
         reference = prompt.verification.answer
