@@ -118,7 +118,7 @@ class BatchApp(faust.App):
 def consumer_group(settings: Settings, agent: str) -> str:
     """The consumer group an agent reads its topic in: its own in the batch runtime (so a
     stage rebalances alone), the worker's shared one under faust."""
-    return f"{settings.group}.{agent}" if runtime_of(settings) == "batch" else settings.group
+    return f"{settings.group_id}.{agent}" if runtime_of(settings) == "batch" else settings.group_id
 
 
 def runtime_of(settings: Settings) -> str:
@@ -141,7 +141,7 @@ def build_app(settings: Settings, agents: tuple[str, ...] = AGENTS) -> faust.App
     data_dir.mkdir(parents=True, exist_ok=True)
     app_class = BatchApp if runtime_of(settings) == "batch" else faust.App
     app = app_class(
-        settings.group,
+        settings.group_id,
         broker=settings.faust_broker,
         broker_credentials=faust_credentials(settings),
         key_serializer="raw",

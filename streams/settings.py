@@ -26,7 +26,7 @@ class Settings:
     namespace: str = "prefstream"
     partitions: int = 4
     replication: int = 1
-    group: str = "prefstream"
+    group: str = ""  # consumer group (prefix of the stages' groups); "" = the namespace
     enable_idempotence: bool = False  # on for Apache Kafka; Tansu's InitProducerId fails
     session_timeout_s: float = 10.0  # Tansu's first join waits half of this
     producer_linger_ms: int = 20  # batches sends: fewer, larger produce requests (less CPU per message)
@@ -92,6 +92,12 @@ class Settings:
             if part:
                 out.append(part)
         return out
+
+    @property
+    def group_id(self) -> str:
+        """The worker's consumer group: ``group``, else the namespace, so two namespaces on one
+        cluster never share group membership (and rebalances)."""
+        return self.group or self.namespace
 
     @property
     def faust_broker(self) -> str:

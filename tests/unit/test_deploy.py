@@ -130,7 +130,7 @@ def test_compose_prefstream_services_use_real_commands_agents_and_settings():
             assert set(agents) <= set(AGENTS)
             agents_seen += agents
             assert args.metrics_port == 9464 and s["deploy"]["replicas"] >= 1
-            groups.add(settings.group)
+            groups.add(settings.group_id)
         if args.command == "objective":
             assert args.objective_command == "apply"
             mounts = {v.split(":")[1]: v.split(":")[0] for v in s["volumes"]}
@@ -293,7 +293,7 @@ def test_one_deployment_per_agent_with_real_commands_settings_and_requests(tmp_p
             if args.command == "worker":
                 [agent] = args.agents.split(",")
                 workers[agent] = d
-                groups.add(settings.group)
+                groups.add(settings.group_id)
                 ann = pod["metadata"]["annotations"]
                 ports = {p["name"]: p["containerPort"] for p in c["ports"]}
                 assert ann["prometheus.io/scrape"] == "true"

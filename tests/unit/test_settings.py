@@ -45,3 +45,14 @@ def test_broker_list_parsing():
     assert s.faust_broker == "kafka://a:1;kafka://b:2"
     with pytest.raises(SettingsError, match="PREFSTREAM_BROKER"):
         load({}).brokers
+
+
+def test_the_consumer_group_follows_the_namespace_unless_set():
+    from streams.app import consumer_group
+
+    a, b = load({}, namespace="team-a"), load({"PREFSTREAM_NAMESPACE": "team-b"})
+    assert (a.group_id, b.group_id) == ("team-a", "team-b")  # two namespaces never share a group
+    assert consumer_group(a, "curate") == "team-a.curate"
+    assert a.replace(namespace="team-c").group_id == "team-c"
+    assert load({"PREFSTREAM_GROUP": "shared"}, namespace="team-a").group_id == "shared"
+    assert load({}).group_id == "prefstream"  # the default namespace: the group it always had
