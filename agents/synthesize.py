@@ -59,7 +59,7 @@ class Writer:
         self.spec = objective.synthesis
         self.seed = base_seed(prompt.id, objective.ref, self.spec.seed)
         self.index = 0
-        self.intent: str | None = None  # "step:k" while branching a trajectory at step k
+        self.intent: str | None = None  # "step:k": the writer of a branched trajectory's step k
 
     def request(self, gen: GeneratorSpec, n: int, system: str | None = None, text: str | None = None,
                 max_tokens: int | None = None, at: int | None = None) -> GenRequest:
@@ -159,20 +159,24 @@ STRATEGIES = {"samples": sampled, "pool": sampled, "contrastive": contrastive, "
 
 
 async def branched(w: Writer) -> list[Candidate]:
-    """Agent trajectories (``synthesis.branch``): at each branch step k, the strategy's
-    candidates are the next assistant action from the prefix ``messages[:k]`` (a tool call or
-    a final answer), each with ``intent="step:k"``."""
+    """Agent trajectories (``synthesis.branch``, the samples/pool strategy): at each branch
+    step k, the candidates are the next assistant action from the prefix ``messages[:k]`` (a
+    tool call or a final answer), each with ``intent="step:k"``. The steps are asked side by
+    side; step i has the positions (seeds, candidate ids) it had one after another, the block
+    ``i * len(plan(spec))`` on."""
     full = w.prompt
     steps = branch_steps(full.messages, w.spec.branch)
     if not steps:
         raise Rejected(f"synthesis.branch {w.spec.branch!r}: the trajectory has no turn after a user turn to "
                        "branch at", full.id)
-    out: list[Candidate] = []
+    block = len(plan(w.spec))
+    writers = []
     for step in steps:
-        w.prompt, w.intent = msgspec.structs.replace(full, messages=full.messages[:step]), f"{STEP}{step}"
-        out += await STRATEGIES[w.spec.strategy](w)
-    w.prompt, w.intent = full, None
-    return out
+        at = Writer(msgspec.structs.replace(full, messages=full.messages[:step]), w.objective, w.backends)
+        at.index, at.intent = w.reserve(block), f"{STEP}{step}"
+        writers.append(at)
+    per_step = await asyncio.gather(*(sampled(at) for at in writers))
+    return [c for cands in per_step for c in cands]
 
 
 def production_candidate(prompt: Prompt) -> Candidate | None:

@@ -7,12 +7,13 @@ import json
 
 import pytest
 
-from agents import evaluate, instantiate
+from agents import evaluate, instantiate, synthesize
+from agents.backends.echo import EchoGenerator
 from agents.evaluators import build_evaluators
 from agents.evaluators.trajectory import OutcomeVerifier, ProcessVerifier, roll_forward
 from agents.trajectory import branch_steps, calc, parse_action
-from schemas import (Candidate, CandidateSet, EvaluationSpec, EvaluatorSpec, Message, ObjectiveSpec, Prompt,
-                     Sampling, SynthesisSpec, Verification)
+from schemas import (Candidate, CandidateSet, Curated, EvaluationSpec, EvaluatorSpec, GeneratorSpec, Message,
+                     ObjectiveSpec, Prompt, Sampling, SynthesisSpec, Verification)
 from streams.formats import get
 from streams.inputs import read_prompts
 
@@ -123,6 +124,39 @@ def test_step_level_pairs_share_the_prefix_and_carry_their_step():
     later = get("trl-dpo").row(pairs[1])
     assert later["prompt"][3] == {"role": "tool", "content": "36", "tool_call_id": "a", "name": "calc"}
     assert "[calls calc(" in get("trl-dpo", "standard").row(pairs[1])["prompt"]
+
+
+def test_the_steps_of_a_branched_trajectory_are_asked_side_by_side_with_the_sequential_positions():
+    asked: list[int] = []  # the prefix length (= the step) of each request, as it arrives
+    all_in = asyncio.Event()
+
+    class Held(EchoGenerator):
+        """Answers only once every step's requests have arrived: one after another, the first
+        step would wait for the others forever (bounded below)."""
+
+        async def generate(self, req):
+            asked.append(len(req.messages))
+            if len(asked) == 6:  # two generators × three steps
+                all_in.set()
+            await all_in.wait()
+            return await super().generate(req)
+
+    class Backends:
+        def get(self, spec):
+            return Held(spec.model)
+
+    gens = [GeneratorSpec(model="a", count=1), GeneratorSpec(model="b")]  # 1 + 2: a block of 3 per step
+    obj = ObjectiveSpec(name="agent", synthesis=SynthesisSpec(branch="all", candidates=3, generators=gens,
+                                                              prompting="chat"))
+    run = synthesize.process(Curated(prompt=PROMPT, objective=obj), Backends())
+    [emit] = asyncio.run(asyncio.wait_for(run, 5))
+    cands = emit.value.candidates
+    assert sorted(asked) == [2, 2, 4, 4, 6, 6]  # both generators' requests of all three steps
+    seed = synthesize.base_seed(PROMPT.id, obj.ref, 0)
+    # step i's block is i * 3 on, generator a first: as when the steps ran one after another
+    assert [(c.intent, c.model, c.sampling.seed - seed) for c in cands] == [
+        (f"step:{k}", m, 3 * i + j) for i, k in enumerate((2, 4, 6)) for j, m in enumerate("abb")]
+    assert len({c.id for c in cands}) == 9
 
 
 def test_the_example_trajectories_parse_and_their_references_verify():
