@@ -96,6 +96,8 @@ async def score_all(cset: CandidateSet, evaluators: list[Evaluator]) -> list[lis
         await asyncio.gather(*tasks.values())
     except BaseException:
         for t in tasks.values():
+            if t.done() and not t.cancelled():
+                t.exception()  # retrieved: the error raised is the first one
             t.cancel()
         raise
     return [tasks[i].result() if i in tasks else inline[i] for i in range(len(evaluators))]
