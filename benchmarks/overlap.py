@@ -25,16 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agents import evaluate, synthesize  # noqa: E402
-from agents.backends.echo import EchoGenerator  # noqa: E402
+from agents.backends.registry import Backends  # noqa: E402
 from agents.evaluators import build_evaluators  # noqa: E402
+from agents.trajectory import branch_steps  # noqa: E402
 from schemas import (Curated, EvaluationSpec, EvaluatorSpec, GeneratorSpec, JudgeSpec, ObjectiveSpec,  # noqa: E402
                      Prompt, SynthesisSpec)
 from streams.inputs import read_prompts  # noqa: E402
-
-
-class Backends:
-    def get(self, spec: GeneratorSpec) -> EchoGenerator:
-        return EchoGenerator(spec.model)
+from streams.settings import load  # noqa: E402
 
 
 def best_of(repeat: int, run) -> float:
@@ -54,21 +51,21 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     model = f"echo-slow-{args.latency:g}"
+    backends = Backends(load({}))  # echo generators only: no model is loaded
     trajectory = next(iter(read_prompts(ROOT / "examples/agent/trajectories.jsonl")))
     branched = ObjectiveSpec(name="agent", synthesis=SynthesisSpec(
         branch="all", candidates=4, prompting="chat", generators=[GeneratorSpec(backend="echo", model=model)]))
     curated = Curated(prompt=trajectory, objective=branched)
-    [emit] = asyncio.run(synthesize.process(curated, Backends()))
-    steps = len({c.intent for c in emit.value.candidates})
-    branched_s = best_of(args.repeat, lambda: synthesize.process(curated, Backends()))
+    steps = len(branch_steps(trajectory.messages, "all"))
+    branched_s = best_of(args.repeat, lambda: synthesize.process(curated, backends))
 
     judged = ObjectiveSpec(name="judges", synthesis=SynthesisSpec(
         candidates=4, generators=[GeneratorSpec(backend="echo", model="echo")]),
         evaluation=EvaluationSpec(evaluators=[EvaluatorSpec(name="judge"), EvaluatorSpec(name="pairwise")],
                                   judge=JudgeSpec(backend="echo", model=model, retries=0)))
     prompt = Prompt(id="overlap", messages=trajectory.messages[:2])
-    [cset] = asyncio.run(synthesize.process(Curated(prompt=prompt, objective=judged), Backends()))
-    evaluators = build_evaluators(lambda spec: EchoGenerator(spec.model))
+    [cset] = asyncio.run(synthesize.process(Curated(prompt=prompt, objective=judged), backends))
+    evaluators = build_evaluators(backends)
     judges_s = best_of(args.repeat, lambda: evaluate.process(cset.value, evaluators))
 
     result = {"latency_s": args.latency, "branched_s": round(branched_s, 3), "steps": steps,
