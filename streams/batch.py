@@ -47,6 +47,18 @@ def _acknowledged(queued: list) -> bool:
     return all(isinstance(fut, BaseException) or fut.done() for _, fut in queued)
 
 
+def stage_consumer(settings: Settings, stage: str, **options) -> AIOKafkaConsumer:
+    """A stage's own consumer in its own group, committing by hand."""
+    session_ms = int(settings.session_timeout_s * 1000)
+    return AIOKafkaConsumer(
+        **kafka_options(settings), group_id=consumer_group(settings, stage), client_id=f"prefstream-{stage}",
+        enable_auto_commit=False, auto_offset_reset="earliest", session_timeout_ms=session_ms,
+        heartbeat_interval_ms=max(1000, session_ms // 5),
+        # what one fetch may bring per partition: a few hundred messages, not aiokafka's 1 MB
+        # (a worker's memory holds this per partition of each stage, on top of the window)
+        max_partition_fetch_bytes=FETCH_BYTES, **options)
+
+
 class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, runner: "StageRunner") -> None:
         self.runner = runner
@@ -61,44 +73,47 @@ class _Rebalance(ConsumerRebalanceListener):
         logger.info("%s: assigned %s", self.runner.stage.name, sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
 
-class StageRunner(Service):
-    """One stage over its topic with a consumer of its own; started and stopped with the app."""
+class ConsumingStage(Service):
+    """A stage over its topic with a consumer of its own, started and stopped with the app: the
+    fetch loop, the rebalance listener and what is settled at stop are the runtime's."""
 
-    def __init__(self, stage: Stage, settings: Settings, outbox: Outbox, channels: dict[str, Any],
-                 concurrency: int, window: int, **kwargs) -> None:
+    consumer_options: dict[str, Any] = {}
+
+    def __init__(self, stage: Stage, settings: Settings, concurrency: int, window: int, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.stage, self.settings, self.channels = stage, settings, channels
-        self.outbox = outbox  # the worker's, shared by its stages
-        self.window = max(window, concurrency)
+        self.stage, self.settings = stage, settings
         self.concurrency = concurrency
-        self.todo: deque[tuple[Raw, list]] = deque()  # taken, not yet started
+        self.window = max(window, concurrency)
         self.inflight = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
-        self.fetching: asyncio.Future | None = None  # the fetch loop
         self.gauge = stage.metrics.child(stage.metrics.in_flight, stage.name)  # inputs taken, not yet done
-        # per partition, in fetch order: [offset, done] for every record not yet committed
-        self.pending: dict[TopicPartition, deque[list]] = {}
-        self.tasks: set[asyncio.Task] = set()  # the workers (at most ``concurrency``)
         self.consumer: AIOKafkaConsumer | None = None
+        self.fetching: asyncio.Future | None = None  # the fetch loop
         self.stopping = False
 
-    @property
-    def label(self) -> str:
-        return f"prefstream.{self.stage.name}"
+    def listener(self) -> ConsumerRebalanceListener:
+        raise NotImplementedError
+
+    async def _fetch_loop(self) -> None:
+        raise NotImplementedError
+
+    async def settle(self) -> None:
+        """At stop, after the last fetch: finish or give back what is held."""
+        raise NotImplementedError
+
+    async def fetch(self, room: int) -> dict:
+        """Up to ``room`` records from the partitions not paused (none after 200 ms idle, or
+        after a failed fetch, which is logged and tried again on the next call)."""
+        try:
+            return await self.consumer.getmany(timeout_ms=200, max_records=max(1, room))
+        except KafkaError as exc:
+            logger.warning("%s: fetch failed (%s); retrying", self.stage.name, exc)
+            await asyncio.sleep(0.5)
+            return {}
 
     async def on_start(self) -> None:
-        s = self.settings
-        session_ms = int(s.session_timeout_s * 1000)
-        self.consumer = AIOKafkaConsumer(
-            **kafka_options(s), group_id=consumer_group(s, self.stage.name), client_id=f"prefstream-{self.stage.name}",
-            enable_auto_commit=False, auto_offset_reset="earliest", session_timeout_ms=session_ms,
-            heartbeat_interval_ms=max(1000, session_ms // 5),
-            # what one fetch may bring per partition: a few hundred messages, not aiokafka's 1 MB
-            # (a worker's memory holds this per partition of each stage, on top of the window)
-            max_partition_fetch_bytes=FETCH_BYTES)
+        self.consumer = stage_consumer(self.settings, self.stage.name, **self.consumer_options)
         await self.consumer.start()
-        self.consumer.subscribe([self.stage.source.name], listener=_Rebalance(self))
+        self.consumer.subscribe([self.stage.source.name], listener=self.listener())
         self.fetching = self.add_future(self._fetch_loop())
 
     async def on_stop(self) -> None:
@@ -107,11 +122,38 @@ class StageRunner(Service):
             return
         if self.fetching is not None:  # it sees `stopping` within one getmany (200 ms)
             await asyncio.wait({self.fetching}, timeout=5.0)
+        await self.settle()
+        await self.consumer.stop()
+
+
+class StageRunner(ConsumingStage):
+    """At least once: a partition's offset is committed up to its oldest input whose outputs
+    are not all acknowledged."""
+
+    def __init__(self, stage: Stage, settings: Settings, outbox: Outbox, channels: dict[str, Any],
+                 concurrency: int, window: int, **kwargs) -> None:
+        super().__init__(stage, settings, concurrency, window, **kwargs)
+        self.channels = channels
+        self.outbox = outbox  # the worker's, shared by its stages
+        self.todo: deque[tuple[Raw, list]] = deque()  # taken, not yet started
+        self.idle = asyncio.Event()
+        self.idle.set()
+        # per partition, in fetch order: [offset, done] for every record not yet committed
+        self.pending: dict[TopicPartition, deque[list]] = {}
+        self.tasks: set[asyncio.Task] = set()  # the workers (at most ``concurrency``)
+
+    @property
+    def label(self) -> str:
+        return f"prefstream.{self.stage.name}"
+
+    def listener(self) -> ConsumerRebalanceListener:
+        return _Rebalance(self)
+
+    async def settle(self) -> None:
         await self.drain()
         await self.commit()
         for t in list(self.tasks):
             t.cancel()
-        await self.consumer.stop()
 
     async def _fetch_loop(self) -> None:
         consumer = self.consumer
@@ -122,12 +164,7 @@ class StageRunner(Service):
                 consumer.pause(*consumer.assignment())
             elif consumer.paused():
                 consumer.resume(*consumer.paused())
-            try:
-                batches = await consumer.getmany(timeout_ms=200, max_records=max(1, room))
-            except KafkaError as exc:
-                logger.warning("%s: fetch failed (%s); retrying", self.stage.name, exc)
-                await asyncio.sleep(0.5)
-                continue
+            batches = await self.fetch(room)
             taken = []
             for tp, records in batches.items():
                 queue = self.pending.setdefault(tp, deque())
