@@ -69,8 +69,9 @@ class Context:
 
     def agent(self, app: faust.App, name: str, source: Topic, handler, concurrency: int = 1) -> None:
         """Bind ``handler`` on ``source``: a faust agent taking one event at a time (the
-        ``faust`` runtime, and exactly-once), or a ``StageRunner`` taking batches (``batch``).
-        Outputs go through faust's producer either way."""
+        ``faust`` runtime; exactly-once on faust's transactions), or a ``StageRunner`` taking
+        batches (``batch``), its outputs sent on faust's producer; under exactly-once a
+        ``TxnStageRunner`` with transactional producers of its own."""
         if not self.channels:
             self.channels.update({
                 t.name: app.topic(t.name, key_type=bytes, value_type=bytes, value_serializer="raw",
@@ -82,13 +83,18 @@ class Context:
         async def send(topic: Topic, key: bytes, value: bytes) -> None:
             await deliver(channels[topic.name], key, value)
 
-        batch = runtime_of(self.settings) == "batch"  # a StageRunner sets the in-flight gauge per batch
+        batch = self.settings.runtime == "batch"  # a StageRunner sets the in-flight gauge per batch
         stage = Stage(name, source, self.topics, self.metrics,
                       self.metrics.instrument(name, handler, count_in_flight=not batch), send)
         if batch:
             from streams.batch import StageRunner
 
             window = max(self.settings.batch_max_records, 2 * concurrency)
+            if self.settings.processing_guarantee == "exactly_once":  # transactions of its own per partition
+                from streams.txn import TxnStageRunner
+
+                app.service(TxnStageRunner(stage, self.settings, concurrency, window))
+                return
             if self.outbox is None:  # one per worker: its stages share the batches and the partition hashes
                 from streams.outbox import Outbox
 
@@ -118,14 +124,7 @@ class BatchApp(faust.App):
 def consumer_group(settings: Settings, agent: str) -> str:
     """The consumer group an agent reads its topic in: its own in the batch runtime (so a
     stage rebalances alone), the worker's shared one under faust."""
-    return f"{settings.group_id}.{agent}" if runtime_of(settings) == "batch" else settings.group_id
-
-
-def runtime_of(settings: Settings) -> str:
-    """``batch`` unless asked for ``faust``; exactly-once always runs on faust's transactions."""
-    if settings.processing_guarantee == "exactly_once":
-        return "faust"
-    return settings.runtime
+    return f"{settings.group_id}.{agent}" if settings.runtime == "batch" else settings.group_id
 
 
 def build_app(settings: Settings, agents: tuple[str, ...] = AGENTS) -> faust.App:
@@ -139,7 +138,7 @@ def build_app(settings: Settings, agents: tuple[str, ...] = AGENTS) -> faust.App
                          f"{' or '.join(GUARANTEES)} (exactly_once needs a broker with transactions)")
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    app_class = BatchApp if runtime_of(settings) == "batch" else faust.App
+    app_class = BatchApp if settings.runtime == "batch" else faust.App
     app = app_class(
         settings.group_id,
         broker=settings.faust_broker,
@@ -162,7 +161,9 @@ def build_app(settings: Settings, agents: tuple[str, ...] = AGENTS) -> faust.App
         # bounded in-flight work: an agent's buffer holds a few messages beyond its
         # concurrency; when it is full faust pauses the partition instead of buffering more
         stream_buffer_maxsize=max(4, 2 * settings.max_inflight),
-        processing_guarantee=settings.processing_guarantee,
+        # the batch runtime's stages make their own transactions (streams.txn); faust's
+        # producer, which they do not use then, stays plain
+        processing_guarantee=settings.processing_guarantee if app_class is faust.App else "at_least_once",
     )
     ctx = Context(settings, from_settings(settings), Metrics())
     if "curate" in agents:

@@ -32,7 +32,7 @@ class Settings:
     producer_linger_ms: int = 20  # batches sends: fewer, larger produce requests (less CPU per message)
     producer_batch_bytes: int = 256 * 1024  # per partition; a judged set is a few KB
     # "batch": each stage takes records in batches with a consumer of its own and never waits
-    # per message; "faust": faust's per-event agents (exactly_once always runs there)
+    # per message; "faust": faust's per-event agents (either runs under exactly_once)
     runtime: str = "batch"
     batch_max_records: int = 500  # records a stage holds at once, taken but not yet acknowledged
     # cluster security (Apache Kafka); secrets come from the environment or *_FILE files
@@ -79,7 +79,8 @@ class Settings:
     ingest_capture_rate: float = 1.0  # share of proxied requests captured as prompts
     ingest_capture_queue: int = 1000  # captures waiting for the broker; more are dropped
     # delivery: "at_least_once" (any broker; deterministic ids make the sinks idempotent) or
-    # "exactly_once" (faust's transactions: a broker with transactions, not Tansu)
+    # "exactly_once" (transactions: streams.txn's in the batch runtime, faust's in its own;
+    # a broker with transactions, not Tansu)
     processing_guarantee: str = "at_least_once"
 
     @property

@@ -1,5 +1,6 @@
-"""Exactly-once: faust's transactions (``PREFSTREAM_PROCESSING_GUARANTEE=exactly_once``) on a
-broker that has them.
+"""Exactly-once (``PREFSTREAM_PROCESSING_GUARANTEE=exactly_once``) on a broker that has
+transactions: the batch runtime's per-partition-batch transactions (``streams.txn``) and
+faust's.
 
 Broker: noida-db's Kafka service (transactions; it never expires a crashed member, so no
 worker is killed here: the worker is stopped gracefully and a new one takes over mid-run).
@@ -17,14 +18,16 @@ import time
 from collections import Counter
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from schemas import GeneratorSpec
 from streams.admin import create_topics
+from streams.app import consumer_group
 from streams.broker import EmbeddedBroker
 from streams.run import publish_objective
 from streams.settings import load
 from streams.topics import from_settings
+from streams.txn import transactional_id
 from tests.faults.harness import Ledger, expected_records, math_objective, math_prompts, send_prompts
 from tests.faults.services import EchoModel, Noida
 
@@ -33,17 +36,27 @@ pytestmark = pytest.mark.faults
 EOS = {"PREFSTREAM_PROCESSING_GUARANTEE": "exactly_once", "PREFSTREAM_LOG_LEVEL": "INFO"}
 
 
-def test_exactly_once_on_a_transactional_broker_one_message_per_prompt_and_record(tmp_path, workers, namespace):
+def prepare(tmp_path, namespace, broker, model, objective: str, n: int):
+    """Exactly-once settings on ``broker``, the topics made, an echo math objective published,
+    and ``n`` prompts for it (not yet sent)."""
+    settings = load({}, broker=broker.address, namespace=namespace, partitions=2, data_dir=str(tmp_path / "data"),
+                    metrics_port=0, processing_guarantee="exactly_once")
+    topics = from_settings(settings)
+    spec = math_objective(objective, GeneratorSpec(backend="openai", model="echo", base_url=model.base_url))
+    asyncio.run(create_topics(settings, topics))
+    asyncio.run(publish_objective(settings, topics, spec))
+    return settings, topics, spec, math_prompts(n, spec.name, prefix=objective[0])
+
+
+@pytest.mark.parametrize("runtime", ["batch", "faust"])
+def test_exactly_once_on_a_transactional_broker_one_message_per_prompt_and_record(tmp_path, workers, namespace, runtime):
+    """Both runtimes: the batch runtime's own transactions per partition batch
+    (``streams.txn``) and faust's."""
     n = 300
+    eos = {**EOS, "PREFSTREAM_RUNTIME": runtime}
     with Noida(tmp_path) as broker, EchoModel(tmp_path) as model:
-        settings = load({}, broker=broker.address, namespace=namespace, partitions=2, data_dir=str(tmp_path / "data"),
-                        metrics_port=0, processing_guarantee="exactly_once")
-        topics = from_settings(settings)
-        spec = math_objective("eos", GeneratorSpec(backend="openai", model="echo", base_url=model.base_url))
-        prompts = math_prompts(n, spec.name, prefix="e")
-        asyncio.run(create_topics(settings, topics))
-        asyncio.run(publish_objective(settings, topics, spec))
-        first = workers.start(settings, **EOS)
+        settings, topics, spec, prompts = prepare(tmp_path, namespace, broker, model, "eos", n)
+        first = workers.start(settings, **eos)
         ids = {p.id for p in prompts}
 
         async def scenario():
@@ -58,7 +71,7 @@ def test_exactly_once_on_a_transactional_broker_one_message_per_prompt_and_recor
                 await asyncio.sleep(0.2)
             first.terminate()  # a graceful hand-over mid-run: the new worker's transactions take over
             await asyncio.to_thread(first.wait, 60)
-            workers.start(settings, **EOS)
+            workers.start(settings, **eos)
             await send_prompts(settings, topics, prompts[n // 2:])
             return ledger, await follow
 
@@ -73,7 +86,7 @@ def test_exactly_once_on_a_transactional_broker_one_message_per_prompt_and_recor
     records = Counter(r.id for r in ledger.seen["preferences"])
     want = Counter(r for rids in expected.values() for r in rids)
     logs = "".join(open(p.log_path, errors="replace").read() for p in workers.procs)
-    print(f"\nexactly-once (noida-db, transactions), {n} prompts, worker handed over at {n // 4} outcomes:")
+    print(f"\nexactly-once ({runtime} runtime, noida-db transactions), {n} prompts, worker handed over at {n // 4} outcomes:")
     print(f"  outcome messages (read_committed)={sum(per_prompt.values())} for {len(per_prompt)} prompts; "
           f"preference messages={sum(records.values())} for {len(records)} ids (expected {len(want)}); "
           f"dead_letters={len(ledger.letters)} seconds={seconds:.0f}")
@@ -98,3 +111,58 @@ def test_tansu_has_no_transactions(tmp_path):
         with pytest.raises(Exception) as err:
             asyncio.run(start())
     print(f"\nTansu transactional producer: {type(err.value).__name__}: {err.value}")
+
+
+def test_a_fenced_transaction_is_aborted_and_its_batch_runs_again(tmp_path, workers, namespace):
+    """The batch runtime's transactions under a fence: mid-run, another producer starts with
+    the transactional id of the worker's curate producer for prompts[0] (what the partition's
+    next holder does) and leaves a transaction open with a stray message in `curated`. The
+    worker's next transaction there fails, is aborted, and its batch runs again on a new
+    producer, whose start aborts the stray transaction: a read_committed reader finds one
+    `curated` message and one outcome per prompt, and never the stray message.
+
+    The stray message goes to curated[1], which the prompts[0] producer never writes: noida-db
+    keeps listing an aborted transaction in later fetches, so a reader already past it would
+    skip the same producer id's next messages in that partition (Apache Kafka lists only the
+    aborted transactions a fetch overlaps)."""
+    n = 200
+    with Noida(tmp_path) as broker, EchoModel(tmp_path) as model:
+        settings, topics, spec, prompts = prepare(tmp_path, namespace, broker, model, "fence", n)
+        ids = {p.id for p in prompts}
+        worker = workers.start(settings, **EOS)  # the batch runtime (the default)
+        fenced = transactional_id(consumer_group(settings, "curate"), TopicPartition(topics.prompts.name, 0))
+
+        async def scenario():
+            ledger = Ledger(topics, extra=("curated",))
+            follow = asyncio.create_task(ledger.follow(settings, lambda lg: ids <= lg.outcomes.keys(), 240,
+                                                       committed_only=True))
+            await send_prompts(settings, topics, prompts[: n // 2])
+            while len(ledger.outcomes) < n // 4 and not follow.done():
+                await asyncio.sleep(0.2)
+            intruder = AIOKafkaProducer(bootstrap_servers=settings.brokers, transactional_id=fenced)
+            await intruder.start()  # fences the worker's producer of prompts[0]
+            await intruder.begin_transaction()
+            await intruder.send_and_wait(topics.curated.name, b"stray", key=b"stray", partition=1)
+            await send_prompts(settings, topics, prompts[n // 2:])  # the stray transaction stays open
+            try:
+                return ledger, await follow
+            finally:
+                try:  # fenced in turn by the worker's new producer: nothing to commit or abort
+                    await asyncio.wait_for(intruder.stop(), 10)
+                except Exception:  # noqa: BLE001
+                    pass
+
+        try:
+            ledger, finished = asyncio.run(scenario())
+        finally:
+            workers.stop_all()
+    log = open(worker.log_path, errors="replace").read()
+    curated = Counter(c.prompt.id for c in ledger.seen["curated"])
+    per_prompt = Counter(o.prompt_id for outs in ledger.outcomes.values() for o in outs)
+    print(f"\nfenced mid-run: curated={sum(curated.values())} for {len(curated)} prompts, outcomes="
+          f"{sum(per_prompt.values())} for {len(per_prompt)}, undecodable={ledger.undecodable}")
+    assert finished, f"{len(ids - ledger.outcomes.keys())} prompts without a committed outcome"
+    assert "failed (ProducerFenced" in log, "the worker's transaction was never fenced"
+    assert ledger.undecodable == 0  # the stray message's transaction was aborted
+    assert set(curated) == ids and max(curated.values()) == 1, curated.most_common(3)
+    assert set(per_prompt) == ids and max(per_prompt.values()) == 1, per_prompt.most_common(3)
