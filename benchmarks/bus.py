@@ -3,10 +3,12 @@ the built-in `echo` generator (N=4 candidates) and the heuristic `length` evalua
 the raw aiokafka floor measured in the same run (the same number of messages of the same
 sizes through four topic hops, no processing).
 
-    python benchmarks/bus.py [--quick] [--prompts N] [--workers W] [--runtime batch|faust]
+    python benchmarks/bus.py [--quick] [--prompts N] [--workers W] [--runtime batch|faust] [--exactly-once]
 
 ``--runtime faust`` runs the same stages as faust agents, one event at a time (the figure
-without the batch runtime).
+without the batch runtime). ``--exactly-once`` runs the workers with
+``PREFSTREAM_PROCESSING_GUARANTEE=exactly_once`` on noida-db's broker (Tansu has no
+transactions; the floor is measured there too) and reads the outcomes read_committed.
 
 Prints a table, then one JSON line:
 {"bench": "bus", "prompts_per_s", "raw_floor_per_s", "ratio_to_floor", "p99_ms", ...}
@@ -154,16 +156,28 @@ async def stage_rates(settings, ids: set[str]) -> dict[str, float]:
     return out
 
 
+def start_broker(tmp: Path, transactions: bool):
+    """The embedded Tansu broker, or noida-db's where transactions are needed."""
+    if transactions:
+        from tests.faults.services import Noida
+
+        return Noida(tmp)
+    return EmbeddedBroker(log_path=tmp / "broker.log")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="2,000 prompts")
     ap.add_argument("--prompts", type=int)
     ap.add_argument("--workers", type=int, default=1, help="worker processes in the group")
     ap.add_argument("--runtime", choices=("batch", "faust"), default="batch", help="PREFSTREAM_RUNTIME of the workers")
+    ap.add_argument("--exactly-once", action="store_true",
+                    help="exactly-once workers, on noida-db's broker (transactions; the test extra installs it)")
     args = ap.parse_args()
     n = args.prompts or (2000 if args.quick else 20000)
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(log_path=Path(tmp) / "broker.log") as broker:
-        settings = echo_settings(broker.address, "benchbus")
+    guarantee = "exactly_once" if args.exactly_once else "at_least_once"
+    with tempfile.TemporaryDirectory() as tmp, start_broker(Path(tmp), args.exactly_once) as broker:
+        settings = echo_settings(broker.address, "benchbus", processing_guarantee=guarantee)
         sizes = hop_sizes(settings)
         floor = asyncio.run(raw_floor(settings, n, sizes))
         with echo_workers(settings, Path(tmp), echo_objective(), args.workers, args.runtime) as workers:
@@ -173,19 +187,21 @@ def main() -> None:
             result = asyncio.run(pipeline(settings, prompts, workers))
             result["broker_cpu_s_per_prompt"] = (cpu_seconds(broker.proc.pid) - broker_cpu0) / max(1, result["prompts"])
             rates = asyncio.run(stage_rates(settings, {p.id for p in prompts}))
+    label = f"prefstream ({args.workers} worker, {args.runtime}{', exactly-once' if args.exactly_once else ''})"
+    w = max(28, len(label) + 2)
     print(f"hop sizes (bytes): {sizes}")
-    print(f"{'':<28}{'prompts/s':>12}")
-    print(f"{'raw aiokafka floor':<28}{floor:>12.0f}")
-    print(f"{f'prefstream ({args.workers} worker, {args.runtime})':<28}{result['prompts_per_s']:>12.0f}")
+    print(f"{'':<{w}}{'prompts/s':>12}")
+    print(f"{'raw aiokafka floor':<{w}}{floor:>12.0f}")
+    print(f"{label:<{w}}{result['prompts_per_s']:>12.0f}")
     for k, v in rates.items():
-        print(f"{'  stage → ' + k:<28}{v:>12.0f}")
+        print(f"{'  stage → ' + k:<{w}}{v:>12.0f}")
     print(f"latency submit→outcome p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms; "
           f"CPU per prompt: workers {result['worker_cpu_s_per_prompt'] * 1e3:.2f} ms, "
           f"broker {result['broker_cpu_s_per_prompt'] * 1e3:.2f} ms")
     print(json.dumps({"bench": "bus", "prompts_per_s": round(result["prompts_per_s"], 1),
                       "raw_floor_per_s": round(floor, 1), "ratio_to_floor": round(result["prompts_per_s"] / floor, 3),
                       "p99_ms": round(result["p99_ms"], 1), "p50_ms": round(result["p50_ms"], 1),
-                      "prompts": n, "workers": args.workers, "runtime": args.runtime, "ended": result["prompts"],
+                      "prompts": n, "workers": args.workers, "runtime": args.runtime, "guarantee": guarantee, "ended": result["prompts"],
                       "stage_per_s": {k: round(v, 1) for k, v in rates.items()},
                       "worker_cpu_ms_per_prompt": round(result["worker_cpu_s_per_prompt"] * 1e3, 3),
                       "broker_cpu_ms_per_prompt": round(result["broker_cpu_s_per_prompt"] * 1e3, 3),

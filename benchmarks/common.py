@@ -54,11 +54,12 @@ def echo_objective(name: str = "bench", candidates: int = 4) -> ObjectiveSpec:
     )
 
 
-def echo_settings(broker: str, namespace: str):
+def echo_settings(broker: str, namespace: str, **overrides):
     """Settings of the echo benchmarks: ``PARTITIONS`` partitions, 64 model calls in flight."""
     from streams.settings import load
 
-    return load({}, broker=broker, namespace=namespace, partitions=PARTITIONS, metrics_port=0, max_inflight=64)
+    return load({}, broker=broker, namespace=namespace, partitions=PARTITIONS, metrics_port=0, max_inflight=64,
+                **overrides)
 
 
 @contextmanager
@@ -75,7 +76,7 @@ def echo_workers(settings, log_dir: Path, objective: ObjectiveSpec, n: int = 1,
     asyncio.run(publish_objective(settings, topics, objective))
     env = {**os.environ, "PREFSTREAM_PARTITIONS": str(PARTITIONS), "PREFSTREAM_METRICS_PORT": "0",
            "PREFSTREAM_MAX_INFLIGHT": str(settings.max_inflight), "PREFSTREAM_LOG_LEVEL": "INFO",
-           "PREFSTREAM_RUNTIME": runtime}
+           "PREFSTREAM_RUNTIME": runtime, "PREFSTREAM_PROCESSING_GUARANTEE": settings.processing_guarantee}
     procs = [start_worker(settings, settings.broker, log_dir / f"worker{i}.log", env) for i in range(n)]
     try:
         yield procs
