@@ -14,6 +14,7 @@ with deterministic ids and idempotent sinks (``test_crash_replay.py``).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import Counter
 
@@ -48,15 +49,20 @@ def prepare(tmp_path, namespace, broker, model, objective: str, n: int):
     return settings, topics, spec, math_prompts(n, spec.name, prefix=objective[0])
 
 
-@pytest.mark.parametrize("runtime", ["batch", "faust"])
-def test_exactly_once_on_a_transactional_broker_one_message_per_prompt_and_record(tmp_path, workers, namespace, runtime):
+@pytest.mark.parametrize("runtime,change", [("batch", "handover"), ("faust", "handover"), ("batch", "join")])
+def test_exactly_once_on_a_transactional_broker_one_message_per_prompt_and_record(tmp_path, workers, namespace, runtime,
+                                                                                  change):
     """Both runtimes: the batch runtime's own transactions per partition batch
-    (``streams.txn``) and faust's."""
+    (``streams.txn``) and faust's. Mid-run the group changes: ``handover``, the worker stops
+    gracefully and a new one takes over; ``join``, a second worker joins the running one, which
+    gives up a partition while its batches are in flight."""
     n = 300
     eos = {**EOS, "PREFSTREAM_RUNTIME": runtime}
-    with Noida(tmp_path) as broker, EchoModel(tmp_path) as model:
+    # join: model calls of 0.5 s keep the first worker's batches in flight while the group changes
+    with Noida(tmp_path) as broker, EchoModel(tmp_path, delay_s=0.5 if change == "join" else 0.0) as model:
         settings, topics, spec, prompts = prepare(tmp_path, namespace, broker, model, "eos", n)
         first = workers.start(settings, **eos)
+        assigned = re.compile(rf"curate: assigned \[[^\]]*{re.escape(topics.prompts.name)}\[")
         ids = {p.id for p in prompts}
 
         async def scenario():
@@ -69,9 +75,14 @@ def test_exactly_once_on_a_transactional_broker_one_message_per_prompt_and_recor
             await send_prompts(settings, topics, prompts[: n // 2])
             while len(ledger.outcomes) < n // 4 and not follow.done():
                 await asyncio.sleep(0.2)
-            first.terminate()  # a graceful hand-over mid-run: the new worker's transactions take over
-            await asyncio.to_thread(first.wait, 60)
-            workers.start(settings, **eos)
+            if change == "handover":  # the new worker's transactions take over
+                first.terminate()
+                await asyncio.to_thread(first.wait, 60)
+            joiner = workers.start(settings, **eos)
+            if change == "join":  # the rest only once the joiner holds some of the prompts' partitions
+                while not assigned.search(open(joiner.log_path, errors="replace").read()):
+                    assert joiner.poll() is None and not follow.done(), "the joiner never got a partition"
+                    await asyncio.sleep(0.2)
             await send_prompts(settings, topics, prompts[n // 2:])
             return ledger, await follow
 
@@ -86,7 +97,7 @@ def test_exactly_once_on_a_transactional_broker_one_message_per_prompt_and_recor
     records = Counter(r.id for r in ledger.seen["preferences"])
     want = Counter(r for rids in expected.values() for r in rids)
     logs = "".join(open(p.log_path, errors="replace").read() for p in workers.procs)
-    print(f"\nexactly-once ({runtime} runtime, noida-db transactions), {n} prompts, worker handed over at {n // 4} outcomes:")
+    print(f"\nexactly-once ({runtime} runtime, noida-db transactions), {n} prompts, {change} at {n // 4} outcomes:")
     print(f"  outcome messages (read_committed)={sum(per_prompt.values())} for {len(per_prompt)} prompts; "
           f"preference messages={sum(records.values())} for {len(records)} ids (expected {len(want)}); "
           f"dead_letters={len(ledger.letters)} seconds={seconds:.0f}")
