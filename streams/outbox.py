@@ -30,6 +30,11 @@ HASH_CACHE = 32_768  # keys whose partition hash is remembered (about 3 MB): a p
 # once per output of every stage, within the backlog the stages hold between them
 
 
+def record_size(key: bytes, value: bytes) -> int:
+    """The bytes a record takes in a batch (near enough to fit batches and requests)."""
+    return len(key) + len(value) + RECORD_OVERHEAD
+
+
 class _Batch:
     __slots__ = ("records", "size", "future")
 
@@ -53,7 +58,7 @@ class Outbox:
 
     async def send(self, topic: str, key: bytes, value: bytes) -> asyncio.Future:
         producer = self.producer_of()
-        size = len(key) + len(value) + RECORD_OVERHEAD
+        size = record_size(key, value)
         if size + BATCH_OVERHEAD > self.batch_bytes:  # alone over a batch: the producer's own path,
             return await producer.send(topic, value, key=key)  # with its size check
         partitions = producer.client.cluster.partitions_for_topic(topic)

@@ -28,7 +28,7 @@ from aiokafka.errors import KafkaError
 
 from streams.app import consumer_group
 from streams.batch import DRAIN_S, ConsumingStage
-from streams.outbox import RECORD_OVERHEAD
+from streams.outbox import record_size
 from streams.runtime import Out, Raw, Stage, Undeliverable
 from streams.security import kafka_options
 from streams.settings import Settings
@@ -181,7 +181,7 @@ class TxnStageRunner(ConsumingStage):
     def _fit(self, raw: Raw, outs: list[Out]) -> list[Out]:
         """The outputs, or the input's dead letter where one is over the request size."""
         for out in outs:
-            size = len(out.key) + len(out.value) + RECORD_OVERHEAD
+            size = record_size(out.key, out.value)
             if size > MAX_REQUEST_BYTES:
                 return [self.stage.letter(raw, Undeliverable(
                     f"an output to {out.topic.name} of {size} bytes is over the producer's {MAX_REQUEST_BYTES}"))]
