@@ -101,14 +101,32 @@ CHECKS: dict[str, tuple[re.Pattern, Callable[[str], bool], str]] = {
     "token": (TOKEN, looks_secret, "[SECRET]"),
 }
 _KIND_OF = {"ip6": "ip", "token": "secret"}
+# Checks that cannot find anything in a text without a digit: each pattern needs one (a
+# generic token is replaced only when it mixes digits, lower and upper case). Most prompts
+# carry none, so these passes are skipped there.
+_NEED_DIGIT = frozenset({"iban", "card", "ip", "phone", "token"})
+_DIGIT = re.compile(r"\d")
+
+
+def _may_match(name: str, text: str, has_digit: bool) -> bool:
+    """False when ``text`` lacks a character every finding of check ``name`` contains."""
+    if name in _NEED_DIGIT:
+        return has_digit
+    if name == "email":
+        return "@" in text
+    if name == "ip6":
+        return text.count(":") >= 2
+    return True
 
 
 def scrub(text: str, kinds: tuple[str, ...] | list[str] = KINDS) -> tuple[str, Counter]:
     """``text`` with every finding of ``kinds`` replaced, and the count per kind."""
     found: Counter = Counter()
+    # placeholders hold no digit, so a replacement never adds one: checked once
+    has_digit = _DIGIT.search(text) is not None
     for name, (pattern, ok, placeholder) in CHECKS.items():
         kind = _KIND_OF.get(name, name)
-        if kind not in kinds:
+        if kind not in kinds or not _may_match(name, text, has_digit):
             continue
 
         def repl(m: re.Match, kind=kind, ok=ok, placeholder=placeholder) -> str:

@@ -129,3 +129,16 @@ def test_placeholders_are_typed_and_kinds_configurable():
     assert dict(found) == {"email": 1, "phone": 1, "card": 1, "ip": 1}
     out, found = scrub(text, kinds=["email"])
     assert out.startswith("Mail [EMAIL], call +1 (555) 123-4567") and dict(found) == {"email": 1}
+
+
+def test_texts_without_digits_still_scrubbed():
+    """Checks that need a digit are skipped for digit-free texts; those that do not (e-mail,
+    provider secrets, an IPv6 address of hex letters only) still find theirs."""
+    secret = "sk-proj-" + rand(string.ascii_letters, 40)
+    text = f"Write to jane.doe@example.com from fe::ab with key {secret}, please."
+    out, found = scrub(text)
+    assert out == "Write to [EMAIL] from [IP] with key [SECRET], please."
+    assert dict(found) == {"email": 1, "ip": 1, "secret": 1}
+    # a digit only after an e-mail is replaced still counts: the phone is found
+    out, found = scrub("Mail x@y.org or call +1 (555) 123-4567")
+    assert out == "Mail [EMAIL] or call [PHONE]" and found["phone"] == 1
