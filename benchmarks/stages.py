@@ -2,11 +2,13 @@
 (decode → process → encode, with the worker's metrics) in one process, stage after stage,
 with the bench objective of `bus.py` (echo generators, the length evaluator).
 
-    python benchmarks/stages.py [--quick] [--default-features]
+    python benchmarks/stages.py [--quick] [--default-features] [--data gsm8k|ifeval]
 
 What `bus.py`'s worker CPU per prompt costs beyond this figure is the runtime and the
 transport (fetch, batching, acknowledgements, commits). ``--default-features`` scores the
-objective's default features and guard too (repetition, refusal, injection).
+objective's default features and guard too (repetition, refusal, injection). ``--data`` runs
+the real prompts of ``../shared/data`` (GSM8K's 1,000 or IFEval's 541, each once) instead of
+the bus benchmark's synthetic ones.
 Last line: {"bench": "stages", "us_per_prompt", "per_stage_us": {...}, ...}
 """
 from __future__ import annotations
@@ -27,13 +29,21 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.bus import make_prompts  # noqa: E402
 from benchmarks.common import echo_objective, echo_settings  # noqa: E402
-from schemas import EvaluationSpec  # noqa: E402
+from schemas import EvaluationSpec, Prompt  # noqa: E402
 from streams.app import AGENTS, Context, bind_agents  # noqa: E402
+from streams.inputs import read_prompts  # noqa: E402
 from streams.metrics import Metrics  # noqa: E402
 from streams.runtime import Raw, Stage  # noqa: E402
 from streams.topics import from_settings  # noqa: E402
 
 FORWARD = ("curated", "candidates", "judgments")  # what the next stage consumes
+DATA = {"gsm8k": ROOT.parent / "shared" / "data" / "gsm8k" / "train_first1000.jsonl",
+        "ifeval": ROOT.parent / "shared" / "data" / "ifeval" / "input_data.jsonl"}
+
+
+def data_prompts(name: str) -> list[Prompt]:
+    """Every prompt of a shared data set, once (curate drops repeats), bound to the bench objective."""
+    return [msgspec.structs.replace(p, objective="bench") for p in read_prompts(DATA[name])]
 
 
 class _Stages(Context):
@@ -68,7 +78,7 @@ async def through(ctx: _Stages, raws: list[Raw]) -> tuple[dict[str, float], dict
     return seconds, counts
 
 
-async def run(n: int, default_features: bool) -> dict:
+async def run(n: int, default_features: bool, data: str | None = None) -> dict:
     settings = echo_settings("127.0.0.1:9", "benchstages")  # never connected
     ctx = build(settings)
     objective = echo_objective()
@@ -80,17 +90,18 @@ async def run(n: int, default_features: bool) -> dict:
     ctx.objectives.ready.set()
     codec = ctx.topics.prompts.codec
 
-    def raws(tag: str, count: int) -> list[Raw]:
-        return [Raw(ctx.topics.prompts.name, 0, i, p.id.encode(), codec.encode(p))
-                for i, p in enumerate(make_prompts(count, tag))]
+    def raws(prompts: list[Prompt]) -> list[Raw]:
+        return [Raw(ctx.topics.prompts.name, 0, i, p.id.encode(), codec.encode(p)) for i, p in enumerate(prompts)]
 
-    await through(ctx, raws("warm", 200))
+    await through(ctx, raws(make_prompts(200, "warm")))
     gc.collect()
     gc.freeze()  # as the worker does after start-up
-    seconds, counts = await through(ctx, raws("run", n))
+    prompts = data_prompts(data) if data else make_prompts(n, "run")
+    n = len(prompts)
+    seconds, counts = await through(ctx, raws(prompts))
     return {"prompts": n, "per_stage_us": {k: round(v / n * 1e6, 1) for k, v in seconds.items()},
             "us_per_prompt": round(sum(seconds.values()) / n * 1e6, 1), "outputs": counts,
-            "default_features": default_features}
+            "default_features": default_features, "data": data or "synthetic"}
 
 
 def main() -> None:
@@ -98,8 +109,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="2,000 prompts instead of 10,000")
     ap.add_argument("--default-features", action="store_true",
                     help="also score the default features and guard (repetition, refusal, injection)")
+    ap.add_argument("--data", choices=sorted(DATA), help="the real prompts of ../shared/data instead of synthetic ones")
     args = ap.parse_args()
-    result = asyncio.run(run(2000 if args.quick else 10000, args.default_features))
+    result = asyncio.run(run(2000 if args.quick else 10000, args.default_features, args.data))
     print(f"{'stage':<14}{'µs CPU per prompt':>20}")
     for name, us in result["per_stage_us"].items():
         print(f"{name:<14}{us:>20.1f}")
