@@ -28,6 +28,8 @@ _REFUSAL = re.compile(
     r"create|support)|as an AI(?: language model)?,? I|I must (?:decline|refuse)|"
     r"I(?:'m| am) (?:not able|unable) to (?:help|assist|comply))",
     re.IGNORECASE)
+# every branch above holds one of these (lower-cased): one cheap pass clears ordinary text
+_REFUSAL_HINT = re.compile(r"cannot|can't|won't|will not|not able|unable|as an ai|must decline|must refuse")
 _EVALUATOR = r"(?:judge|grader|evaluator|reviewer|rater|scorer|reward model|assessor|examiner)"
 _TARGET = r"(?:this|the|my|our) (?:response|answer|output|reply|completion)"
 _INJECTION = [
@@ -54,13 +56,17 @@ _INJECTION_RE = [(why, re.compile(p, re.IGNORECASE)) for why, p in _INJECTION]
 # ordinary response (nearly all of them) before the eight patterns run
 _INJECTION_HINT = re.compile(
     r"ignore|disregard|forget|override|bypass|judge|grader|evaluator|reviewer|rater|scorer|reward model|"
-    r"assessor|examiner|score|rate|grade|mark|give|winner|better response|<|inst\]")  # on lower-cased text:
-# a case-insensitive alternation is ten times slower in ``re``
+    r"assessor|examiner|(?:score|rate|grade|mark)\s+(?:this|it|me|my|the)|give\s+(?:this|it|me|the)|"
+    r"score\s*\(|\"score\"|\"winner\"|better response|<|inst\]")  # on lower-cased text:
+# a case-insensitive alternation is ten times slower in ``re``. "score", "rate", "mark" and
+# "give" only count followed by what the patterns need ("give this…"): alone they are in a
+# quarter of ordinary prompts ("given", "market", "separate").
 
 
 def repetition(text: str) -> float:
     """The share of word 3-grams that repeat an earlier one (0 for under four words)."""
-    words = [w.lower() for w in _WORD.findall(text)]
+    # lower-casing first is the same for ASCII text (not for all: "İ".lower() is two code points)
+    words = _WORD.findall(text.lower()) if text.isascii() else [w.lower() for w in _WORD.findall(text)]
     grams = list(zip(words, words[1:], words[2:]))
     if len(grams) < 2:
         return 0.0
@@ -68,6 +74,8 @@ def repetition(text: str) -> float:
 
 
 def refusal(text: str) -> str | None:
+    if text.isascii() and _REFUSAL_HINT.search(text.lower()) is None:  # (as in ``injection``)
+        return None
     m = _REFUSAL.search(text)
     return m.group(0) if m else None
 
