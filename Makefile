@@ -32,7 +32,7 @@ test-fast: $(STAMP)
 # The quick benchmarks (each prints a JSON line last).
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/stages.py --quick
-	$(VENV)/bin/python benchmarks/pii.py --quick
+	$(VENV)/bin/python benchmarks/text.py --quick
 	$(VENV)/bin/python benchmarks/bus.py --quick
 	$(VENV)/bin/python benchmarks/model.py --quick
 	$(VENV)/bin/python benchmarks/soak.py --quick
