@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 import msgspec
-from prometheus_client import Counter as Counter_
 
 from agents.dedup import DedupIndex, Embedder, prompt_text
 from agents.pii import scrub
 from agents.utility import REPLAY_MEMORY, Budget, Clusters, FamilyUtility, follow, tags_family
 from schemas import Curated, ObjectiveSpec, Outcome, Prompt
 from schemas.objectives import UtilitySpec
+from streams.metrics import Counter as Counter_
 from streams.runtime import Emit, Rejected
 
 logger = logging.getLogger(__name__)

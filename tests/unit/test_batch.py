@@ -206,7 +206,7 @@ def test_each_input_is_done_once_its_outputs_are_acknowledged_or_re_sent():
     assert producer.batches == [("curated", 0, [b"a", b"b"]), ("outcomes", 0, [b"a", b"b"])]
     assert resent == [("curated", b"a"), ("curated", b"b")]
     assert producer.sent == [("outcomes", b"a"), ("outcomes", b"b")]
-    assert metrics.messages_out.labels("curate", "curated")._value.get() == 2
+    assert metrics.sample("prefstream_messages_out_total", agent="curate", topic="curated") == 2
 
 
 def test_an_output_the_broker_never_takes_dead_letters_its_input_and_the_rest_goes_on():
@@ -219,7 +219,7 @@ def test_an_output_the_broker_never_takes_dead_letters_its_input_and_the_rest_go
     assert all(done for _, done in marks)
     assert ("deadletters", b"a") in resent and ("curated", b"b") in producer.sent
     assert ("outcomes", b"b") in producer.sent and ("curated", b"a") not in producer.sent + resent
-    assert metrics.dead_letters.labels("curate", "prompts", "error")._value.get() == 1
+    assert metrics.sample("prefstream_dead_letters_total", agent="curate", topic="prompts", outcome="error") == 1
 
 
 def test_the_outbox_puts_a_key_where_aiokafkas_partitioner_does_and_keeps_each_partitions_order():

@@ -9,6 +9,7 @@ import socket
 from types import SimpleNamespace
 
 import pytest
+from prometheus_client import generate_latest
 
 from agents.backends.base import BackendError, GenRequest
 from agents.backends.echo import EchoGenerator
@@ -129,6 +130,32 @@ def test_serve_on_a_busy_port_logs_the_fix_and_goes_on(caplog):
             assert Metrics().serve(port) is False
     assert "--metrics-port" in caplog.text
     assert Metrics().serve(0) is False
+
+
+def test_series_scrape_as_prometheus_text():
+    m = Metrics()
+    seconds = m.processing.labels("curate")
+    for v in (0.0005, 0.001, 0.003, 7.0, 500.0):  # 0.001 sits in its own bucket (le: at most)
+        seconds.observe(v)
+    m.messages_in.labels("curate", "prompts").inc()
+    m.messages_in.labels("curate", "prompts").inc(2)
+    gauge = m.in_flight.labels("curate")
+    gauge.inc(), gauge.inc(), gauge.dec()
+    text = generate_latest(m.registry).decode()
+    assert 'prefstream_processing_seconds_bucket{agent="curate",le="0.001"} 2.0' in text
+    assert 'prefstream_processing_seconds_bucket{agent="curate",le="0.01"} 3.0' in text
+    assert 'prefstream_processing_seconds_bucket{agent="curate",le="10.0"} 4.0' in text
+    assert 'prefstream_processing_seconds_bucket{agent="curate",le="+Inf"} 5.0' in text
+    assert 'prefstream_processing_seconds_count{agent="curate"} 5.0' in text
+    assert m.sample("prefstream_processing_seconds_sum", agent="curate") == pytest.approx(507.0045)
+    assert 'prefstream_messages_in_total{agent="curate",topic="prompts"} 3.0' in text
+    assert "# TYPE prefstream_messages_in_total counter" in text
+    assert 'prefstream_messages_in_flight{agent="curate"} 1.0' in text
+    assert "# TYPE prefstream_messages_in_flight gauge" in text
+    with pytest.raises(ValueError, match="label values expected"):
+        m.messages_in.labels("curate")
+    with pytest.raises(ValueError, match="Duplicated"):
+        Metrics(m.registry)  # the same names twice on one registry
 
 
 def test_names_lists_the_series_queries_use():

@@ -42,8 +42,8 @@ def test_malformed_goes_to_deadletters_with_path_and_original_then_next_is_proce
     d2 = topics.deadletters.codec.decode(sent[1][2])
     assert d1.original == b"\xff\xfe not json" and d1.stage == "curate" and (d1.partition, d1.offset) == (1, 42)
     assert d2.path == "$.messages[0].role" and "role" in d2.error
-    assert metrics.dead_letters.labels("curate", "prompts", "malformed")._value.get() == 2
-    assert metrics.messages_out.labels("curate", "curated")._value.get() == 1
+    assert metrics.sample("prefstream_dead_letters_total", agent="curate", topic="prompts", outcome="malformed") == 2
+    assert metrics.sample("prefstream_messages_out_total", agent="curate", topic="curated") == 1
 
 
 def test_rejection_and_crash_both_become_dead_letters_with_prompt_id():
@@ -63,5 +63,5 @@ def test_rejection_and_crash_both_become_dead_letters_with_prompt_id():
     letters = [msgspec.json.decode(s[2]) for s in sent]
     assert [(d["prompt_id"], d["error_type"]) for d in letters] == [("r", "Rejected"), ("c", "RuntimeError")]
     assert [s[1] for s in sent] == [b"r", b"c"]
-    assert metrics.dead_letters.labels("curate", "prompts", "rejected")._value.get() == 1
-    assert metrics.dead_letters.labels("curate", "prompts", "error")._value.get() == 1
+    assert metrics.sample("prefstream_dead_letters_total", agent="curate", topic="prompts", outcome="rejected") == 1
+    assert metrics.sample("prefstream_dead_letters_total", agent="curate", topic="prompts", outcome="error") == 1
