@@ -112,9 +112,16 @@ class _Heuristic:
 class LengthFeature(_Heuristic):
     name = "length"
 
+    async def score(self, prompt: Prompt, candidates: list[Candidate],
+                    objective: ObjectiveSpec) -> list[Score]:
+        longest = max(len(c.text) for c in candidates)  # once per set, not once per candidate
+        return [self._length(len(c.text), longest) for c in candidates]
+
     def one(self, text: str, candidates: list[Candidate]) -> Score:
-        longest = max(len(c.text) for c in candidates)
-        return self._score(len(text) / longest if longest else 0.0, len(text), f"{len(text)} characters")
+        return self._length(len(text), max(len(c.text) for c in candidates))
+
+    def _length(self, n: int, longest: int) -> Score:
+        return self._score(n / longest if longest else 0.0, n, f"{n} characters")
 
 
 class RepetitionFeature(_Heuristic):
