@@ -2,13 +2,15 @@
 (decode → process → encode, with the worker's metrics) in one process, stage after stage,
 with the bench objective of `bus.py` (echo generators, the length evaluator).
 
-    python benchmarks/stages.py [--quick] [--default-features] [--data gsm8k|ifeval]
+    python benchmarks/stages.py [--quick] [--default-features] [--data gsm8k|ifeval] [--metrics-compare]
 
 What `bus.py`'s worker CPU per prompt costs beyond this figure is the runtime and the
 transport (fetch, batching, acknowledgements, commits). ``--default-features`` scores the
 objective's default features and guard too (repetition, refusal, injection). ``--data`` runs
 the real prompts of ``../shared/data`` (GSM8K's 1,000 or IFEval's 541, each once) instead of
-the bus benchmark's synthetic ones.
+the bus benchmark's synthetic ones. ``--metrics-compare`` times the stages with the worker's
+series as ``streams.metrics`` keeps them (plain numbers) and as prometheus-client's own classes,
+passes taken in turn in one process.
 Last line: {"bench": "stages", "us_per_prompt", "per_stage_us": {...}, ...}
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import asyncio
 import gc
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,6 +35,7 @@ from benchmarks.common import echo_objective, echo_settings  # noqa: E402
 from schemas import EvaluationSpec, Prompt  # noqa: E402
 from streams.app import AGENTS, Context, bind_agents  # noqa: E402
 from streams.inputs import read_prompts  # noqa: E402
+import streams.metrics  # noqa: E402
 from streams.metrics import Metrics  # noqa: E402
 from streams.runtime import Raw, Stage  # noqa: E402
 from streams.topics import from_settings  # noqa: E402
@@ -104,13 +108,59 @@ async def run(n: int, default_features: bool, data: str | None = None) -> dict:
             "default_features": default_features, "data": data or "synthetic"}
 
 
+def prometheus_client_kinds() -> dict:
+    """``streams.metrics``' Counter, Gauge and Histogram as prometheus-client's own classes."""
+    import prometheus_client as pc
+
+    return {"Counter": lambda name, doc, labels, r: pc.Counter(name, doc, labels, registry=r),
+            "Gauge": lambda name, doc, labels, r: pc.Gauge(name, doc, labels, registry=r),
+            "Histogram": lambda name, doc, labels, r, buckets: pc.Histogram(name, doc, labels, registry=r,
+                                                                            buckets=buckets)}
+
+
+async def compare_metrics(n: int, passes: int) -> dict:
+    """µs of CPU per prompt (median of ``passes`` passes of ``n`` prompts each, in turn) with
+    each implementation of the worker's series."""
+    ours = {k: getattr(streams.metrics, k) for k in ("Counter", "Gauge", "Histogram")}
+    ctxs = {}
+    for label, kinds in (("plain", ours), ("prometheus_client", prometheus_client_kinds())):
+        for k, v in kinds.items():
+            setattr(streams.metrics, k, v)
+        ctxs[label] = build(echo_settings("127.0.0.1:9", f"benchstages{label}"))
+        await ctxs[label].objectives.update(echo_objective())
+        ctxs[label].objectives.ready.set()
+    for k, v in ours.items():
+        setattr(streams.metrics, k, v)
+    codec = ctxs["plain"].topics.prompts.codec
+    figures: dict[str, list[float]] = {k: [] for k in ctxs}
+    for r in range(passes + 1):  # the first pass warms up
+        for label, ctx in ctxs.items():
+            raws = [Raw("prompts", 0, i, p.id.encode(), codec.encode(p))
+                    for i, p in enumerate(make_prompts(n, f"{label}{r}"))]
+            seconds, _ = await through(ctx, raws)
+            if r:
+                figures[label].append(sum(seconds.values()) / n * 1e6)
+        if not r:
+            gc.collect()
+            gc.freeze()
+    return {label: round(statistics.median(v), 1) for label, v in figures.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="2,000 prompts instead of 10,000")
     ap.add_argument("--default-features", action="store_true",
                     help="also score the default features and guard (repetition, refusal, injection)")
     ap.add_argument("--data", choices=sorted(DATA), help="the real prompts of ../shared/data instead of synthetic ones")
+    ap.add_argument("--metrics-compare", action="store_true",
+                    help="the worker's series as plain numbers vs prometheus-client's classes, in turn")
     args = ap.parse_args()
+    if args.metrics_compare:
+        us = asyncio.run(compare_metrics(500, 6 if args.quick else 30))
+        for label, figure in us.items():
+            print(f"{label:<20}{figure:>10.1f} µs CPU per prompt (median)")
+        print(json.dumps({"bench": "stages", "metrics_compare_us_per_prompt": us}))
+        return
     result = asyncio.run(run(2000 if args.quick else 10000, args.default_features, args.data))
     print(f"{'stage':<14}{'µs CPU per prompt':>20}")
     for name, us in result["per_stage_us"].items():
