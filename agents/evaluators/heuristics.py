@@ -114,14 +114,9 @@ class LengthFeature(_Heuristic):
 
     async def score(self, prompt: Prompt, candidates: list[Candidate],
                     objective: ObjectiveSpec) -> list[Score]:
-        longest = max(len(c.text) for c in candidates)  # once per set, not once per candidate
-        return [self._length(len(c.text), longest) for c in candidates]
-
-    def one(self, text: str, candidates: list[Candidate]) -> Score:
-        return self._length(len(text), max(len(c.text) for c in candidates))
-
-    def _length(self, n: int, longest: int) -> Score:
-        return self._score(n / longest if longest else 0.0, n, f"{n} characters")
+        longest = max((len(c.text) for c in candidates), default=0)  # once per set, not per candidate
+        return [self._score(len(c.text) / longest if longest else 0.0, len(c.text), f"{len(c.text)} characters")
+                for c in candidates]
 
 
 class RepetitionFeature(_Heuristic):
