@@ -54,7 +54,7 @@ class _Family:
         return child
 
     def _child(self):
-        raise NotImplementedError
+        return _Value()
 
     def _series(self):
         return self._children.copy().items()  # copy() is atomic: the loop thread may add a child
@@ -89,17 +89,11 @@ class _Value:
 
 
 class Counter(_Family):
-    def _child(self) -> _Value:
-        return _Value()
-
     def _family(self):
         return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
 
 class Gauge(_Family):
-    def _child(self) -> _Value:
-        return _Value()
-
     def _family(self):
         return GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
 

@@ -27,10 +27,6 @@ OBJ = ObjectiveSpec(name="obj", version=4)
 PROMPT = Prompt(id="p1", messages=[Message(role="user", content="hi")])
 
 
-def get(m: Metrics, name: str, **labels) -> float | None:
-    return m.registry.get_sample_value(name, labels)
-
-
 def _record(kind_objective: str = "obj@4") -> PreferenceRecord:
     side = Side(candidate_id="c", model="m", score=1.0)
     return PreferenceRecord(id="r1", prompt_id="p1", objective=kind_objective, prompt=[], chosen=[], rejected=[],
@@ -42,7 +38,7 @@ def test_instrument_counts_records_outcomes_and_versions_and_in_flight():
     seen_in_flight = []
 
     async def handler(value):
-        seen_in_flight.append(get(m, "prefstream_messages_in_flight", agent="instantiate"))
+        seen_in_flight.append(m.sample("prefstream_messages_in_flight", agent="instantiate"))
         return [Emit("preferences", "p1", _record()), Emit("preferences-shadow", "p1", _record("shadowed@2")),
                 Emit("outcomes", "p1", Outcome(prompt_id="p1", objective="obj@4", status="records"))]
 
@@ -50,12 +46,12 @@ def test_instrument_counts_records_outcomes_and_versions_and_in_flight():
     asyncio.run(wrapped(None))
     asyncio.run(wrapped(None))
     assert seen_in_flight == [1.0, 1.0]
-    assert get(m, "prefstream_messages_in_flight", agent="instantiate") == 0
-    assert get(m, "prefstream_records_total", objective="obj", kind="pair") == 2
-    assert get(m, "prefstream_outcomes_total", objective="obj", outcome="records") == 2
-    assert get(m, "prefstream_objective_version", objective="obj") == 4
-    assert get(m, "prefstream_records_total", objective="shadowed", kind="pair") == 2
-    assert get(m, "prefstream_objective_version", objective="shadowed") == 2
+    assert m.sample("prefstream_messages_in_flight", agent="instantiate") == 0
+    assert m.sample("prefstream_records_total", objective="obj", kind="pair") == 2
+    assert m.sample("prefstream_outcomes_total", objective="obj", outcome="records") == 2
+    assert m.sample("prefstream_objective_version", objective="obj") == 4
+    assert m.sample("prefstream_records_total", objective="shadowed", kind="pair") == 2
+    assert m.sample("prefstream_objective_version", objective="shadowed") == 2
 
 
 def test_instrument_leaves_in_flight_at_zero_when_the_handler_fails():
@@ -66,7 +62,7 @@ def test_instrument_leaves_in_flight_at_zero_when_the_handler_fails():
 
     with pytest.raises(ValueError):
         asyncio.run(m.instrument("curate", boom)(None))
-    assert get(m, "prefstream_messages_in_flight", agent="curate") == 0
+    assert m.sample("prefstream_messages_in_flight", agent="curate") == 0
 
 
 def test_judged_sets_count_scorings_by_result():
@@ -77,11 +73,11 @@ def test_judged_sets_count_scorings_by_result():
               Score(evaluator="judge", value=None, error="HTTP 500")]
     jset = JudgedSet(id="j", prompt=PROMPT, objective=OBJ, judged=[Judged(candidate=cand, scores=scores, score=1.0)])
     m.observe([Emit("judgments", "p1", jset)])
-    assert get(m, "prefstream_evaluator_scores_total", objective="obj", evaluator="math", result="scored") == 1
-    assert get(m, "prefstream_evaluator_scores_total", objective="obj", evaluator="judge",
+    assert m.sample("prefstream_evaluator_scores_total", objective="obj", evaluator="math", result="scored") == 1
+    assert m.sample("prefstream_evaluator_scores_total", objective="obj", evaluator="judge",
                result="parse_failure") == 1
-    assert get(m, "prefstream_evaluator_scores_total", objective="obj", evaluator="judge", result="error") == 1
-    assert get(m, "prefstream_objective_version", objective="obj") == 4
+    assert m.sample("prefstream_evaluator_scores_total", objective="obj", evaluator="judge", result="error") == 1
+    assert m.sample("prefstream_objective_version", objective="obj") == 4
 
 
 def test_objective_of_reads_specs_and_refs():
@@ -95,10 +91,10 @@ def test_metered_generator_records_requests_tokens_and_errors():
     m = Metrics()
     gen = MeteredGenerator(EchoGenerator("e1"), m)
     out = asyncio.run(gen.generate(GenRequest(prompt="one two three", n=2, max_tokens=4, seed=1)))
-    assert get(m, "prefstream_model_requests_total", backend="echo", model="e1", outcome="ok") == 1
-    assert get(m, "prefstream_model_input_tokens_total", backend="echo", model="e1") == sum(g.tokens_in for g in out)
-    assert get(m, "prefstream_model_output_tokens_total", backend="echo", model="e1") == 8
-    assert get(m, "prefstream_model_request_seconds_count", backend="echo", model="e1") == 1
+    assert m.sample("prefstream_model_requests_total", backend="echo", model="e1", outcome="ok") == 1
+    assert m.sample("prefstream_model_input_tokens_total", backend="echo", model="e1") == sum(g.tokens_in for g in out)
+    assert m.sample("prefstream_model_output_tokens_total", backend="echo", model="e1") == 8
+    assert m.sample("prefstream_model_request_seconds_count", backend="echo", model="e1") == 1
 
     class Failing:
         backend, model = "openai", "down"
@@ -109,8 +105,8 @@ def test_metered_generator_records_requests_tokens_and_errors():
     bad = MeteredGenerator(Failing(), m)
     with pytest.raises(BackendError):
         asyncio.run(bad.generate(GenRequest(prompt="x")))
-    assert get(m, "prefstream_model_requests_total", backend="openai", model="down", outcome="error") == 1
-    assert get(m, "prefstream_model_requests_in_flight", backend="openai", model="down") == 0
+    assert m.sample("prefstream_model_requests_total", backend="openai", model="down", outcome="error") == 1
+    assert m.sample("prefstream_model_requests_in_flight", backend="openai", model="down") == 0
 
 
 def test_backends_registry_wraps_generators_only_when_given_metrics():
