@@ -33,8 +33,8 @@ from agents.pii import scrub
 from agents.utility import REPLAY_MEMORY, Budget, Clusters, FamilyUtility, follow, tags_family
 from schemas import Curated, ObjectiveSpec, Outcome, Prompt
 from schemas.objectives import UtilitySpec
-from streams.metrics import Counter as Counter_
 from streams.runtime import Emit, Rejected
+from streams.series import Counter as Counter_
 
 logger = logging.getLogger(__name__)
 

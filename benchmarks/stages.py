@@ -9,7 +9,7 @@ transport (fetch, batching, acknowledgements, commits). ``--default-features`` s
 objective's default features and guard too (repetition, refusal, injection). ``--data`` runs
 the real prompts of ``../shared/data`` (GSM8K's 1,000 or IFEval's 541, each once) instead of
 the bus benchmark's synthetic ones. ``--metrics-compare`` times the stages with the worker's
-series as ``streams.metrics`` keeps them (plain numbers) and as prometheus-client's own classes,
+series as ``streams.series`` keeps them (plain numbers) and as prometheus-client's own classes,
 passes taken in turn in one process.
 Last line: {"bench": "stages", "us_per_prompt", "per_stage_us": {...}, ...}
 """
@@ -109,7 +109,8 @@ async def run(n: int, default_features: bool, data: str | None = None) -> dict:
 
 
 def prometheus_client_kinds() -> dict:
-    """``streams.metrics``' Counter, Gauge and Histogram as prometheus-client's own classes."""
+    """The Counter, Gauge and Histogram ``streams.metrics`` builds its series with, as
+    prometheus-client's own classes."""
     import prometheus_client as pc
 
     return {"Counter": lambda name, doc, labels, r: pc.Counter(name, doc, labels, registry=r),
