@@ -17,7 +17,7 @@ Routes (``/v1/*`` need ``Authorization: Bearer KEY`` when keys are configured):
   captured after its response as a ``Prompt`` (source ``proxy``, tags ``route:…``/``model:…``,
   the key's hash, the production response in ``metadata``) and its prompt id is returned in the
   ``x-prefstream-prompt-id`` header so feedback can name it. Capture never delays or breaks
-  the request (``streams.capture``).
+  the request (``streams.proxy``, ``streams.capture``).
 - ``GET /healthz``, ``GET /metrics`` (open, the app's own registry).
 
 Limits: body over ``ingest_max_bytes`` → 413 (declared or actual size); missing or wrong key →
@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hashlib
 import logging
 import time
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any, Callable
 
 import msgspec
@@ -42,62 +40,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from schemas import Feedback, Prompt
 from schemas.feedback import feedback_id
 from streams.admin import create_topics
-from streams.capture import CAPTURE_LINGER_MS, BrokerUnavailable, Capture, Proxy, Publisher
+from streams.admission import Gate
+from streams.capture import CAPTURE_LINGER_MS, BrokerUnavailable, Capture, Publisher
 from streams.inputs import parse_line
-from streams.settings import Settings, SettingsError
+from streams.proxy import Proxy
+from streams.settings import Settings
 from streams.topics import from_settings
 
 logger = logging.getLogger(__name__)
-
-ANONYMOUS = "anonymous"  # the key hash when no keys are configured
-
-
-def load_keys(settings: Settings) -> frozenset[str]:
-    """The API keys: ``ingest_keys`` (comma- or line-separated) plus ``ingest_keys_file`` lines."""
-    raw = settings.ingest_keys or ""
-    if settings.ingest_keys_file:
-        path = Path(settings.ingest_keys_file)
-        if not path.is_file():
-            raise SettingsError(f"keys file {path} does not exist; fix PREFSTREAM_INGEST_KEYS_FILE")
-        raw += "\n" + path.read_text()
-    return frozenset(k.strip() for k in raw.replace(",", "\n").splitlines() if k.strip())
-
-
-def key_hash(key: str) -> str:
-    return "k-" + hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
-class RateLimiter:
-    """A token bucket per key: ``rate`` requests/s, bursts of ``rate`` (at least 1); 0 = off."""
-
-    def __init__(self, rate: float, clock=time.monotonic) -> None:
-        self.rate, self.burst, self.clock = rate, max(1.0, rate), clock
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def allow(self, key: str) -> bool:
-        if self.rate <= 0:
-            return True
-        now = self.clock()
-        tokens, last = self._buckets.get(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        ok = tokens >= 1.0
-        self._buckets[key] = (tokens - 1.0 if ok else tokens, now)
-        return ok
-
-
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The body, or 413 when its declared or actual size is over ``max_bytes``."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise HTTPException(413, f"body of {declared} bytes is over the {max_bytes}-byte limit")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise HTTPException(413, f"body is over the {max_bytes}-byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
 
 def split_items(body: bytes) -> list[tuple[int, Any, str | None]]:
     """(index, item, error) for each item of a JSON object, JSON array or JSON-lines body."""
@@ -198,14 +148,13 @@ class Edge:
 
 
 class Ingest:
-    """The state behind the routes: keys, limits, the two producers, the capture and the proxy."""
+    """The state behind the routes: the gate (keys, limits), the two producers, the capture and the proxy."""
 
     def __init__(self, settings: Settings, upstream: str | None, registry: CollectorRegistry,
                  publish_timeout_s: float) -> None:
         self.settings, self.registry, self.timeout_s = settings, registry, publish_timeout_s
         self.topics = from_settings(settings)
-        self.keys = {key_hash(k) for k in load_keys(settings)}  # only hashes are kept
-        self.limiter = RateLimiter(settings.ingest_rate_limit)
+        self.gate = Gate(settings)
         self.publisher = Publisher(settings, timeout_s=publish_timeout_s)
         self.capture_publisher = Publisher(settings, timeout_s=publish_timeout_s, linger_ms=CAPTURE_LINGER_MS)
         self.capture = Capture(self.capture_publisher, self.topics.prompts, settings.ingest_capture_queue, registry)
@@ -233,23 +182,6 @@ class Ingest:
             await self.publisher.close()
             await self.capture_publisher.close()
 
-    def authorize(self, request: Request) -> str:
-        """The caller's key hash (``anonymous`` with no keys configured); 401 or 429 otherwise."""
-        h = ANONYMOUS
-        if self.keys:
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            h = key_hash(token.strip())
-            if scheme.lower() != "bearer" or h not in self.keys:
-                raise HTTPException(401, "missing or wrong API key: send `Authorization: Bearer KEY`",
-                                    headers={"WWW-Authenticate": "Bearer"})
-        if not self.limiter.allow(h):
-            raise HTTPException(429, f"over {self.settings.ingest_rate_limit:g} requests/s for this key",
-                                headers={"Retry-After": "1"})
-        return h
-
-    async def body(self, request: Request) -> bytes:
-        return await read_body(request, self.settings.ingest_max_bytes)
-
     async def publish(self, topic, records: list, key_of) -> JSONResponse | dict:
         try:
             await self.publisher.publish(topic.name, [(key_of(r).encode(), topic.codec.encode(r)) for r in records])
@@ -275,16 +207,16 @@ def build_app(settings: Settings, upstream: str | None = None, registry: Collect
     # sync dependency, in a worker thread)
     @app.post("/v1/prompts")
     async def post_prompts(request: Request):
-        key = ing.authorize(request)
-        prompts, errors = parse_prompts(await ing.body(request), key, request.query_params.get("objective"))
+        key = ing.gate.authorize(request)
+        prompts, errors = parse_prompts(await ing.gate.body(request), key, request.query_params.get("objective"))
         if errors or not prompts:
             return _refused(len(prompts) + len(errors), errors)
         return await ing.publish(ing.topics.prompts, prompts, lambda p: p.id)
 
     @app.post("/v1/feedback")
     async def post_feedback(request: Request):
-        key = ing.authorize(request)
-        labels, errors = parse_feedback(await ing.body(request), key)
+        key = ing.gate.authorize(request)
+        labels, errors = parse_feedback(await ing.gate.body(request), key)
         if errors or not labels:
             return _refused(len(labels) + len(errors), errors)
         return await ing.publish(ing.topics.feedback, labels, lambda f: f.prompt_id)
@@ -292,14 +224,14 @@ def build_app(settings: Settings, upstream: str | None = None, registry: Collect
     fast = {}
     if ing.proxy:
         async def chat_completions(request: Request) -> Response:
-            key = ing.authorize(request)
-            return await ing.proxy.chat(await ing.body(request), key)
+            key = ing.gate.authorize(request)
+            return await ing.proxy.chat(await ing.gate.body(request), key)
 
         fast[("POST", "/v1/chat/completions")] = chat_completions
 
         @app.get("/v1/models")
         async def models(request: Request):
-            ing.authorize(request)
+            ing.gate.authorize(request)
             return await ing.proxy.get("/v1/models")
 
     @app.get("/healthz")

@@ -28,7 +28,8 @@ def check_bind(host: str, keys: frozenset[str]) -> None:
 def cmd_ingest(args) -> int:
     import uvicorn
 
-    from streams.ingest import build_app, load_keys
+    from streams.admission import load_keys
+    from streams.ingest import build_app
     from streams.settings import load
 
     settings = load(config_file=getattr(args, "config", None))

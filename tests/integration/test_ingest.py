@@ -16,8 +16,9 @@ import pytest
 import uvicorn
 
 from streams.admin import reader
+from streams.admission import key_hash
 from streams.broker import EmbeddedBroker, free_port
-from streams.ingest import build_app, key_hash
+from streams.ingest import build_app
 from streams.settings import load
 from streams.topics import from_settings
 from tests.conftest import ROOT, settings_env

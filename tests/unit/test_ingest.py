@@ -9,11 +9,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from schemas import Feedback
+from streams.admission import RateLimiter, key_hash, load_keys
 from streams.broker import free_port
-from streams.capture import Capture, Captured, Publisher, StreamText
+from streams.capture import Capture, Captured, Publisher
 from streams.commands import CliError
 from streams.commands.ingest import check_bind
-from streams.ingest import RateLimiter, key_hash, load_keys, parse_feedback, parse_prompts
+from streams.ingest import parse_feedback, parse_prompts
+from streams.proxy import StreamText
 from streams.settings import SettingsError, load
 from streams.topics import Topics
 
