@@ -14,7 +14,7 @@ from faust.exceptions import ProducerSendError
 
 from streams.broker import free_port
 from streams.metrics import Metrics
-from streams.objectives import ObjectiveRegistry
+from streams.objective_registry import ObjectiveRegistry
 from streams.runtime import Raw, Stage, Undeliverable
 from streams.security import faust_credentials
 from streams.settings import Settings

@@ -8,11 +8,11 @@ Two topics hold them (key = objective name):
   ``show --version``, ``history`` and ``rollback`` (compaction drops them from the first).
 
 Every reader takes the newest version per name itself, so it is right on brokers that do
-not compact (Tansu) as well as on Apache Kafka.
+not compact (Tansu) as well as on Apache Kafka. A worker's live view is
+``streams.objective_registry.ObjectiveRegistry``.
 """
 from __future__ import annotations
 
-import asyncio
 import difflib
 import logging
 import re
@@ -156,7 +156,7 @@ async def read_all(settings: Settings, sources: list[Topic]) -> list[tuple[Topic
     try:
         ends = await consumer.end_offsets(list(consumer.assignment()))
         idle = 0
-        while not await _caught_up(consumer, ends) and idle < IDLE_POLLS:
+        while not await caught_up(consumer, ends) and idle < IDLE_POLLS:
             batch = await consumer.getmany(timeout_ms=500)
             idle = 0 if batch else idle + 1
             for msgs in batch.values():
@@ -171,7 +171,7 @@ async def read_all(settings: Settings, sources: list[Topic]) -> list[tuple[Topic
     return out
 
 
-async def _caught_up(consumer, ends: dict) -> bool:
+async def caught_up(consumer, ends: dict) -> bool:
     return all([await consumer.position(tp) >= end for tp, end in ends.items()])
 
 
@@ -244,69 +244,3 @@ async def rollback(settings: Settings, topics: Topics, name: str, to: int) -> Ap
         raise ObjectiveError(f"objective {name!r} has no version {to} (known versions: {have}); "
                              "see `prefstream objective history NAME`")
     return await apply(settings, topics, known[to][0], label=f"{name}@{to}")
-
-
-class ObjectiveRegistry:
-    """name → newest valid ObjectiveSpec, kept current by a background reader.
-
-    ``ready`` is set once the reader has caught up with the topic as it was when it
-    started, so a worker started after several versions never acts on an old one."""
-
-    def __init__(self) -> None:
-        self.specs: dict[str, ObjectiveSpec] = {}
-        self.ready = asyncio.Event()
-        self._changed = asyncio.Condition()
-
-    def get(self, name: str) -> ObjectiveSpec | None:
-        return self.specs.get(name)
-
-    async def update(self, spec: ObjectiveSpec) -> None:
-        old = self.specs.get(spec.name)
-        found = problems(spec)
-        if found:
-            logger.error("objective %s ignored, %s stays live: %s", spec.ref, old.ref if old else "nothing",
-                         "; ".join(found))
-        elif old is None or spec.version >= old.version:
-            self.specs[spec.name] = spec
-            logger.info("objective %s now live", spec.ref)
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def wait_ready(self, timeout: float) -> bool:
-        if self.ready.is_set():  # the usual case: no timer, no task per prompt
-            return True
-        try:
-            await asyncio.wait_for(self.ready.wait(), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
-
-    async def wait_for(self, name: str, timeout: float) -> ObjectiveSpec | None:
-        """The newest spec of ``name`` once caught up, waiting up to ``timeout`` for it."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        await self.wait_ready(timeout)
-
-        async def _wait() -> ObjectiveSpec:
-            async with self._changed:
-                await self._changed.wait_for(lambda: name in self.specs)
-            return self.specs[name]
-
-        try:
-            return await asyncio.wait_for(_wait(), max(0.0, deadline - asyncio.get_running_loop().time()))
-        except asyncio.TimeoutError:
-            return self.specs.get(name)
-
-    async def follow(self, settings: Settings, topics: Topics) -> None:
-        """Read the objectives topic from the start, forever; ``ready`` once caught up."""
-        from streams.admin import follow
-
-        ends: dict = {}
-
-        async def after_poll(consumer, idle: int) -> None:
-            if not ends:  # what there was to read when the reader started
-                ends.update(await consumer.end_offsets(list(consumer.assignment())))
-            if not self.ready.is_set() and (idle >= IDLE_POLLS or await _caught_up(consumer, ends)):
-                self.ready.set()
-                logger.info("objectives caught up: %s", ", ".join(s.ref for s in self.specs.values()) or "none")
-
-        await follow(settings, topics.objectives, self.update, after_poll)

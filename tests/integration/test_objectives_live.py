@@ -30,7 +30,8 @@ from agents.evaluators import aggregate
 from schemas import Message, ObjectiveSpec, Prompt, Verification
 from streams.admin import create_topics, producer, reader
 from streams.cli import main
-from streams.objectives import ObjectiveRegistry, content, load_objective
+from streams.objective_registry import ObjectiveRegistry
+from streams.objectives import content, load_objective
 from streams.topics import from_settings
 from tests.conftest import ROOT, settings_env
 

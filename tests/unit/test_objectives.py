@@ -15,8 +15,9 @@ from schemas import (Candidate, EvaluationSpec, EvaluatorSpec, GeneratorSpec, In
 from schemas.objectives import RoutingSpec
 from streams.cli import main
 from streams.compare import compare
-from streams.objectives import (ObjectiveError, ObjectiveRegistry, Store, changed_fields, content, diff,
-                                load_objective, parse_objective, problems, validate)
+from streams.objective_registry import ObjectiveRegistry
+from streams.objectives import (ObjectiveError, Store, changed_fields, content, diff, load_objective, parse_objective,
+                                problems, validate)
 from streams.run import Ledger
 from streams.runtime import Rejected
 from streams.settings import load
