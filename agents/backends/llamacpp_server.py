@@ -6,7 +6,6 @@ Tests use it through the ``llama_server`` fixture; benchmarks and outage tests u
 """
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import tempfile
