@@ -114,9 +114,9 @@ class LengthFeature(_Heuristic):
 
     async def score(self, prompt: Prompt, candidates: list[Candidate],
                     objective: ObjectiveSpec) -> list[Score]:
-        longest = max((len(c.text) for c in candidates), default=0)  # once per set, not per candidate
-        return [self._score(len(c.text) / longest if longest else 0.0, len(c.text), f"{len(c.text)} characters")
-                for c in candidates]
+        lengths = [len(c.text) for c in candidates]
+        longest = max(lengths, default=0)  # once per set, not per candidate
+        return [self._score(n / longest if longest else 0.0, n, f"{n} characters") for n in lengths]
 
 
 class RepetitionFeature(_Heuristic):

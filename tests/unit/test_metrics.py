@@ -75,7 +75,7 @@ def test_judged_sets_count_scorings_by_result():
     m.observe([Emit("judgments", "p1", jset)])
     assert m.sample("prefstream_evaluator_scores_total", objective="obj", evaluator="math", result="scored") == 1
     assert m.sample("prefstream_evaluator_scores_total", objective="obj", evaluator="judge",
-               result="parse_failure") == 1
+                    result="parse_failure") == 1
     assert m.sample("prefstream_evaluator_scores_total", objective="obj", evaluator="judge", result="error") == 1
     assert m.sample("prefstream_objective_version", objective="obj") == 4
 
