@@ -41,6 +41,21 @@ class Undeliverable(Exception):
     Transient send failures are retried by the binding's ``send`` and never end here."""
 
 
+class Blocked(Exception):
+    """The environment's fault, not the message's: a model that cannot load, a half-written
+    cache, a backend down past its budget, a sandbox that cannot contain, no objective
+    published. The input is neither dead-lettered nor committed: the stage stops taking
+    work, retries with back-off and says why (log, ``prefstream_stage_blocked``, ``status``,
+    readiness) until the cause is fixed.
+
+    ``reason`` is a short, bounded label (a metric label value: ``model_missing``,
+    ``no_objective``, ``sandbox_unavailable``, …); ``fix`` tells the operator what to do."""
+
+    def __init__(self, reason: str, detail: str, fix: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail, self.fix = reason, detail, fix
+
+
 class Rejected(Exception):
     """A message this stage refuses, with the reason (it is dead-lettered, not retried)."""
 
