@@ -238,7 +238,7 @@ def recover(prom: Prometheus, s, port: int, tmp_path: Path, n: int, log: Path) -
     applied = subprocess.run([sys.executable, "-m", "streams.cli", "objective", "apply", str(path)], cwd=ROOT,
                              env=settings_env(s), capture_output=True, text=True, timeout=120)
     assert applied.returncode == 0, applied.stdout + applied.stderr
-    until(lambda: (r := readiness(port)) and r == (200, {"ready": True}), 90,
+    until(lambda: (r := readiness(port)) and r[0] == 200 and r[1]["ready"] is True, 90,
           "the worker never became ready after the objective was published", log)
     assert compose_healthcheck(port) == 0
     until(lambda: prom.value('prefstream_stage_blocked{stage="curate",reason="no_objective"}') == 0, 30,
