@@ -33,7 +33,7 @@ from agents.pii import scrub
 from agents.utility import REPLAY_MEMORY, Budget, Clusters, FamilyUtility, follow, tags_family
 from schemas import Curated, ObjectiveSpec, Outcome, Prompt
 from schemas.objectives import UtilitySpec
-from streams.runtime import Emit, Rejected
+from streams.runtime import Blocked, Emit, Rejected
 from streams.series import Counter as Counter_
 
 logger = logging.getLogger(__name__)
@@ -246,6 +246,10 @@ def bind(app, ctx) -> None:
         registry, default = ctx.objectives, ctx.settings.default_objective
         await registry.wait_ready(ctx.settings.objective_wait_s)
         name = named(prompt, registry.specs, default)
+        if not registry.specs or (name is not None and name not in registry.specs and not prompt.objective):
+            # nothing to route by, or the default missing: the deployment's fault, not the prompt's
+            missing = "no objective published" if not registry.specs else f"the default objective {name!r} is not published"
+            raise Blocked("no_objective", missing, "prefstream objective apply FILE")
         if name is not None and name not in registry.specs:
             await registry.wait_for(name, ctx.settings.objective_wait_s)
         if not state.embedder.loaded and uses_embedder(registry.specs.values()):

@@ -3,6 +3,7 @@ from schemas.base import stable_id
 from schemas.candidates import Candidate, CandidateSet, Sampling
 from schemas.deadletters import DeadLetter
 from schemas.feedback import Feedback
+from schemas.health import StageHealth
 from schemas.judgments import Judged, JudgedSet, Score
 from schemas.objectives import (
     CurationSpec,
@@ -24,6 +25,6 @@ __all__ = [
     "Feedback",
     "FewShot", "GeneratorSpec", "InstantiationSpec", "Judged", "JudgedSet", "JudgeSpec",
     "Message", "ObjectiveSpec", "Outcome", "PreferenceRecord", "Prompt", "Sampling", "Score",
-    "Side", "SynthesisSpec", "Verification", "prompt_id", "stable_id",
+    "Side", "StageHealth", "SynthesisSpec", "Verification", "prompt_id", "stable_id",
     "AnyRecord", "RECORD_TYPES", "Ranked", "RankingRecord", "RewardRecord", "UnpairedRecord",
 ]

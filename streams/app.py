@@ -13,6 +13,7 @@ from faust.app.base import BootStrategy
 from faust.exceptions import ProducerSendError
 
 from streams.broker import free_port
+from streams.health import Health, publish_health
 from streams.metrics import Metrics
 from streams.objective_registry import ObjectiveRegistry
 from streams.runtime import Raw, Stage, Undeliverable
@@ -65,6 +66,7 @@ class Context:
     backends: Any = None
     evaluators: Any = None
     channels: dict[str, faust.TopicT] = field(default_factory=dict)
+    health: Any = None  # streams.health.Health: the stages blocked by their environment
     outbox: Any = None  # the batch runtime's (streams.outbox.Outbox), made with the first stage
 
     def agent(self, app: faust.App, name: str, source: Topic, handler, concurrency: int = 1) -> None:
@@ -85,7 +87,7 @@ class Context:
 
         batch = self.settings.runtime == "batch"  # a StageRunner sets the in-flight gauge per batch
         stage = Stage(name, source, self.topics, self.metrics,
-                      self.metrics.instrument(name, handler, count_in_flight=not batch), send)
+                      self.metrics.instrument(name, handler, count_in_flight=not batch), send, self.health)
         if batch:
             from streams.batch import StageRunner
 
@@ -166,13 +168,19 @@ def build_app(settings: Settings, agents: tuple[str, ...] = AGENTS) -> faust.App
         processing_guarantee=settings.processing_guarantee if app_class is faust.App else "at_least_once",
     )
     ctx = Context(settings, from_settings(settings), Metrics())
+    ctx.health = Health(ctx.metrics.registry)
+
+    @app.task
+    async def health() -> None:
+        await publish_health(settings, ctx.topics, ctx.health)
+
     if "curate" in agents:
         @app.task
         async def follow_objectives() -> None:
             await ctx.objectives.follow(settings, ctx.topics)
 
     bind_agents(app, ctx, agents)
-    ctx.metrics.serve(settings.metrics_port, settings.metrics_host)
+    ctx.metrics.serve(settings.metrics_port, settings.metrics_host, ctx.health)
     app.prefstream = ctx  # for tests and the CLI
     return app
 

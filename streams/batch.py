@@ -159,7 +159,8 @@ class StageRunner(ConsumingStage):
         consumer = self.consumer
         last_commit = time.monotonic()
         while not self.stopping:
-            room = self.window - self.inflight
+            # blocked by its environment: take nothing new (the backlog waits in the broker)
+            room = 0 if self.stage.blocked else self.window - self.inflight
             if room <= 0:
                 consumer.pause(*consumer.assignment())
             elif consumer.paused():
@@ -217,7 +218,7 @@ class StageRunner(ConsumingStage):
                 raw, mark = self.todo.popleft()
                 queued: list = []
                 unsettled.append((raw, mark, queued))
-                for out in await self.stage.outputs(raw):
+                for out in await self.stage.outputs_when_ready(raw):
                     try:
                         queued.append((out, await send(out.topic.name, out.key, out.value)))
                     except Exception as exc:  # noqa: BLE001 - refused before it was queued: settled below

@@ -185,7 +185,7 @@ def cmd_run(args) -> int:
 def cmd_up(args) -> int:
     """The whole system as a service on the embedded broker: broker + the workers, until ^C."""
     from streams.broker import EmbeddedBroker
-    from streams.run import publish_objective, start_workers, stop_processes
+    from streams.run import prepare_models, publish_objective, start_workers, stop_processes
     from streams.admin import create_topics
     from streams.topics import from_settings
 
@@ -200,7 +200,9 @@ def cmd_up(args) -> int:
     try:
         topics = from_settings(settings)
         asyncio.run(create_topics(settings, topics))
-        asyncio.run(publish_objective(settings, topics, _objective(args)))
+        spec = _objective(args)
+        asyncio.run(publish_objective(settings, topics, spec))
+        prepare_models(settings, spec)
         workers = start_workers(settings, settings.broker, out, dict(os.environ))
         print(f"prefstream up: broker {settings.broker}, namespace {settings.namespace}; "
               f"submit with PREFSTREAM_BROKER={settings.broker} prefstream submit FILE; ^C stops", flush=True)

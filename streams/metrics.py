@@ -17,7 +17,7 @@ import logging
 import time
 from typing import Any, Awaitable, Callable
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from schemas import JudgedSet, ObjectiveSpec
 from streams.series import Counter, Gauge, Histogram
@@ -26,6 +26,31 @@ logger = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120)
 MODEL_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+
+
+def serve_http(port: int, host: str, registry: CollectorRegistry, health: Any = None) -> None:
+    """prometheus-client's WSGI server in a daemon thread, with the readiness paths."""
+    import json
+    import threading
+    from wsgiref.simple_server import make_server
+
+    from prometheus_client import make_wsgi_app
+    from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
+
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path not in ("/readyz", "/healthz") or health is None:
+            return metrics_app(environ, start_response)
+        blocked = health.report() if path == "/readyz" else []
+        body = json.dumps({"ready": not blocked, "worker": health.worker, "blocked": blocked}).encode()
+        start_response("503 Service Unavailable" if blocked else "200 OK",
+                       [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    httpd = make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True, name="metrics-http").start()
 
 
 class Metrics:
@@ -88,13 +113,15 @@ class Metrics:
         suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
         return {m.name + s for m in self.registry.collect() for s in suffixes.get(m.type, ("",))}
 
-    def serve(self, port: int, host: str = "127.0.0.1") -> bool:
-        """Expose /metrics on host:port (0 = off). A port in use is logged, not fatal: the
+    def serve(self, port: int, host: str = "127.0.0.1", health: Any = None) -> bool:
+        """Expose /metrics on host:port (0 = off), and with ``health`` (``streams.health.Health``)
+        ``/readyz`` (200, or 503 naming the blocked stages, their reasons and fixes) and
+        ``/healthz`` (200 while the process runs). A port in use is logged, not fatal: the
         worker goes on without /metrics."""
         if not port:
             return False
         try:
-            start_http_server(port, addr=host, registry=self.registry)
+            serve_http(port, host, self.registry, health)
         except OSError as e:
             logger.error("metrics: cannot listen on %s:%d (%s); this worker has no /metrics. "
                          "Pass --metrics-port with a free port, or 0 to turn metrics off", host, port, e)

@@ -3,7 +3,9 @@
 Starts the embedded broker (unless one is configured), creates the topics, publishes the
 objective, starts the worker processes (``--workers``, each with every agent), submits the prompts, and waits until
 every prompt has ended — as preference records, a no-pair outcome or a dead letter —
-counting outcomes per prompt id (never lag: Tansu's end offsets are wrong). Then it
+counting outcomes per prompt id (never lag: Tansu's end offsets are wrong), or until a stage
+has been blocked by its environment for ``block_fail_s`` (then it stops with the cause and
+the fix, and writes no summary: nothing was dead-lettered for it). Then it
 writes ``preferences.jsonl`` and ``summary.json``, and for ``prefstream report`` the judged
 sets, records, outcomes and dead letters (``streams.report.save_run``).
 """
@@ -14,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,11 +27,13 @@ import msgspec
 from tqdm import tqdm
 
 from agents.evaluators.bias import BiasTracker
-from schemas import RECORD_TYPES, DeadLetter, JudgedSet, ObjectiveSpec, Outcome, PreferenceRecord, Prompt
+from schemas import (RECORD_TYPES, DeadLetter, JudgedSet, ObjectiveSpec, Outcome, PreferenceRecord, Prompt,
+                     StageHealth)
 from streams.admin import create_topics, producer, reader
 from streams.broker import EmbeddedBroker
 from streams.objectives import publish, validate
 from streams.report import save_run
+from streams.runtime import Blocked
 from streams.settings import Settings
 from streams.tap import JsonlSink, open_sinks
 from streams.topics import MALFORMED, Topics, from_settings
@@ -141,7 +146,9 @@ async def drive(settings: Settings, topics: Topics, prompts: list[Prompt], sink:
                 workers: list[subprocess.Popen], progress: bool = True) -> Ledger:
     """Submit ``prompts`` and read until each has ended; a worker that exits meanwhile fails the run."""
     ledger = Ledger({p.id for p in prompts}, {p.id: p.objective for p in prompts})
-    names = [topics.preferences.name, topics.outcomes.name, topics.deadletters.name, topics.judgments.name]
+    names = [topics.preferences.name, topics.outcomes.name, topics.deadletters.name, topics.judgments.name,
+             topics.health.name]
+    watch = BlockWatch(settings, topics, workers)
     consumer = await reader(settings, names)
     prod = producer(settings)
     await prod.start()
@@ -158,8 +165,9 @@ async def drive(settings: Settings, topics: Topics, prompts: list[Prompt], sink:
             batch = await consumer.getmany(timeout_ms=500)
             for msgs in batch.values():
                 for msg in msgs:
-                    _consume(topics, msg, ledger, sink)
+                    _consume(topics, msg, ledger, sink, watch)
             sink.flush()
+            watch.check()
             bar.update(ledger.done() - n)
         await _drain_judged(topics, consumer, ledger, sink)
     finally:
@@ -169,7 +177,50 @@ async def drive(settings: Settings, topics: Topics, prompts: list[Prompt], sink:
     return ledger
 
 
-def _consume(topics: Topics, msg, ledger: Ledger, sink: JsonlSink) -> None:
+def prepare_models(settings: Settings, spec: ObjectiveSpec) -> None:
+    """Assemble the bundled model once, here, before the workers start (they would otherwise
+    race for the cache); a failure stops the run with its fix."""
+    from agents.backends.llamacpp import bundled_model_path
+
+    judged = any(e.name in ("judge", "pairwise") for e in spec.evaluation.evaluators)
+    specs = [*spec.synthesis.generators, *([spec.evaluation.judge] if judged else [])]
+    if settings.model_path or not any(g.backend == "llamacpp" and not g.model.endswith(".gguf") for g in specs):
+        return
+    try:
+        bundled_model_path()
+    except Blocked as b:
+        raise RunError(f"the bundled model is not usable: {b.detail}. Fix: {b.fix}") from None
+    except OSError as e:
+        raise RunError(f"cannot assemble the bundled model into the cache ({e}); free disk space or set HOME "
+                       "to a writable directory, or set PREFSTREAM_MODEL_PATH to a GGUF file") from None
+
+
+class BlockWatch:
+    """The newest health of each of this run's workers' stages (``health`` topic); raises
+    ``RunError`` once a stage has been blocked for ``settings.block_fail_s``."""
+
+    def __init__(self, settings: Settings, topics: Topics, workers: list[subprocess.Popen]) -> None:
+        self.settings, self.topics = settings, topics
+        host = socket.gethostname()
+        self.workers = {f"{host}:{w.pid}" for w in workers}
+        self.states: dict[str, StageHealth] = {}
+
+    def add(self, h: StageHealth) -> None:
+        if h.worker in self.workers:
+            self.states[h.key] = h
+
+    def check(self) -> None:
+        now = time.time()
+        for h in self.states.values():
+            if h.blocked and h.since is not None and now - h.since >= self.settings.block_fail_s:
+                kept = (f"they wait in {self.topics.prompts.name} on {self.settings.broker}" if self.settings.broker
+                        else "the embedded broker keeps them only while it runs: run again after the fix")
+                raise RunError(f"stage {h.stage} has been blocked for {now - h.since:.0f}s ({h.reason}): "
+                               f"{h.detail}. Fix: {h.fix}. Prompts not yet processed were not dead-lettered; "
+                               f"{kept}")
+
+
+def _consume(topics: Topics, msg, ledger: Ledger, sink: JsonlSink, watch: BlockWatch | None = None) -> None:
     topic = topics.by_name(msg.topic)
     try:
         value = topic.codec.decode(msg.value)
@@ -184,6 +235,9 @@ def _consume(topics: Topics, msg, ledger: Ledger, sink: JsonlSink) -> None:
         ledger.add_outcome(value)
     elif isinstance(value, DeadLetter):
         ledger.add_dead(value)
+    elif isinstance(value, StageHealth):
+        if watch is not None:
+            watch.add(value)
     elif isinstance(value, JudgedSet) and value.prompt.id in ledger.expected:
         ledger.judged.setdefault(value.id, value)
         if ledger.named.get(value.prompt.id) in (None, value.objective.name):
@@ -255,6 +309,7 @@ def run(settings: Settings, prompts: list[Prompt], spec: ObjectiveSpec, out_dir:
         topics = from_settings(settings)
         asyncio.run(create_topics(settings, topics))
         asyncio.run(publish_objective(settings, topics, spec))
+        prepare_models(settings, spec)
         workers = start_workers(settings, settings.broker, out_dir, dict(os.environ if env is None else env))
         ledger = asyncio.run(drive(settings, topics, prompts, sink, workers, progress))
     finally:

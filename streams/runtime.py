@@ -1,8 +1,11 @@
 """What every agent binding shares: decode → process → emit, with failures as data.
 
-A stage's ``process()`` returns a list of ``Emit``; raising ``Rejected`` (or any error)
-turns the input into a ``DeadLetter`` carrying the reason, the msgspec error path and the
-original bytes, and the agent goes on with the next message.
+A stage's ``process()`` returns a list of ``Emit``; raising ``Rejected`` (or any error that
+is the message's fault) turns the input into a ``DeadLetter`` carrying the reason, the msgspec
+error path and the original bytes, and the agent goes on with the next message. An error that
+is the environment's fault (``Blocked``, and what ``streams.health.environmental`` takes for
+one) dead-letters nothing: the stage holds the input and tries it again until the cause is
+fixed (``Stage.outputs_when_ready``).
 """
 from __future__ import annotations
 
@@ -109,19 +112,50 @@ class Stage:
 
     def __init__(self, name: str, source: Topic, topics: Topics, metrics: Metrics,
                  handler: Callable[[Any], Awaitable[list[Emit]]],
-                 send: Callable[[Topic, bytes, bytes], Awaitable[None]] | None = None) -> None:
+                 send: Callable[[Topic, bytes, bytes], Awaitable[None]] | None = None,
+                 health: Any = None) -> None:
         self.name, self.source, self.topics, self.metrics = name, source, topics, metrics
         self.handler, self.send = handler, send
+        self.health = health  # streams.health.Health: where a blocked stage says so
+        if health is not None:
+            health.add(name)
         # the labelled series this stage touches on every message, looked up once
         self._in = metrics.messages_in.labels(name, source.spec.short)
         self._seconds = metrics.processing.labels(name)
         self._out: dict[str, Any] = {}
 
-    async def outputs(self, raw: Raw) -> list[Out]:
+    @property
+    def blocked(self) -> bool:
+        return self.health is not None and self.health.is_blocked(self.name)
+
+    async def outputs_when_ready(self, raw: Raw) -> list[Out]:
+        """``outputs()``, tried again with back-off for as long as the environment blocks it
+        (the stage is marked blocked meanwhile, and unblocked when it goes through)."""
+        from streams.health import RETRY_FIRST_S, RETRY_MAX_S
+
+        delay, first = RETRY_FIRST_S, True
+        while True:
+            try:
+                outs = await self.outputs(raw, count=first)
+            except Blocked as b:
+                if self.health is None:
+                    raise
+                self.health.block(self.name, b)
+                first = False
+                await asyncio.sleep(delay)
+                delay = min(RETRY_MAX_S, delay * 2)
+                continue
+            if self.blocked:
+                self.health.clear(self.name)
+            return outs
+
+    async def outputs(self, raw: Raw, count: bool = True) -> list[Out]:
         """decode → process → encode. Never raises for a bad message: the dead letter,
-        with the reason, is then the one output."""
+        with the reason, is then the one output. Raises ``Blocked`` when the environment,
+        not the message, is at fault."""
         started = time.perf_counter()
-        self._in.inc()
+        if count:  # (a blocked input tried again is counted once)
+            self._in.inc()
         value = None
         try:
             value = self.source.codec.decode(raw.value)
@@ -129,7 +163,14 @@ class Stage:
             return [self.letter(raw, err, reason=f"not a {self.source.codec.tag} message: {err}")]
         try:
             emits = await self.handler(value)
-        except Exception as err:  # noqa: BLE001 - every failure becomes a dead letter
+        except Exception as err:  # noqa: BLE001 - the message's fault becomes a dead letter
+            from streams.health import environmental
+
+            blocked = environmental(err)
+            if blocked is not None:
+                if blocked is not err:
+                    raise blocked from err
+                raise
             return [self.letter(raw, err, value)]
         try:
             out = []
@@ -154,7 +195,7 @@ class Stage:
     async def handle(self, raw: Raw) -> None:
         """``outputs()``, then send them all and wait for the broker's acknowledgement. The
         sends are queued in order and acknowledged together: one round trip per input."""
-        outs = await self.outputs(raw)
+        outs = await self.outputs_when_ready(raw)
         results = await asyncio.gather(*(self.send(*o) for o in outs), return_exceptions=True)
         for out, result in zip(outs, results):
             if isinstance(result, Undeliverable):

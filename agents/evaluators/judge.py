@@ -189,6 +189,8 @@ class PointwiseJudge(ModelJudge):
             try:
                 generations = await gen.generate(req)
             except BackendError as e:
+                if e.retryable:  # the server down past its retries: the stage blocks, nothing is scored
+                    raise
                 log.warning("judge backend failed: %s", e)
                 return self._score(None, text, error=str(e) or type(e).__name__)
             text = generations[0].text if generations else ""

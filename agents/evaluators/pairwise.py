@@ -138,6 +138,8 @@ class PairwiseJudge(ModelJudge):
             try:
                 generations = await gen.generate(req)
             except BackendError as e:
+                if e.retryable:  # the server down past its retries: the stage blocks, nothing is scored
+                    raise
                 log.warning("pairwise judge backend failed: %s", e)
                 return None, str(e) or type(e).__name__
             text = generations[0].text if generations else ""

@@ -163,7 +163,12 @@ class RewardModel:
             return [self._none("; ".join(problems)) for _ in candidates]
         try:
             raw = await self.rewards(prompt, [c.text for c in candidates], p)
-        except (RewardError, KeyError, TypeError, ValueError, IndexError) as e:
+        except RewardError as e:
+            if e.retryable:  # the server down past its retries: the stage blocks, nothing is scored
+                raise
+            log.warning("reward model failed: %s", e)
+            return [self._none(f"reward_error: {e}") for _ in candidates]
+        except (KeyError, TypeError, ValueError, IndexError) as e:
             log.warning("reward model failed: %s", e)
             return [self._none(f"reward_error: {e}") for _ in candidates]
         how = p.get("normalise", "sigmoid")

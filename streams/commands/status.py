@@ -1,4 +1,4 @@
-"""``prefstream status [--json]``: topics, consumer lag, rates, dead letters and objectives."""
+"""``prefstream status [--json]``: topics, consumer lag, rates, blocked stages, dead letters and objectives."""
 from __future__ import annotations
 
 import asyncio
@@ -60,6 +60,7 @@ def render(status: dict) -> None:
             g.add_row(grp["group"], str(grp["state"]), str(grp["members"]), topic.rsplit(".", 1)[-1],
                       str(row["committed"]), str(row["end"]), f"{row['lag']}{note}")
     console.print(g if status["groups"] else "[dim]no consumer group has committed offsets here yet[/]")
+    _stages(console, status["stages"])
     _dead_letters(console, status["deadletters"])
     o = Table(title="objectives (newest version of each)")
     for col in ("objective", "status", "generators", "evaluators"):
@@ -83,4 +84,19 @@ def _dead_letters(console, dl: dict) -> None:
         when = time.strftime("%H:%M:%S", time.localtime(d["created_at"])) if d["created_at"] else "?"
         t.add_row(d["ref"], when, d["stage"], d["error_type"], f"{d['topic']}[{d['partition']}]@{d['offset']}",
                   d["error"][:80])
+    console.print(t)
+
+
+def _stages(console, stages: dict) -> None:
+    from rich.table import Table
+
+    if not stages["blocked"]:
+        console.print(f"[bold]stages:[/] {stages['running']} running in {stages['workers']} live worker(s), none blocked")
+        return
+    t = Table(title="[red]blocked stages[/] (their input waits in the topic; nothing is dead-lettered)")
+    for col in ("stage", "worker", "reason", "for", "detail", "fix"):
+        t.add_column(col)
+    for b in stages["blocked"]:
+        t.add_row(b["stage"], b["worker"], b["reason"] or "?", f"{b['for_s']:.0f}s" if b["for_s"] else "?",
+                  b["detail"][:120], b["fix"])
     console.print(t)

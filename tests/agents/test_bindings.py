@@ -109,6 +109,7 @@ def test_unknown_objective_is_dead_lettered_with_the_fix(settings, workers):
     settings = settings.replace(objective_wait_s=1.0)
     topics = from_settings(settings)
     asyncio.run(create_topics(settings, topics))
+    asyncio.run(publish_objective(settings, topics, OBJ))  # objectives exist, just not the one named
     workers.start(settings, agents="curate", PREFSTREAM_OBJECTIVE_WAIT_S="1")
 
     async def send():

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from agents.backends.base import BackendError, GenRequest, Generation
 from agents.evaluators.judge import PointwiseJudge, defuse, parse_chat, parse_completion
 from schemas import (Candidate, EvaluationSpec, JudgeSpec, Message, ObjectiveSpec, Prompt,
@@ -94,9 +96,18 @@ def test_out_of_range_number_is_a_parse_failure():
     assert scores[0].value is None and scores[0].error == "parse_failure"
 
 
-def test_backend_error_gives_none_with_message():
-    scores, _ = _judge([BackendError("judge down", retryable=True)], _objective())
-    assert scores[0].value is None and "judge down" in (scores[0].error or "")
+def test_a_rejected_request_gives_none_with_message():
+    scores, _ = _judge([BackendError("prompt too long", retryable=False, status=400)], _objective())
+    assert scores[0].value is None and "prompt too long" in (scores[0].error or "")
+
+
+def test_a_judge_down_past_its_retries_blocks_instead_of_scoring_nothing():
+    from streams.health import environmental
+
+    with pytest.raises(BackendError) as caught:
+        _judge([BackendError("judge down", retryable=True)], _objective())
+    blocked = environmental(caught.value)
+    assert blocked is not None and blocked.reason == "backend_down" and "judge down" in blocked.detail
 
 
 def test_injected_delimiter_is_neutralised_in_prompt():

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from agents.evaluators.ensemble import validate
-from agents.evaluators.reward import RewardModel, normalise, parse_rewards
+from agents.evaluators.reward import RewardError, RewardModel, normalise, parse_rewards
 from schemas import Candidate, EvaluationSpec, EvaluatorSpec, Message, ObjectiveSpec, Prompt, Sampling
 
 MODEL = "test/reward-model"
@@ -132,21 +132,28 @@ def test_a_busy_server_is_retried():
     assert [s.raw for s in scores] == EXPECTED and len(server.requests) == 3
 
 
-def test_a_failing_server_leaves_the_set_unscored_never_guessed():
-    scores, server = run({"retries": 1}, fail_first=5)
-    assert all(s.value is None and "503" in s.error for s in scores) and len(server.requests) == 2
+def test_a_server_down_past_its_retries_blocks_and_a_rejected_request_is_unscored():
+    from streams.health import environmental
+
+    with pytest.raises(RewardError) as caught:  # 503 on every try: the environment, not the set
+        run({"retries": 1}, fail_first=5)
+    blocked = environmental(caught.value)
+    assert blocked is not None and blocked.reason == "backend_down" and "503" in blocked.detail
     scores, server = run({"model": "wrong/model", "retries": 3})
     assert all(s.value is None and "404" in s.error for s in scores)
     assert len(server.requests) == 1  # a 4xx is not retried
 
 
-def test_unreachable_server_is_unscored():
+def test_unreachable_server_blocks_the_stage_never_guesses_a_score():
+    from streams.health import environmental
+
     objective = ObjectiveSpec(name="o", evaluation=EvaluationSpec(evaluators=[EvaluatorSpec(
         name="reward", params={"base_url": "http://127.0.0.1:9", "retries": 0, "timeout_s": 2})]))
     cands = [Candidate(id="c", text="x", backend="x", model="x", sampling=Sampling(temperature=0, top_p=1,
                                                                                    max_tokens=1))]
-    [s] = asyncio.run(RewardModel().score(PROMPT, cands, objective))
-    assert s.value is None and s.error.startswith("reward_error")
+    with pytest.raises(RewardError) as caught:
+        asyncio.run(RewardModel().score(PROMPT, cands, objective))
+    assert environmental(caught.value).reason == "backend_down"
 
 
 def test_params_are_validated_with_the_objective():
