@@ -77,11 +77,14 @@ def source_topics(tmp_path_factory) -> dict[str, str]:
 
 def exported() -> tuple[set[str], dict[str, set[str]]]:
     """Series names a worker exports and each metric family's labels: the Metrics factory
-    plus the evaluator bias gauges, registered on the same registry as in a worker."""
+    plus the evaluator bias gauges and the stages' health, registered on the same registry
+    as in a worker."""
     from agents.evaluators.bias import BiasGauges
+    from streams.health import Health
 
     m = Metrics(CollectorRegistry())
     BiasGauges(m.registry)
+    Health(m.registry)
     labels = {}
     for collector in list(m.registry._collector_to_names):
         for fam in collector.describe():
