@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import msgspec
@@ -75,11 +77,14 @@ def source_topics(tmp_path_factory) -> dict[str, str]:
 
 def exported() -> tuple[set[str], dict[str, set[str]]]:
     """Series names a worker exports and each metric family's labels: the Metrics factory
-    plus the evaluator bias gauges, registered on the same registry as in a worker."""
+    plus the evaluator bias gauges and the stages' health, registered on the same registry
+    as in a worker."""
     from agents.evaluators.bias import BiasGauges
+    from streams.health import Health
 
     m = Metrics(CollectorRegistry())
     BiasGauges(m.registry)
+    Health(m.registry)
     labels = {}
     for collector in list(m.registry._collector_to_names):
         for fam in collector.describe():
@@ -130,6 +135,9 @@ def test_compose_prefstream_services_use_real_commands_agents_and_settings():
             assert set(agents) <= set(AGENTS)
             agents_seen += agents
             assert args.metrics_port == 9464 and s["deploy"]["replicas"] >= 1
+            # healthy while no stage is blocked: the worker's readiness endpoint on its metrics port
+            probe = " ".join(s["healthcheck"]["test"])
+            assert f"http://127.0.0.1:{args.metrics_port}/readyz" in probe, name
             groups.add(settings.group_id)
         if args.command == "objective":
             assert args.objective_command == "apply"
@@ -190,9 +198,27 @@ def test_grafana_is_provisioned_with_the_dashboard_and_the_datasource():
 _SELECTOR = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(\{[^}]*\})?")
 _BY = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
 PROMQL_WORDS = {"sum", "avg", "max", "min", "count", "rate", "irate", "increase", "histogram_quantile", "by",
-                "without", "label_values", "le", "and", "or", "unless", "on", "ignoring", "m", "s", "h"}
-# kafka-exporter's series, on the dashboard only because compose runs kafka-exporter
+                "without", "label_values", "le", "and", "or", "unless", "on", "ignoring", "m", "s", "h",
+                "abs", "deriv", "avg_over_time", "offset"}
+# kafka-exporter's series, on the dashboard and in the alerts only because compose runs kafka-exporter
 KAFKA_EXPORTER = {"kafka_consumergroup_lag_sum": {"consumergroup", "topic"}}
+
+
+def promql_metrics(expr: str, labels: dict[str, set[str]], where: str) -> set[str]:
+    """The metric names ``expr`` queries, each checked to be exported (``labels``: name →
+    its label names) with every label it selects on or aggregates by."""
+    metrics = [(n, sel) for n, sel in _SELECTOR.findall(re.sub(r'"[^"]*"', '""', expr))
+               if n not in PROMQL_WORDS and not n.isdigit() and "_" in n]
+    assert metrics, f"{where}: {expr!r} names no metric"
+    for name, sel in metrics:
+        assert name in labels, f"{where}: {name} is not exported by prefstream"
+        for label in re.findall(r"(\w+)\s*[=!]~?", sel):
+            assert label in labels[name], f"{where}: {name} has no label {label!r}"
+    have = set().union(*(labels[n] for n, _ in metrics))
+    for group in _BY.findall(expr):
+        for label in filter(None, (x.strip() for x in group.split(","))):
+            assert label in have, f"{where}: no metric in {expr!r} has the label {label!r}"
+    return {n for n, _ in metrics}
 
 
 def test_dashboard_is_valid_and_queries_only_exported_metrics_and_labels():
@@ -214,23 +240,50 @@ def test_dashboard_is_valid_and_queries_only_exported_metrics_and_labels():
             expr = t["expr"]
             for var in re.findall(r"\$(\w+)", expr):
                 assert var in variables or var.startswith("__"), f"{p['title']}: ${var} is not defined"
-            metrics = [(n, sel) for n, sel in _SELECTOR.findall(re.sub(r'"[^"]*"', '""', expr))
-                       if n not in PROMQL_WORDS and not n.isdigit() and "_" in n]
-            assert metrics, f"{p['title']}: {expr!r} names no metric"
-            for name, sel in metrics:
-                assert name in labels, f"{p['title']}: {name} is not exported by prefstream"
-                for label in re.findall(r"(\w+)\s*=~?", sel):
-                    assert label in labels[name], f"{p['title']}: {name} has no label {label!r}"
-            have = set().union(*(labels[n] for n, _ in metrics))
-            for group in _BY.findall(expr):
-                for label in filter(None, (x.strip() for x in group.split(","))):
-                    assert label in have, f"{p['title']}: no metric in {expr!r} has the label {label!r}"
-            used |= {n for n, _ in metrics}
+            used |= promql_metrics(expr, labels, p["title"])
     assert all(n in names or n in KAFKA_EXPORTER for n in used)
     # every metric the factory defines has a panel
     families = {fam.name for fam in Metrics().registry.collect()}
     shown = {re.sub(r"_(total|bucket|sum|count)$", "", n) for n in used}
     assert not families - shown, sorted(families - shown)
+
+
+def alert_rules() -> list[dict]:
+    rules = yaml.safe_load((DEPLOY / "prometheus/alerts.yml").read_text())
+    return [r for g in rules["groups"] for r in g["rules"]]
+
+
+def test_alert_rules_query_only_exported_metrics_and_name_the_fix():
+    names, labels = exported()
+    labels = {**labels, **KAFKA_EXPORTER}
+    rules = alert_rules()
+    assert len({r["alert"] for r in rules}) == len(rules)
+    for r in rules:
+        used = promql_metrics(r["expr"], labels, r["alert"])
+        assert used <= names | set(KAFKA_EXPORTER), r["alert"]
+        assert r["labels"]["severity"] in {"critical", "warning"}, r["alert"]
+        assert r["for"], f"{r['alert']}: alert only on a condition that lasts"
+        ann = r["annotations"]
+        assert ann["summary"].strip() and "Fix:" in ann["description"], f"{r['alert']}: say what to do"
+    # the alerts watch what the issue names: blocked stages, dead letters, lag, model errors, bias
+    watched = set().union(*(promql_metrics(r["expr"], labels, r["alert"]) for r in rules))
+    assert {"prefstream_stage_blocked", "prefstream_dead_letters_total", "kafka_consumergroup_lag_sum",
+            "prefstream_model_requests_total", "prefstream_bias"} <= watched
+
+
+def test_prometheus_loads_the_alert_rules_and_the_operator_gets_the_same():
+    prom = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    [rule_file] = prom["rule_files"]
+    assert (DEPLOY / rule_file).resolve() == (DEPLOY / "prometheus/alerts.yml").resolve()
+    # compose mounts the rule file where the config (in /etc/prometheus) finds it
+    mounts = dict(v.split(":")[:2] for v in compose()["services"]["prometheus"]["volumes"])
+    assert mounts["./prometheus.yml"] == "/etc/prometheus/prometheus.yml"
+    assert mounts["./" + rule_file] == "/etc/prometheus/" + rule_file
+    [rule] = by_kind("PrometheusRule").values()
+    assert rule["spec"]["groups"] == yaml.safe_load((DEPLOY / "prometheus/alerts.yml").read_text())["groups"], \
+        "k8s/optional/prometheusrule.yaml's spec.groups must be deploy/prometheus/alerts.yml's groups"
+    [pm] = by_kind("PodMonitor").values()
+    assert rule["metadata"]["labels"] == pm["metadata"]["labels"]  # the same Prometheus picks up both
 
 
 # ------------------------------------------------------------------------------- kubernetes
@@ -241,6 +294,46 @@ def test_kustomization_lists_every_manifest_it_needs():
     files = {p.name for p in (DEPLOY / "k8s").glob("*.yaml")} - {"kustomization.yaml"}
     assert listed == files
     assert kust["images"][0]["name"] + ":" + kust["images"][0]["newTag"] == IMAGE
+
+
+def test_kubectl_kustomize_renders_every_agent_with_its_settings_and_probes():
+    """What `kubectl apply -k deploy/k8s` would send, rendered by the real client (offline)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (Debian's package: kubernetes-client; .ci/run installs it)")
+    proc = subprocess.run([kubectl, "kustomize", str(DEPLOY / "k8s")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    kust = yaml.safe_load((DEPLOY / "k8s/kustomization.yaml").read_text())
+    listed = [d for r in kust["resources"] for d in yaml.safe_load_all((DEPLOY / "k8s" / r).read_text()) if d]
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in docs) == sorted(
+        (d["kind"], d["metadata"]["name"]) for d in listed)
+    assert all(d["metadata"].get("namespace") == kust["namespace"] for d in docs if d["kind"] != "Namespace")
+    rendered = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    image = f"{kust['images'][0]['newName']}:{kust['images'][0]['newTag']}"
+    workers = {}
+    for d in docs:
+        if d["kind"] not in ("Deployment", "Job"):
+            continue
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            if c.get("args", [""])[0] not in ("worker", "objective"):
+                continue
+            assert c["image"] == image, d["metadata"]["name"]
+            for ref in c.get("envFrom", []):
+                settings = rendered["ConfigMap", ref["configMapRef"]["name"]]["data"]
+                check_env_names(settings)
+                load({k: v for k, v in settings.items() if not k.endswith(("_FILE", "_CAFILE"))})
+            if c["args"][0] != "worker":
+                continue
+            args = cli(c["args"])
+            workers[args.agents] = d["metadata"]["name"]
+            ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+            for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+                get = c[probe]["httpGet"]
+                assert get["path"] == path and ports[get["port"]] == args.metrics_port, (d["metadata"]["name"], probe)
+    assert sorted(workers) == sorted(AGENTS), workers
+    objective = rendered["ConfigMap", "prefstream-objective"]["data"]["objective.yaml"]
+    assert yaml.safe_load(objective)["name"] == load_objective(DEPLOY / "objective.yaml").name
 
 
 def _container_env(c: dict, secret: dict, tmp_path: Path) -> dict[str, str]:
@@ -298,7 +391,9 @@ def test_one_deployment_per_agent_with_real_commands_settings_and_requests(tmp_p
                 ports = {p["name"]: p["containerPort"] for p in c["ports"]}
                 assert ann["prometheus.io/scrape"] == "true"
                 assert int(ann["prometheus.io/port"]) == ports["metrics"] == args.metrics_port
-                assert c["livenessProbe"]["httpGet"]["port"] == "metrics"
+                # alive while the process serves HTTP; ready while no stage of it is blocked
+                assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}, name
+                assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}, name
     assert sorted(workers) == sorted(AGENTS) and len(groups) == len(AGENTS)
     vllm = deployments["vllm"]["spec"]["template"]["spec"]["containers"][0]
     assert vllm["image"].startswith("vllm/vllm-openai:") and vllm["resources"]["limits"]["nvidia.com/gpu"] == "1"
