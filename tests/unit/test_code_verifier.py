@@ -7,6 +7,7 @@ import os
 import resource
 import shutil
 import socket
+import subprocess
 import tempfile
 import threading
 import uuid
@@ -116,11 +117,11 @@ CHEATS = {
                            "def add(a, b): return -7",
     "expected answers read from the task's files": (
         "import glob, os, re\nseen = {}\n"
-        "for path in glob.glob('/task/*') + glob.glob(os.path.dirname(os.path.abspath(__file__)) + '/*'):\n"
+        "for path in glob.glob('/task/*') + glob.glob('*'):\n"
         "    try:\n        text = open(path).read()\n    except Exception:\n        continue\n"
         "    for args, want in re.findall(r'add\\((.*?)\\) == (-?\\d+)', text):\n"
         "        seen[args.replace(' ', '')] = int(want)\n"
-        "def add(a, b): return seen.get(f'{a},{b}', 0)"),
+        "def add(a, b): return seen.get(f'{a},{b}', -7)"),
     "forged report with the nonce": (
         "import __main__, os, sys\nnonce = getattr(__main__, 'nonce', '')\n"
         "sys.__stdout__.write('\\n' + nonce + '[[true, \"\"], [true, \"\"], [true, \"\"]]\\n')\n"
@@ -200,17 +201,19 @@ def test_comparisons_and_tagged_values_are_judged_in_the_worker():
 
 # --- containment ----------------------------------------------------------------------------------
 
-def test_the_worker_environment_and_host_files_are_out_of_reach(monkeypatch, tmp_path):
+def test_the_worker_environment_and_host_files_are_out_of_reach(tmp_path):
     bwrap_only()
     secret = "hunter2-" + uuid.uuid4().hex
-    monkeypatch.setenv("PREFSTREAM_SASL_PASSWORD", secret)
+    # a process of the worker's with the secret in its environment (as PREFSTREAM_SASL_PASSWORD is)
+    holder = subprocess.Popen(["sleep", "30"], env={"PREFSTREAM_SASL_PASSWORD": secret})
     host_tmp = Path(tempfile.mkdtemp(prefix="prefstream-test-"))
     (host_tmp / "note").write_text("x")
     in_root = tempfile.NamedTemporaryFile(dir="/root", delete=False) if os.access("/root", os.W_OK) else None
     try:
+        assert secret.encode() in Path(f"/proc/{holder.pid}/environ").read_bytes()
         probes = [
             f"import os, glob\nfound = [p for p in glob.glob('/proc/*/environ') if b'{secret}' in open(p, 'rb').read()]\n"
-            f"assert found or '{secret}' in str(os.environ) or b'{secret}' in open('/proc/{os.getpid()}/environ', 'rb').read()",
+            f"assert found or '{secret}' in str(os.environ) or open('/proc/{holder.pid}/environ', 'rb').read()",
             f"open('{host_tmp / 'note'}').read()",
             f"open('{in_root.name if in_root else '/root/.bashrc'}').read()",
             f"open('{CHECKOUT / 'pyproject.toml'}').read()",
@@ -219,6 +222,8 @@ def test_the_worker_environment_and_host_files_are_out_of_reach(monkeypatch, tmp
         ]
         results = score([probe(p) for p in probes], tests=PROBE)
     finally:
+        holder.kill()
+        holder.wait()
         shutil.rmtree(host_tmp)
         if in_root:
             os.unlink(in_root.name)
