@@ -140,6 +140,9 @@ class CodeVerifier:
         self.settings = settings if settings is not None else Settings()
         s = self.settings
         self.config = sandbox.Config(mode=s.code_sandbox, cgroup=s.code_sandbox_cgroup or "")
+        if s.code_sandbox == "rlimits-unsafe":
+            log.warning("code sandbox: rlimits-unsafe (set by the operator): verified code runs uncontained, "
+                        "with the worker's files, processes and network in reach")
 
     def applies(self, prompt: Prompt) -> bool:
         v = prompt.verification

@@ -138,7 +138,9 @@ def _rlimits(limits: Limits, per_process_mb: int, nproc: int) -> dict[str, int]:
 
 def _plan(cfg: Config, limits: Limits) -> tuple[dict[str, int], cgroup.RunCgroup | None, str]:
     """The rlimits set inside, the run's cgroup (or None) and the containment label."""
-    tree = cgroup.open_run(limits.memory_mb, limits.nproc + 1, cfg.cgroup)  # +1: bwrap's init
+    # counted besides the code's own processes: bwrap's init (in the run's user namespace) and,
+    # in the cgroup, bwrap itself
+    tree = cgroup.open_run(limits.memory_mb, limits.nproc + 2, cfg.cgroup)
     if tree is not None:
         return _rlimits(limits, limits.memory_mb, limits.nproc + 1), tree, "bwrap+cgroup"
     if os.geteuid() == 0:
@@ -226,24 +228,20 @@ def _preexec(limits: Limits):
     return apply
 
 
-_probed: dict[Config, str] = {}
+_works: set[Config] = set()
 _probe_lock = threading.Lock()
 
 
 def probe(cfg: Config) -> None:
-    """Raise ``Unavailable`` unless a bwrap run works here (checked once per config)."""
+    """Raise ``Unavailable`` unless a bwrap run works here. A success is remembered per config;
+    a failure is not (the blocked stage's retries probe again, so a fix is picked up)."""
     with _probe_lock:
-        if cfg in _probed:
-            if _probed[cfg]:
-                raise Unavailable(_probed[cfg])
+        if cfg in _works:
             return
-        try:
-            _probed[cfg] = _try(cfg)
-        except Unavailable as e:
-            _probed[cfg] = e.detail
-            raise
-        if _probed[cfg]:
-            raise Unavailable(_probed[cfg])
+        why = _try(cfg)
+        if why:
+            raise Unavailable(why)
+        _works.add(cfg)
 
 
 def _try(cfg: Config) -> str:

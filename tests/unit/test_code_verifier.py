@@ -3,6 +3,7 @@ verdicts computed where the code cannot reach them."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import resource
 import shutil
@@ -305,6 +306,15 @@ def test_fork_bomb_is_contained_and_leaves_no_process():
     assert processes_with(marker) == []
 
 
+def test_the_process_count_holds_for_the_whole_run():
+    bwrap_only()
+    code = ("import os, time\ndef probe():\n    n = 0\n    while n < 100:\n        try:\n"
+            "            if os.fork() == 0:\n                time.sleep(2)\n                os._exit(0)\n"
+            "            n += 1\n        except OSError:\n            break\n    return n\n")
+    [s] = score([code], tests=["assert probe() == 7"], nproc=8, memory_mb=1024)
+    assert s.value == 1.0, s.rationale  # the code and 7 children: nproc 8 in all
+
+
 def test_a_daemonised_process_does_not_outlive_its_run():
     bwrap_only()
     marker = "left-" + uuid.uuid4().hex
@@ -363,6 +373,20 @@ def test_no_containment_blocks_the_stage_instead_of_falling_back(monkeypatch):
         score(["def add(a, b): return a + b"], settings=Settings(code_sandbox="namespaces"))
 
 
+def test_the_evaluate_stage_raises_blocked_not_a_dead_letter(monkeypatch):
+    from agents.evaluate import process
+    from schemas import CandidateSet
+
+    ev = CodeVerifier(Settings())
+    monkeypatch.setattr(ev, "config", sandbox.Config(bwrap="/nonexistent/bwrap"))
+    objective = ObjectiveSpec(name="code", evaluation=EvaluationSpec(
+        evaluators=[EvaluatorSpec(name="code")], features=[], guards=[]))
+    cset = CandidateSet(id="s-1", prompt=_prompt(ADD_TESTS), objective=objective,
+                        candidates=[_cand("def add(a, b): return a + b")])
+    with pytest.raises(Blocked):  # Rejected (or any other error) would dead-letter the set
+        asyncio.run(process(cset, {"code": ev}))
+
+
 def test_a_root_worker_without_a_cgroup_is_refused(monkeypatch):
     if os.geteuid() != 0:
         pytest.skip("a non-root worker limits the tree by RLIMIT_NPROC in its own user namespace")
@@ -395,3 +419,64 @@ def test_an_interpreter_under_tmp_is_bound_after_the_sandbox_tmp(tmp_path):
     for flag in ("--unshare-all", "--die-with-parent", "--new-session", "--clearenv", "--disable-userns"):
         assert flag in argv
     assert argv[argv.index("--cap-drop") + 1] == "ALL"
+
+
+NON_ROOT_RUN = """
+import asyncio, json, sys
+sys.path.insert(0, sys.argv[1])
+from agents.evaluators import sandbox
+async def main():
+    out = []
+    for code in json.loads(sys.argv[3]):
+        r = await sandbox.run({"s.py": code}, ["s.py"], sandbox.Limits(wall_s=5, cpu_s=3), sandbox.Config(python=sys.argv[2]))
+        out.append([r.containment, r.stdout.decode()[-300:], r.stderr.decode()[-300:]])
+    print(json.dumps(out))
+asyncio.run(main())
+"""
+
+
+def test_a_non_root_worker_gets_no_capabilities_and_a_bounded_tree():
+    """The sandbox module alone (standard library) run by an unprivileged uid: no cgroup, so the
+    tree is bounded by RLIMIT_NPROC in the run's user namespace and RLIMIT_AS split across it;
+    the read-only binds cannot be remounted and no further user namespace can be made."""
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if os.geteuid() != 0 or python is None or shutil.which("bwrap") is None:
+        pytest.skip("needs root (to become an unprivileged uid), bwrap and a system python3")
+    work = Path(tempfile.mkdtemp(prefix="prefstream-nonroot-"))
+    try:
+        pkg = work / "agents" / "evaluators"
+        pkg.mkdir(parents=True)
+        for name in ("agents/__init__.py", "agents/evaluators/__init__.py"):
+            (work / name).write_text("")
+        for name in ("sandbox.py", "cgroup.py"):
+            shutil.copy(CHECKOUT / "agents" / "evaluators" / name, pkg / name)
+        (work / "run.py").write_text(NON_ROOT_RUN)
+        subprocess.run(["chmod", "-R", "a+rX", str(work)], check=True)
+        codes = ["import os\nprint(os.getuid())",
+                 "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                 "print(libc.mount(None, b'/usr/lib', None, 32 | 4096, None), libc.unshare(0x10000000))",
+                 "open('/usr/lib/prefstream-evil', 'w')",
+                 "import os, time\nn = 0\nwhile n < 100:\n    try:\n        if os.fork() == 0:\n"
+                 "            time.sleep(2)\n            os._exit(0)\n        n += 1\n    except OSError:\n        break\nprint(n)",
+                 "b = b'x' * (100 << 20)"]
+
+        def unprivileged():
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+
+        done = subprocess.run([python, "-I", str(work / "run.py"), str(work), python, json.dumps(codes)],
+                              preexec_fn=unprivileged, capture_output=True, timeout=90, cwd=str(work))
+    finally:
+        shutil.rmtree(work)
+    if b"sandbox" in done.stderr and b"Unavailable" in done.stderr:
+        pytest.skip(f"no unprivileged user namespaces here: {done.stderr.decode()[-300:]}")
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    uid, mount, write, forks, memory = json.loads(done.stdout)
+    assert all(r[0] == "bwrap+rlimits" for r in (uid, mount, write, forks, memory))
+    assert uid[1].strip() == "65534"
+    assert mount[1].split() == ["-1", "-1"], mount
+    assert "Read-only file system" in write[2]
+    assert int(forks[1]) < 16, forks  # 256 MiB / 64 MiB: 4 processes at most
+    assert "MemoryError" in memory[2]
+    assert not Path("/usr/lib/prefstream-evil").exists()
