@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 
 from agents.evaluators import code_tests, sandbox
@@ -94,9 +95,9 @@ def extract_code(text: str) -> str:
 def limits_from(params: dict) -> sandbox.Limits:
     d = sandbox.Limits()
     return sandbox.Limits(wall_s=float(params.get("timeout_s", d.wall_s)),
-                          cpu_s=int(params.get("cpu_s", d.cpu_s)),
-                          memory_mb=int(params.get("memory_mb", d.memory_mb)),
-                          nproc=int(params.get("nproc", d.nproc)))
+                          cpu_s=math.ceil(params.get("cpu_s", d.cpu_s)),
+                          memory_mb=math.ceil(params.get("memory_mb", d.memory_mb)),
+                          nproc=math.ceil(params.get("nproc", d.nproc)))
 
 
 def check_params(params: dict, settings=None) -> list[str]:
@@ -108,6 +109,8 @@ def check_params(params: dict, settings=None) -> list[str]:
             out.append(f"code: unknown param {key!r}; known: {sorted(PARAMS)}")
         elif type(value) not in (int, float) or not 0 < value < float("inf"):
             out.append(f"code.{key} must be a positive number, not {value!r}")
+        elif key == "memory_mb" and value < sandbox.MIN_PROCESS_MB:
+            out.append(f"code.memory_mb {value:g} is too small for the interpreter (at least {sandbox.MIN_PROCESS_MB})")
         elif settings is not None and value > getattr(settings, PARAMS[key][0]):
             maximum = getattr(settings, PARAMS[key][0])
             out.append(f"code.{key} {value:g} is over the operator's maximum {maximum:g} "

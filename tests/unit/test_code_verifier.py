@@ -408,6 +408,7 @@ def test_objective_limits_above_the_operators_maxima_are_refused():
     found = problems(spec, settings)
     assert any("memory_mb 1e+06 is over the operator's maximum 512" in p for p in found), found
     assert check_params({"memory_mb": "1e6"}) and check_params({"nproc": -1}) and check_params({"shell": 1})
+    assert check_params({"memory_mb": 8}) and check_params({"cpu_s": float("nan")})
     assert check_params({"timeout_s": 5, "memory_mb": 256}, Settings()) == []
     [s] = score(["def add(a, b): return a + b"], settings=settings, memory_mb=1_000_000)
     assert s.value is None and "over the operator's maximum" in s.error
