@@ -3,7 +3,7 @@ files and output, or not at all. Standard library only (``Unavailable`` is turne
 stage's ``Blocked`` by the caller).
 
 ``bwrap`` (the default) runs ``bwrap --unshare-all`` (new user, PID, network, IPC, UTS and
-cgroup namespaces; no network at all, not even loopback), ``--die-with-parent``,
+cgroup namespaces; no network but a loopback of its own), ``--die-with-parent``,
 ``--new-session``, ``--cap-drop ALL``, ``--disable-userns`` (no nested user namespace, so no
 capabilities to remount anything), ``--clearenv``. Its file system: a fresh ``/proc`` of the
 new PID namespace, a minimal ``/dev``, a size-limited tmpfs at ``/tmp`` (the working
