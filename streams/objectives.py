@@ -127,7 +127,16 @@ def problems(spec: ObjectiveSpec, settings: Settings | None = None) -> list[str]
         out.append(f"routing.fraction {fraction} is not in [0, 1]")
     if settings is not None:
         out += _unconfigured(spec, settings)
+        out += _over_maxima(spec, settings)
     return out
+
+
+def _over_maxima(spec: ObjectiveSpec, settings: Settings) -> list[str]:
+    """Sandbox limits an objective asks for above the operator's maxima (``code_max_*``)."""
+    from agents.evaluators.code import check_params
+
+    return [p for e in spec.evaluation.evaluators if e.name == "code"
+            for p in check_params(dict(e.params), settings)]
 
 
 def _unconfigured(spec: ObjectiveSpec, settings: Settings) -> list[str]:

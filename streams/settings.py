@@ -66,6 +66,16 @@ class Settings:
     # `prefstream run` stops (exit 2, naming the cause and the fix) once a stage has been
     # blocked by its environment this long; a long-running worker waits for the fix instead
     block_fail_s: float = 60.0
+    # the code verifier's sandbox (agents.evaluators.sandbox): "bwrap" (contained, else the
+    # evaluate stage blocks) or "rlimits-unsafe" (the operator's explicit opt-out: the code then
+    # sees the worker's files, processes and network); a delegated cgroup v2 directory for the
+    # runs' memory and process limits ("" = cgroup v1 where writable); the most an objective may ask
+    code_sandbox: str = "bwrap"
+    code_sandbox_cgroup: str | None = None
+    code_max_wall_s: float = 60.0
+    code_max_cpu_s: int = 30
+    code_max_memory_mb: int = 1024
+    code_max_nproc: int = 64
     # worker process
     workers: int = 1  # worker processes `prefstream run` / `up` start in one group, each with every agent
     web_port: int = 0  # faust's web server (bound to 127.0.0.1); 0 = a free port

@@ -36,7 +36,7 @@ def build_evaluators(backends: Any, settings: Any = None, feedback: Any = None) 
     g = __getattr__
     settings = settings if settings is not None else getattr(backends, "_settings", None)
     evaluators: list[Evaluator] = [
-        g("MathVerifier")(), g("IFEvalVerifier")(), g("CodeVerifier")(), g("JsonSchemaVerifier")(),
+        g("MathVerifier")(), g("IFEvalVerifier")(), g("CodeVerifier")(settings), g("JsonSchemaVerifier")(),
         g("RegexVerifier")(), g("PointwiseJudge")(backends), g("PairwiseJudge")(backends), g("RewardModel")(),
         g("HumanEvaluator")(feedback, settings=settings),
         g("LengthFeature")(), g("RepetitionFeature")(), g("RefusalFeature")(), g("InjectionGuard")(),

@@ -160,10 +160,10 @@ def validate(spec: EvaluationSpec) -> None:
         raise ValueError(f"negative weight for {negative}")
     if sum(e.weight for e in spec.evaluators) <= 0:
         raise ValueError("evaluator weights sum to <= 0: nothing would count")
-    from agents.evaluators.reward import check_params
+    from agents.evaluators import code, reward
 
     for e in spec.evaluators:
-        if e.name == "reward":
-            problems = check_params(dict(e.params))
-            if problems:
-                raise ValueError("; ".join(problems))
+        checker = {"reward": reward.check_params, "code": code.check_params}.get(e.name)
+        problems = checker(dict(e.params)) if checker else []
+        if problems:
+            raise ValueError("; ".join(problems))

@@ -176,7 +176,7 @@ def test_human_feedback_and_code_checks_through_the_broker(settings, workers):
 
     right, loop, snoop = seen["p-code"].judged
     assert [j.score for j in (right, loop, snoop)] == [1.0, 0.0, 0.0]
-    assert "sandbox: namespaces" in right.scores[0].rationale
+    assert "sandbox: bwrap" in right.scores[0].rationale
     assert "FileNotFoundError" in snoop.scores[0].rationale
 
 
