@@ -9,6 +9,7 @@ import logging
 from typing import Protocol
 
 from agents.backends.base import BackendError, Generator
+from streams.runtime import Blocked
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,14 @@ class Backends:
         key = (spec.backend, spec.model, base_url)
         gen = self._cache.get(key)
         if gen is None:
-            gen = self._build(spec.backend, spec.model, base_url)
+            try:
+                gen = self._build(spec.backend, spec.model, base_url)
+            except (Blocked, BackendError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - a backend that cannot be built: the worker's environment
+                raise Blocked("model_load", f"cannot start the {spec.backend} backend for {spec.model}: {exc}",
+                              "install what the error names, or fix the model's path or settings; the stage "
+                              "resumes by itself") from exc
             if self._metrics is not None:
                 from streams.metrics import MeteredGenerator
 
@@ -43,13 +51,10 @@ class Backends:
 
     def _base_url(self, spec: ModelSpec) -> str:
         url = spec.base_url or self._settings.openai_base_url
-        if not url:
-            raise BackendError(
-                f"the openai backend for model {spec.model!r} has no server URL: set base_url "
-                "in the objective's spec or PREFSTREAM_OPENAI_BASE_URL "
-                "(e.g. http://127.0.0.1:8000/v1)",
-                retryable=False,
-            )
+        if not url:  # the deployment's configuration, not the prompt: the stage blocks until it is set
+            raise Blocked("environment", f"the openai backend for model {spec.model!r} has no server URL",
+                          "set PREFSTREAM_OPENAI_BASE_URL (e.g. http://127.0.0.1:8000/v1) or base_url in the "
+                          "objective's spec")
         return url
 
     def _build(self, backend: str, model: str, base_url: str | None) -> Generator:

@@ -13,6 +13,7 @@ from agents.backends import Backends, BackendError, GenRequest
 from agents.backends.llamacpp import fold_system
 from agents.backends.openai import OpenAIGenerator, normalise_base_url
 from schemas import GeneratorSpec, JudgeSpec, Message
+from streams.runtime import Blocked
 from streams.settings import Settings
 from tests.fixtures_llama import free_port
 
@@ -290,18 +291,19 @@ def test_registry_caches_openai_clients_per_model_and_url():
     asyncio.run(go())
 
 
-def test_registry_names_the_setting_when_openai_has_no_url():
-    with pytest.raises(BackendError, match="PREFSTREAM_OPENAI_BASE_URL") as info:
+def test_registry_blocks_naming_the_setting_when_openai_has_no_url():
+    with pytest.raises(Blocked, match="no server URL") as info:  # the deployment's fault, not the prompt's
         Backends(Settings()).get(GeneratorSpec(backend="openai", model="m"))
-    assert info.value.retryable is False
+    assert "PREFSTREAM_OPENAI_BASE_URL" in info.value.fix
 
 
 def test_vllm_backend_explains_the_missing_extra():
     try:
         import vllm  # noqa: F401
     except ImportError:
-        with pytest.raises(RuntimeError, match=r"prefstream\[vllm\]"):
+        with pytest.raises(Blocked, match=r"prefstream\[vllm\]") as blocked:  # the worker's install
             Backends(Settings()).get(GeneratorSpec(backend="vllm", model="m"))
+        assert blocked.value.reason == "model_load"
     else:
         pytest.skip("vllm is installed here")
 
