@@ -2,9 +2,12 @@
 topic namespace per test, and worker processes that are always stopped."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -35,6 +38,15 @@ def settings(broker, namespace, tmp_path) -> Settings:
     # metrics_port=0: several workers run at once in tests; a test that scrapes sets a free port
     return load({}, broker=broker.address, namespace=namespace, partitions=2, data_dir=str(tmp_path / "data"),
                 objective_wait_s=20.0, metrics_port=0)
+
+
+def get_json(url: str) -> tuple[int, dict]:
+    """GET ``url``: (status, JSON body), for 4xx/5xx too (a worker's /readyz answers 503)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
 
 
 def settings_env(s: Settings) -> dict[str, str]:
