@@ -34,17 +34,31 @@ CHECKS: dict[str, Callable[[str], object]] = {"scrub": scrub, "repetition": repe
 
 
 def checks_at(rev: str, tmp: Path) -> dict[str, Callable[[str], object]]:
-    """The checks as of git revision ``rev`` (their two modules loaded from it)."""
+    """The checks as of git revision ``rev`` (their modules loaded from it: agents/pii_net.py
+    too where ``rev`` has it, standing in for ``agents.pii_net`` while that pii.py loads)."""
     modules = {}
-    for name, path in (("pii", "agents/pii.py"), ("heuristics", "agents/evaluators/heuristics.py")):
-        source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{path}"], capture_output=True, text=True)
-        if source.returncode:
-            sys.exit(f"--against {rev}: cannot read {path} there ({source.stderr.strip()}); name a commit of this repository")
-        file = tmp / f"{name}_{rev.replace('/', '_')}.py"
-        file.write_text(source.stdout)
-        spec = importlib.util.spec_from_file_location(f"{name}_at_rev", file)
-        modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(modules[name])
+    own = ("pii_net", "agents/pii_net.py", False), ("pii", "agents/pii.py", True), \
+        ("heuristics", "agents/evaluators/heuristics.py", True)
+    saved = sys.modules.get("agents.pii_net")
+    try:
+        for name, path, required in own:
+            source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{path}"], capture_output=True, text=True)
+            if source.returncode and not required:
+                continue
+            if source.returncode:
+                sys.exit(f"--against {rev}: cannot read {path} there ({source.stderr.strip()}); name a commit of this repository")
+            file = tmp / f"{name}_{rev.replace('/', '_')}.py"
+            file.write_text(source.stdout)
+            spec = importlib.util.spec_from_file_location(f"{name}_at_rev", file)
+            modules[name] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(modules[name])
+            if name == "pii_net":
+                sys.modules["agents.pii_net"] = modules[name]
+    finally:
+        if saved is not None:
+            sys.modules["agents.pii_net"] = saved
+        else:
+            sys.modules.pop("agents.pii_net", None)
     h = modules["heuristics"]
     return {"scrub": modules["pii"].scrub, "repetition": h.repetition, "refusal": h.refusal, "injection": h.injection}
 
