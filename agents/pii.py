@@ -93,9 +93,9 @@ CHECKS: dict[str, Callable[[str, tuple[str, ...]], list[tuple[int, int]]]] = {
 }
 _KIND_OF = {"phone_form": "phone", "token": "secret"}
 # The fewest digits a finding of each check holds: a card number 13, a phone number 7 (9
-# when no region tells its format), an IBAN 2, a generic secret token 1 (it must mix digits, lower and upper case); an IP address
-# has four digits or two colons. Most prompts hold a few digits at most, so these passes are
-# skipped there.
+# written as one with no region), an IBAN 2, a generic secret token 1 (it mixes digits, lower
+# and upper case); an IP address has four digits or two colons. Most prompts hold a few
+# digits at most, so these passes are skipped there.
 _MIN_DIGITS = {"iban": 2, "card": 13, "phone": 7, "phone_form": 9, "token": 1}
 _DIGIT = re.compile(r"\d")
 
