@@ -15,7 +15,7 @@ import re
 from collections import Counter
 from typing import Callable
 
-from agents.pii_net import ibans, ips, phone_forms, phone_regions, phones
+from agents.pii_net import Spans, ibans, ips, mask, phone_forms, phone_regions, phones
 
 __all__ = ["KINDS", "find", "luhn", "phone_regions", "scrub"]
 
@@ -75,20 +75,23 @@ def _card_ok(m: str) -> bool:
     return digits[0] in ISSUERS and (digits[0] != "1" or len(digits) == 15) and luhn(digits)  # 1: UATP, 15 digits
 
 
-def _regex(pattern: re.Pattern, ok: Callable[[str], bool]) -> Callable[[str, tuple[str, ...]], list[tuple[int, int]]]:
-    return lambda text, regions: [m.span() for m in pattern.finditer(text) if ok(m.group())]
+Finder = Callable[[str, tuple[str, ...]], tuple[Spans, Spans]]  # (text, regions) -> (found, rejected)
 
 
-# in this order: a later check sees the earlier findings masked out
-# (placeholders: the kind in capitals, ``[EMAIL]``)
-CHECKS: dict[str, Callable[[str, tuple[str, ...]], list[tuple[int, int]]]] = {
+def _regex(pattern: re.Pattern, ok: Callable[[str], bool]) -> Finder:
+    return lambda text, regions: ([m.span() for m in pattern.finditer(text) if ok(m.group())], [])
+
+
+# in this order: a later check sees the earlier findings and the IBAN and IP look-alikes
+# rejected masked out (placeholders: the kind in capitals, ``[EMAIL]``)
+CHECKS: dict[str, Finder] = {
     "email": _regex(EMAIL, lambda m: True),
     "secret": _regex(KNOWN_SECRETS, lambda m: True),
     "iban": lambda text, regions: ibans(text),
     "card": _regex(CARD, _card_ok),
     "ip": lambda text, regions: ips(text),
-    "phone": phones,
-    "phone_form": lambda text, regions: phone_forms(text),
+    "phone": lambda text, regions: (phones(text, regions), []),
+    "phone_form": lambda text, regions: (phone_forms(text), []),
     "token": _regex(TOKEN, looks_secret),
 }
 _KIND_OF = {"phone_form": "phone", "token": "secret"}
@@ -122,10 +125,10 @@ def find(text: str, kinds: tuple[str, ...] | list[str] = KINDS,
         kind = _KIND_OF.get(name, name)
         if kind not in kinds or not _may_match(name, text, digits):
             continue
-        spans = finder(masked, phone_regions)
-        for s, e in spans:
-            found.append((s, e, kind))
-            masked = masked[:s] + "\0" * (e - s) + masked[e:]  # offsets kept; NUL is no word character
+        spans, rejected = finder(masked, phone_regions)
+        found += [(s, e, kind) for s, e in spans]
+        if spans or rejected:
+            masked = mask(masked, spans + rejected)
     return sorted(found)
 
 

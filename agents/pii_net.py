@@ -42,28 +42,38 @@ PHONE_RUN = re.compile(r"\d(?:[ ().\-/]{0,3}\d){6,}")
 _CONTEXT = 8
 
 
-def _ip_end(text: str, m: re.Match) -> int | None:
+def _ip_end(text: str, m: re.Match) -> tuple[int, bool]:
     """Where the IP address matched by ``m`` ends (its CIDR suffix dropped when that is not a
-    valid prefix length), or None when it is no address."""
+    valid prefix length) and True; the match's end and False when it is no address."""
     addr, slash, prefix = m.group().partition("/")
     try:
         ip = ipaddress.ip_address(addr)
     except ValueError:
-        return None
-    if addr == "::" and text[m.start() - 1:m.start()] == " " == text[m.end():m.end() + 1]:
-        return None  # ``x :: Int``: a type annotation, not the unspecified address
+        return m.end(), False
+    if addr == "::" and not _unspecified_ok(text[m.start() - 1:m.start()], text[m.end():m.end() + 1]):
+        return m.end(), False
     if slash and prefix.isdigit() and int(prefix) <= ip.max_prefixlen:
-        return m.end()
-    return m.start() + len(addr)
+        return m.end(), True
+    return m.start() + len(addr), True
 
 
-def _iban_end(text: str, m: re.Match) -> int | None:
-    """Where the IBAN starting at ``m`` ends: its country's length in alphanumerics, passing the
-    mod-97 check and not running on into the next character; None otherwise."""
+def _unspecified_ok(before: str, after: str) -> bool:
+    """Whether a bare ``::`` between these characters is the unspecified address: it stands
+    alone or after ``=`` or an opening bracket or quote, and not between spaces (``x :: Int``
+    is a type annotation; ``]::`` follows a placeholder or an index)."""
+    if before == " " == after:
+        return False
+    return before == "" or before.isspace() or before in "=[('\","
+
+
+def _iban_end(text: str, m: re.Match) -> tuple[int, bool] | None:
+    """Where the IBAN starting at ``m`` ends (its country's length in alphanumerics) and whether
+    it is one (the mod-97 check passes, it does not run on into the next character); None for
+    a country with no IBAN."""
     want = IBAN_LENGTHS.get(m.group()[:2])
     if want is None:
         return None
-    kept, end = [], m.start()
+    kept, end = [], m.end()
     for i, ch in enumerate(m.group()):
         if ch.isalnum():
             kept.append(ch)
@@ -71,9 +81,9 @@ def _iban_end(text: str, m: re.Match) -> int | None:
                 end = m.start() + i + 1
                 break
     if len(kept) < want or text[end:end + 1].isalnum():
-        return None
+        return end, False
     s = "".join(kept)
-    return end if int("".join(str(int(c, 36)) for c in s[4:] + s[:4])) % 97 == 1 else None
+    return end, int("".join(str(int(c, 36)) for c in s[4:] + s[:4])) % 97 == 1
 
 
 def _phone_ok(m: str) -> bool:
@@ -87,28 +97,42 @@ def _phone_ok(m: str) -> bool:
     return m.startswith(("+", "(")) or len(re.findall(r"[ .-]", m)) >= 2
 
 
-def scan(pattern: re.Pattern, end_of, text: str) -> list[tuple[int, int]]:
-    """Spans of ``pattern``'s matches that ``end_of(text, match)`` accepts (it returns where the
-    finding ends); after a finding the search goes on from its end, after a reject from the
-    reject's end (a look-alike is left whole)."""
-    out, pos = [], 0
+Spans = list[tuple[int, int]]
+
+
+def scan(pattern: re.Pattern, end_of, text: str) -> tuple[Spans, Spans]:
+    """The findings among ``pattern``'s matches and the look-alikes rejected: ``end_of(text,
+    match)`` says where each ends and whether it is a finding (None: neither). The search goes
+    on after each, so a look-alike is left whole (the caller keeps later checks off it too)."""
+    found, rejected, pos = [], [], 0
     while (m := pattern.search(text, pos)) is not None:
-        end = end_of(text, m)
-        if end:
-            out.append((m.start(), end))
-        pos = max(end or m.end(), m.start() + 1)
-    return out
+        verdict = end_of(text, m)
+        end = m.end()
+        if verdict is not None:
+            end, ok = verdict
+            (found if ok else rejected).append((m.start(), end))
+        pos = max(end, m.start() + 1)
+    return found, rejected
 
 
-def ips(text: str) -> list[tuple[int, int]]:
-    """IPv6 first (so the IPv4 address inside ``::ffff:192.0.2.1`` goes with its prefix)."""
-    v6 = scan(IPV6, _ip_end, text) if text.count(":") >= 2 else []
-    for s, e in v6:
+def mask(text: str, spans: Spans) -> str:
+    """``text`` with ``spans`` blanked out (NUL: no word character), offsets kept."""
+    for s, e in spans:
         text = text[:s] + "\0" * (e - s) + text[e:]
-    return v6 + scan(IPV4, _ip_end, text)
+    return text
 
 
-def ibans(text: str) -> list[tuple[int, int]]:
+def ips(text: str) -> tuple[Spans, Spans]:
+    """IP addresses and the look-alikes rejected; IPv6 first (so the IPv4 address inside
+    ``::ffff:192.0.2.1`` goes with its prefix, and none is found inside an invalid one)."""
+    v6, bad6 = scan(IPV6, _ip_end, text) if text.count(":") >= 2 else ([], [])
+    v4, bad4 = scan(IPV4, _ip_end, mask(text, v6 + bad6))
+    return v6 + v4, bad6 + bad4
+
+
+def ibans(text: str) -> tuple[Spans, Spans]:
+    """IBANs and the look-alikes rejected (a wrong checksum or length, as long as the
+    country's IBANs: no card or phone number is found inside one)."""
     return scan(IBAN, _iban_end, text)
 
 

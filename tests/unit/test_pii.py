@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import string
 
-from agents.pii import luhn, scrub
+from agents.pii import find, luhn, scrub
 
 R = random.Random(20261127)
 
@@ -200,3 +200,21 @@ def test_national_phone_numbers_follow_the_regions_configured():
                        ("call 0917 123 4567 or (415) 555-0132", "call [PHONE] or [PHONE]")]:
         assert scrub(text, phone_regions=regions)[0] == want, text
     assert scrub("Call 05321234567 today")[0] == "Call 05321234567 today"  # no region: not a number known
+
+
+FRAGMENTS = [t for t, _ in PRODUCTION] + LEFT_WHOLE + [" ", ".", ",", ":", "/", "-", "@", "(", ")", "[", "]", "%",
+                                                       "0", "7", "12", "::", "+", "abc", "Ab", "é", "中", "\n"]
+
+
+def test_findings_never_overlap_and_scrubbing_twice_changes_nothing():
+    """Production lines, look-alikes and punctuation in random order, split by a space, a
+    newline or ", ": findings are disjoint spans inside the text, and a placeholder never
+    makes (or breaks) a finding."""
+    rng = random.Random(20261206)
+    for _ in range(400):
+        text = "".join(rng.choice(FRAGMENTS) + rng.choice([" ", "\n", ", "]) for _ in range(rng.randint(1, 8)))
+        spans = find(text, phone_regions=("US", "TR"))
+        assert all(0 <= s < e <= len(text) for s, e, _ in spans), text
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), (text, spans)
+        once, _ = scrub(text, phone_regions=("US", "TR"))
+        assert scrub(once, phone_regions=("US", "TR")) == (once, {}), (text, once)
