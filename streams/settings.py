@@ -76,6 +76,9 @@ class Settings:
     code_max_cpu_s: int = 30
     code_max_memory_mb: int = 1024
     code_max_nproc: int = 64
+    # curate's PII scrubbing finds + prefixed phone numbers and those written as phone numbers;
+    # national numbers (05321234567, 13812345678) only for these comma-separated ISO regions
+    pii_phone_regions: str = ""  # e.g. "US,GB,DE,TR,PH,CN"; each adds libphonenumber's cost (docs/pii.md)
     # worker process
     workers: int = 1  # worker processes `prefstream run` / `up` start in one group, each with every agent
     web_port: int = 0  # faust's web server (bound to 127.0.0.1); 0 = a free port
