@@ -101,7 +101,8 @@ def changed_fields(old: ObjectiveSpec, new: ObjectiveSpec) -> list[str]:
 
 def problems(spec: ObjectiveSpec, settings: Settings | None = None) -> list[str]:
     """Why ``spec`` cannot run, or ``[]``. With ``settings``, also that every model backend
-    it names is configured (an ``openai`` model needs a server URL)."""
+    it names is configured (an ``openai`` model needs a server URL) and that every server it
+    names is allowed (``streams.endpoints``)."""
     try:  # a spec built in code skipped msgspec's checks of names and types
         msgspec.convert(msgspec.to_builtins(spec), ObjectiveSpec)
     except msgspec.ValidationError as e:
@@ -131,6 +132,12 @@ def problems(spec: ObjectiveSpec, settings: Settings | None = None) -> list[str]
 
 
 def _unconfigured(spec: ObjectiveSpec, settings: Settings) -> list[str]:
+    from streams import endpoints
+
+    return _no_server(spec, settings) + endpoints.problems(spec, settings)
+
+
+def _no_server(spec: ObjectiveSpec, settings: Settings) -> list[str]:
     models = [(f"synthesis.generators[{i}]", g) for i, g in enumerate(spec.synthesis.generators)]
     if any(e.name == "judge" for e in spec.evaluation.evaluators):
         models.append(("evaluation.judge", spec.evaluation.judge))

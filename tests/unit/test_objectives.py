@@ -79,7 +79,8 @@ def test_openai_backend_is_configured_by_spec_or_settings():
     assert problems(s) == []  # no settings: configuration is not checked (the registry's view)
     validate(s, load({"PREFSTREAM_OPENAI_BASE_URL": "http://127.0.0.1:8000/v1"}))
     validate(spec(synthesis=SynthesisSpec(generators=[GeneratorSpec(backend="openai", model="m",
-                                                                    base_url="http://127.0.0.1:1/v1")])), load({}))
+                                                                    base_url="http://127.0.0.1:1/v1")])),
+             load({"PREFSTREAM_ALLOWED_ENDPOINTS": "http://127.0.0.1:1"}))
     judged = spec(evaluation=EvaluationSpec(evaluators=[EvaluatorSpec(name="judge")],
                                             judge=msgspec.structs.replace(EvaluationSpec().judge, backend="openai")))
     with pytest.raises(ObjectiveError, match="evaluation.judge"):
