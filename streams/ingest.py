@@ -37,9 +37,8 @@ import asyncio
 import gc
 import logging
 from contextlib import asynccontextmanager
-from typing import Any, Callable
+from typing import Callable
 
-import msgspec
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
@@ -47,7 +46,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from streams.admin import create_topics
 from streams.admission import Gate
 from streams.capture import CAPTURE_LINGER_MS, BrokerUnavailable, Capture, Publisher
-from streams.ingest_items import TooMany, parse_feedback, parse_prompts, refusal, split_items  # noqa: F401
+from streams.ingest_items import TooMany, parse_feedback, parse_prompts, refusal
 from streams.proxy import Proxy
 from streams.settings import Settings
 from streams.topics import from_settings
