@@ -139,3 +139,19 @@ def test_the_reward_evaluator_never_calls_a_server_the_worker_does_not_allow():
 
     seen, score = asyncio.run(go())
     assert seen == [] and score.value is None and "PREFSTREAM_ALLOWED_ENDPOINTS" in score.error
+
+
+def test_the_capture_proxy_and_the_worker_apply_the_same_rules():
+    from prometheus_client import CollectorRegistry
+
+    from streams.app import Context
+    from streams.metrics import Metrics
+    from streams.proxy import Proxy
+    from streams.topics import from_settings
+
+    s = Settings(openai_base_url="http://vllm:8000/v1", openai_api_key=KEY)
+    same = Proxy("http://vllm:8000/v1", s, None, CollectorRegistry())
+    other = Proxy("http://elsewhere:8000/v1", s, None, CollectorRegistry())
+    assert same.headers.get("Authorization") == f"Bearer {KEY}" and "Authorization" not in other.headers
+    ctx = Context(s, from_settings(s), Metrics())
+    assert ctx.objectives.settings is s  # the worker's registry judges objectives by the worker's settings
