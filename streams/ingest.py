@@ -17,10 +17,11 @@ Routes (``/v1/*`` need ``Authorization: Bearer KEY`` when keys are configured):
   client sending them is refused). A key's newer label of a candidate replaces its older one.
 - With an upstream: ``POST /v1/chat/completions`` (streaming and not) and ``GET /v1/models``
   are forwarded unchanged (the caller's key is never forwarded; ``PREFSTREAM_OPENAI_API_KEY``
-  authenticates to the upstream where it is ``PREFSTREAM_OPENAI_BASE_URL``'s origin). A sampled request (``ingest_capture_rate``) is
-  captured after its response as a ``Prompt`` (source ``proxy``, tags ``route:…``/``model:…``,
-  the key's hash, the production response in ``metadata``) and its prompt id is returned in the
-  ``x-prefstream-prompt-id`` header so feedback can name it. Capture never delays or breaks
+  authenticates to the upstream where it is ``PREFSTREAM_OPENAI_BASE_URL``'s origin). A sampled
+  request (``ingest_capture_rate``) is captured after its response as a ``Prompt`` (source
+  ``proxy``, tags ``route:…``/``model:…``, the key's hash, the production response in
+  ``metadata``) and its prompt id is returned in the ``x-prefstream-prompt-id`` header so
+  feedback can name it. Capture never delays or breaks
   the request (``streams.proxy``, ``streams.capture``).
 - ``GET /healthz``, ``GET /metrics`` (open, the app's own registry).
 

@@ -84,7 +84,8 @@ def screen_prompt(item: Any, may_verify: bool) -> None:
     detect(item)  # an item of no known format is refused as that, with its keys
     unknown = sorted(set(item) - PROMPT_FIELDS)
     if unknown:
-        raise ValueError(f"unknown field(s) {', '.join(map(str, unknown))[:200]}; accepted: {', '.join(sorted(PROMPT_FIELDS))}")
+        raise ValueError(f"unknown field(s) {', '.join(map(str, unknown))[:200]}; "
+                         f"accepted: {', '.join(sorted(PROMPT_FIELDS))}")
     if item.get("source") in PIPELINE_SOURCES:
         raise ValueError(f"source {item['source']!r} is set only by the capture proxy")
     meta = item.get("metadata")

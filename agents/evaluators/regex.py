@@ -54,8 +54,8 @@ class RegexVerifier:
             compiled = regex.compile(v.pattern)  # type: ignore[union-attr, arg-type]
         except (regex.error, RecursionError, OverflowError) as e:
             return [self._none(f"pattern does not compile: {e}") for _ in candidates]
-        texts = [c.text for c in candidates]
-        return await asyncio.to_thread(lambda: [self.check(compiled, v.fullmatch, t) for t in texts])  # type: ignore[union-attr]
+        texts, full = [c.text for c in candidates], v.fullmatch  # type: ignore[union-attr]
+        return await asyncio.to_thread(lambda: [self.check(compiled, full, t) for t in texts])
 
     def _none(self, error: str) -> Score:
         return Score(evaluator=self.name, kind=self.kind, value=None, error=error)
