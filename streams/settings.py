@@ -49,7 +49,11 @@ class Settings:
     llamacpp_threads: int = 1
     llamacpp_ctx: int = 2048
     openai_base_url: str | None = None
-    openai_api_key: str | None = field(default=None, repr=False)
+    openai_api_key: str | None = field(default=None, repr=False)  # sent only to openai_base_url's origin
+    # model servers an objective may name (generators, judge, reward): comma-separated origins,
+    # e.g. "http://gpu-a:8000,http://rm:8000"; openai_base_url's origin is always allowed. The
+    # API key is never sent to them (streams.endpoints).
+    allowed_endpoints: str | None = None
     request_timeout_s: float = 120.0
     retries: int = 3
     backoff_s: float = 0.5
@@ -91,7 +95,14 @@ class Settings:
     ingest_keys: str | None = field(default=None, repr=False)  # comma-separated API keys
     ingest_keys_file: str | None = None  # a file of API keys, one a line
     ingest_max_bytes: int = 1 << 20  # request body limit (413 above it)
-    ingest_rate_limit: float = 100.0  # requests per second per key (burst the same); 0 = off
+    ingest_rate_limit: float = 100.0  # items (prompts, labels, proxied requests) per second per key; 0 = off
+    ingest_max_items: int = 1000  # items in one request (413 above it)
+    ingest_auth_fail_rate: float = 1.0  # failed authentications per second per client address (burst 10)
+    ingest_header_timeout_s: float = 10.0  # a request's headers must arrive within this (then the connection closes)
+    ingest_body_timeout_s: float = 30.0  # and its body within this (408)
+    # keys allowed to send `verification` (reference answers, tests, schemas, patterns) with
+    # prompts: comma-separated; any other key's prompt carrying one is refused
+    ingest_verification_keys: str | None = field(default=None, repr=False)
     ingest_capture_rate: float = 1.0  # share of proxied requests captured as prompts
     ingest_capture_queue: int = 1000  # captures waiting for the broker; more are dropped
     # delivery: "at_least_once" (any broker; deterministic ids make the sinks idempotent) or

@@ -52,7 +52,8 @@ def get_json(url: str) -> tuple[int, dict]:
 def settings_env(s: Settings) -> dict[str, str]:
     return {**os.environ, "PREFSTREAM_BROKER": s.broker, "PREFSTREAM_NAMESPACE": s.namespace,
             "PREFSTREAM_PARTITIONS": str(s.partitions), "PREFSTREAM_DATA_DIR": s.data_dir,
-            "PREFSTREAM_METRICS_PORT": str(s.metrics_port), "PYTHONUNBUFFERED": "1"}
+            "PREFSTREAM_METRICS_PORT": str(s.metrics_port), "PYTHONUNBUFFERED": "1",
+            "PREFSTREAM_ALLOWED_ENDPOINTS": s.allowed_endpoints or ""}
 
 
 class Workers:

@@ -148,6 +148,7 @@ def test_an_evaluator_failing_mid_run_then_recovering_loses_and_duplicates_nothi
         url = f"http://127.0.0.1:{server.server_address[1]}"
         spec = msgspec.structs.replace(ECHO, evaluation=EvaluationSpec(evaluators=[
             EvaluatorSpec(name="reward", params={"base_url": url, "retries": 0, "timeout_s": 5})]))
+        settings = settings.replace(allowed_endpoints=url)  # the operator allows this reward server
         topics = from_settings(settings)
         asyncio.run(create_topics(settings, topics))
         asyncio.run(publish_objective(settings, topics, spec))
