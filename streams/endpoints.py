@@ -1,4 +1,5 @@
-"""Which model servers an objective may send prompts to, and which of them get the API key.
+"""Which model servers an objective may send prompts to, which of them get the API key, and
+which model files it may make a worker load.
 
 An objective names servers (``base_url`` of a generator or the judge, ``params.base_url`` of the
 reward evaluator), and whoever can write the objectives topic writes objectives. So the worker's
@@ -6,9 +7,11 @@ own settings decide: a server is allowed only if its origin (scheme, host, port)
 ``openai_base_url``'s or one of ``allowed_endpoints``; ``openai_api_key`` is sent only to
 ``openai_base_url``'s origin. `prefstream objective apply` refuses an objective naming another
 server, a worker ignores it (``streams.objective_registry``) and the backends refuse to call it.
+Likewise a llamacpp model named as a file (``model: x.gguf``) must lie in ``model_dir``.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from streams.settings import Settings, SettingsError
@@ -99,7 +102,33 @@ def named(spec) -> list[tuple[str, str]]:
     return out
 
 
+def model_file(model: str, settings: Settings) -> Path:
+    """The file a llamacpp model named ``model`` (ending ``.gguf``) is, inside ``model_dir``;
+    ``EndpointError`` when no directory is configured or the name leads outside it."""
+    if not settings.model_dir:
+        raise EndpointError(f"names the model file {model!r}, but PREFSTREAM_MODEL_DIR is unset: objectives "
+                            "may name GGUF files only in the directory the operator sets there")
+    root = Path(settings.model_dir).resolve()
+    path = (root / model).resolve()  # an absolute name, .. or a link leading out is caught here
+    if not path.is_relative_to(root):
+        raise EndpointError(f"names the model file {model!r}, outside PREFSTREAM_MODEL_DIR ({root})")
+    return path
+
+
+def model_files(spec) -> list[tuple[str, str]]:
+    """``(where, model)`` for every llamacpp model ``spec`` names as a file."""
+    models = [(f"synthesis.generators[{i}].model", g) for i, g in enumerate(spec.synthesis.generators)]
+    models.append(("evaluation.judge.model", spec.evaluation.judge))
+    return [(where, m.model) for where, m in models if m.backend == "llamacpp" and m.model.endswith(".gguf")]
+
+
 def problems(spec, settings: Settings) -> list[str]:
-    """Why the servers ``spec`` names are not allowed by ``settings``, or ``[]``."""
+    """Why the servers and model files ``spec`` names are not allowed by ``settings``, or ``[]``."""
     allowed = Endpoints(settings)
-    return [p for where, url in named(spec) if (p := allowed.problem(url, where))]
+    out = [p for where, url in named(spec) if (p := allowed.problem(url, where))]
+    for where, model in model_files(spec):
+        try:
+            model_file(model, settings)
+        except EndpointError as e:
+            out.append(f"{where}: {e}")
+    return out

@@ -46,6 +46,9 @@ class Settings:
     ssl_keyfile_password: str | None = field(default=None, repr=False)
     # models
     model_path: str | None = None  # GGUF for the llamacpp backend; None = bundled Gemma 3 270M
+    # the one directory whose GGUF files an objective may name as a llamacpp model (`model:
+    # x.gguf`); unset: objectives name no model files (the bundled model or model_path only)
+    model_dir: str | None = None
     llamacpp_threads: int = 1
     llamacpp_ctx: int = 2048
     openai_base_url: str | None = None

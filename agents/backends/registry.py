@@ -9,7 +9,7 @@ import logging
 from typing import Protocol
 
 from agents.backends.base import BackendError, Generator
-from streams.endpoints import EndpointError, Endpoints
+from streams.endpoints import EndpointError, Endpoints, model_file
 from streams.runtime import Blocked
 from streams.settings import Settings
 
@@ -67,7 +67,12 @@ class Backends:
         if backend == "llamacpp":
             from agents.backends.llamacpp import LlamaCppGenerator
 
-            path = model if model.endswith(".gguf") else None
+            path = None
+            if model.endswith(".gguf"):  # a file the objective names: only inside PREFSTREAM_MODEL_DIR
+                try:
+                    path = str(model_file(model, s))
+                except EndpointError as e:
+                    raise BackendError(f"model {model!r} {e}", retryable=False) from None
             return LlamaCppGenerator(s, model_name=model, model_path=path)
         if backend == "openai":
             from agents.backends.openai import OpenAIGenerator

@@ -155,3 +155,25 @@ def test_the_capture_proxy_and_the_worker_apply_the_same_rules():
     assert same.headers.get("Authorization") == f"Bearer {KEY}" and "Authorization" not in other.headers
     ctx = Context(s, from_settings(s), Metrics())
     assert ctx.objectives.settings is s  # the worker's registry judges objectives by the worker's settings
+
+
+def _gguf_objective(model: str) -> ObjectiveSpec:
+    return ObjectiveSpec(name="o", version=1, synthesis=SynthesisSpec(
+        candidates=2, generators=[GeneratorSpec(backend="llamacpp", model=model)]))
+
+
+def test_an_objective_names_model_files_only_inside_the_operators_model_dir(tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "policy.gguf").write_bytes(b"GGUF")
+    (tmp_path / "secret.gguf").write_bytes(b"not yours")
+    (models / "escape.gguf").symlink_to(tmp_path / "secret.gguf")
+    allowed = Settings(model_dir=str(models))
+    validate(_gguf_objective("policy.gguf"), allowed)
+    for model in ("/etc/passwd.gguf", "../secret.gguf", "escape.gguf", str(tmp_path / "secret.gguf")):
+        with pytest.raises(ObjectiveError, match="PREFSTREAM_MODEL_DIR"):
+            validate(_gguf_objective(model), allowed)
+        with pytest.raises(BackendError, match="outside PREFSTREAM_MODEL_DIR"):  # the worker's last line
+            Backends(allowed).get(GeneratorSpec(backend="llamacpp", model=model))
+    with pytest.raises(ObjectiveError, match="PREFSTREAM_MODEL_DIR is unset"):
+        validate(_gguf_objective("policy.gguf"), Settings())
