@@ -73,10 +73,8 @@ def echo_workers(settings, log_dir: Path, objective: ObjectiveSpec, n: int = 1) 
     topics = from_settings(settings)
     asyncio.run(create_topics(settings, topics))
     asyncio.run(publish_objective(settings, topics, objective))
-    env = {**os.environ, "PREFSTREAM_PARTITIONS": str(PARTITIONS), "PREFSTREAM_METRICS_PORT": "0",
-           "PREFSTREAM_MAX_INFLIGHT": str(settings.max_inflight), "PREFSTREAM_LOG_LEVEL": "INFO",
-           "PREFSTREAM_PROCESSING_GUARANTEE": settings.processing_guarantee}
-    procs = [start_worker(settings, settings.broker, log_dir / f"worker{i}.log", env) for i in range(n)]
+    worker = settings.replace(partitions=PARTITIONS, metrics_port=0, log_level="INFO")
+    procs = [start_worker(worker, log_dir / f"worker{i}.log") for i in range(n)]
     try:
         yield procs
     finally:

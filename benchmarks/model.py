@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import tempfile
 import time
@@ -125,10 +124,7 @@ def pipeline(broker: str, base_url: str, measured: list[Prompt], conc: int, work
     spec = spec_for(base_url)
     asyncio.run(create_topics(settings, topics))
     asyncio.run(publish_objective(settings, topics, spec))
-    env = {**os.environ, "PREFSTREAM_MAX_INFLIGHT": str(conc), "PREFSTREAM_PARTITIONS": "4",
-           "PREFSTREAM_ALLOWED_ENDPOINTS": base_url,
-           "PREFSTREAM_METRICS_PORT": "0", "PREFSTREAM_LOG_LEVEL": "WARNING"}
-    worker = start_worker(settings, broker, work / f"worker{conc}.log", env)
+    worker = start_worker(settings.replace(metrics_port=0, log_level="WARNING"), work / f"worker{conc}.log")
     try:
         sink = JsonlSink(work / f"out{conc}")
         asyncio.run(drive(settings, topics, tagged(measured[:1], "warm"), sink, [worker], progress=False))

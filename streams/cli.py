@@ -5,7 +5,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -35,7 +34,9 @@ def wait_for(stop) -> None:
 
 
 def _settings(args) -> Settings:
-    return load(config_file=getattr(args, "config", None))
+    """The one Settings object ``main`` loaded for this command (from ``--config`` and
+    ``PREFSTREAM_*``, or whole from standard input for a worker that ``run``/``up`` started)."""
+    return args.settings
 
 
 def _with_flags(settings: Settings, args) -> Settings:
@@ -165,16 +166,13 @@ def cmd_run(args) -> int:
     settings = _with_flags(_settings(args), args)
     spec = _objective(args)
     prompts = list(read_prompts(args.input, args.limit))
-    env = dict(os.environ)
-    if args.config:
-        env["PREFSTREAM_CONFIG"] = str(Path(args.config).resolve())
     for name in args.format or []:
         _format(name, args.style)
     from streams.commands import CliError
     from streams.formats import FormatError
 
     try:
-        result = run(settings, prompts, spec, Path(args.out), env=env, progress=not args.quiet,
+        result = run(settings, prompts, spec, Path(args.out), progress=not args.quiet,
                      formats=args.format or [], style=args.style)
     except FormatError as e:  # DIR/<format>/ holds another style, or another writer has it
         raise CliError(str(e)) from None
@@ -203,7 +201,7 @@ def cmd_up(args) -> int:
         spec = _objective(args)
         asyncio.run(publish_objective(settings, topics, spec))
         prepare_models(settings, spec)
-        workers = start_workers(settings, settings.broker, out, dict(os.environ))
+        workers = start_workers(settings, out)
         print(f"prefstream up: broker {settings.broker}, namespace {settings.namespace}; "
               f"submit with PREFSTREAM_BROKER={settings.broker} prefstream submit FILE; ^C stops", flush=True)
         wait_for(stop)
@@ -246,6 +244,8 @@ def parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run agents against PREFSTREAM_BROKER")
     w.add_argument("--agents", help="comma-separated subset of curate,synthesize,evaluate,instantiate")
     w.add_argument("--metrics-port", type=int, help="serve /metrics on PORT (default 9464; 0 = off)")
+    w.add_argument("--settings-stdin", action="store_true",
+                   help="read the whole settings as JSON from standard input (how run and up start workers)")
     w.set_defaults(fn=cmd_worker)
 
     s = sub.add_parser("submit", help="produce prompts from a JSONL file")
@@ -277,8 +277,17 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from streams.logs import configure
+    from streams.settings import loads
 
-    configure(os.environ.get("PREFSTREAM_LOG_LEVEL", "INFO"), os.environ.get("PREFSTREAM_LOG_FORMAT", "text"))
+    try:
+        if getattr(args, "settings_stdin", False):
+            args.settings = loads(sys.stdin.buffer.read())
+        else:
+            args.settings = load(config_file=args.config)
+    except (SettingsError, ValueError) as e:
+        print(f"prefstream {args.command}: {e}", file=sys.stderr)
+        return 2
+    configure(args.settings.log_level, args.settings.log_format)
     from streams.commands import CliError
     from streams.inputs import InputError
     from streams.objectives import ObjectiveError

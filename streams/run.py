@@ -34,7 +34,7 @@ from streams.broker import EmbeddedBroker
 from streams.objectives import publish, validate
 from streams.report import save_run
 from streams.runtime import Blocked
-from streams.settings import Settings
+from streams.settings import Settings, dumps
 from streams.tap import JsonlSink, open_sinks
 from streams.topics import MALFORMED, Topics, from_settings
 
@@ -88,18 +88,26 @@ class Ledger:
         return sum(1 for pid in self.expected if self.ended(pid))
 
 
-def start_worker(settings: Settings, broker: str, log_path: Path, env: dict[str, str]) -> subprocess.Popen:
-    env = {**env, "PREFSTREAM_BROKER": broker, "PREFSTREAM_NAMESPACE": settings.namespace,
-           "PREFSTREAM_DATA_DIR": str(log_path.parent / f"{log_path.stem}-data"), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "streams.cli", "worker", "--metrics-port", str(settings.metrics_port)]
+def start_worker(settings: Settings, log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """One ``prefstream worker`` with every agent, handed ``settings`` whole over a pipe (a
+    value set in code reaches it; secrets never touch a file or the environment). ``env`` is
+    the process environment (HOME, caches); PREFSTREAM_* variables there are not read."""
+    settings = settings.replace(data_dir=str(log_path.parent / f"{log_path.stem}-data"))
+    env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "streams.cli", "worker", "--settings-stdin"]
     log = log_path.open("ab")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.PIPE, env=env,
                             start_new_session=True)
+    try:
+        proc.stdin.write(dumps(settings))
+        proc.stdin.close()
+    except BrokenPipeError:  # it exited at once; its log says why, and drive() reports the exit
+        pass
     proc.log_path = log_path
     return proc
 
 
-def start_workers(settings: Settings, broker: str, log_dir: Path, env: dict[str, str]) -> list[subprocess.Popen]:
+def start_workers(settings: Settings, log_dir: Path, env: dict[str, str] | None = None) -> list[subprocess.Popen]:
     """``settings.workers`` worker processes in one consumer group, each running every agent
     (the partitions are shared out among them). The first logs to ``worker.log`` and serves
     /metrics on ``metrics_port``; worker ``i`` logs to ``worker-i.log`` on ``metrics_port + i``."""
@@ -114,7 +122,7 @@ def start_workers(settings: Settings, broker: str, log_dir: Path, env: dict[str,
         for i in range(settings.workers):
             port = settings.metrics_port + i if settings.metrics_port else 0
             name = "worker" if i == 0 else f"worker-{i}"
-            procs.append(start_worker(settings.replace(metrics_port=port), broker, log_dir / f"{name}.log", env))
+            procs.append(start_worker(settings.replace(metrics_port=port), log_dir / f"{name}.log", env))
     except BaseException:
         stop_processes(procs)
         raise
@@ -310,7 +318,7 @@ def run(settings: Settings, prompts: list[Prompt], spec: ObjectiveSpec, out_dir:
         asyncio.run(create_topics(settings, topics))
         asyncio.run(publish_objective(settings, topics, spec))
         prepare_models(settings, spec)
-        workers = start_workers(settings, settings.broker, out_dir, dict(os.environ if env is None else env))
+        workers = start_workers(settings, out_dir, env)
         ledger = asyncio.run(drive(settings, topics, prompts, sink, workers, progress))
     finally:
         sink.close()

@@ -93,10 +93,9 @@ def _run(coro):
 
 
 def _context(args):
-    from streams.settings import load as load_settings
     from streams.topics import from_settings
 
-    settings = load_settings(config_file=args.config)
+    settings = args.settings
     settings.brokers  # noqa: B018 - raises a SettingsError naming PREFSTREAM_BROKER when unset
     return settings, from_settings(settings)
 

@@ -32,9 +32,8 @@ def cmd_ingest(args) -> int:
     from streams.admission import load_keys
     from streams.endpoints import redact
     from streams.ingest import build_app
-    from streams.settings import load
 
-    settings = load(config_file=getattr(args, "config", None))
+    settings = args.settings
     settings.brokers  # noqa: B018 - raises a SettingsError naming PREFSTREAM_BROKER when unset
     check_bind(args.host, load_keys(settings))
     if args.upstream and not args.upstream.startswith(("http://", "https://")):

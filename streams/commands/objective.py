@@ -13,7 +13,6 @@ import time
 from streams.commands import CliError
 from streams.objectives import (DEFAULT_OBJECTIVE, HISTORY, Applied, apply, changed_fields, load_objective,
                                 read_all, read_store, rollback, to_yaml, validate)
-from streams.settings import load
 
 
 def _setup(args, spec=None):
@@ -21,7 +20,7 @@ def _setup(args, spec=None):
     from streams.admin import create_topics
     from streams.topics import from_settings
 
-    settings = load(config_file=getattr(args, "config", None))
+    settings = args.settings
     if spec is not None:
         validate(spec, settings)
     settings.brokers  # noqa: B018 - raises a SettingsError naming PREFSTREAM_BROKER when unset

@@ -73,10 +73,9 @@ def _from_topics(args):
     from aiokafka.errors import KafkaConnectionError
 
     from streams.report import load_topics
-    from streams.settings import load
     from streams.topics import from_settings
 
-    settings = load(config_file=args.config)
+    settings = args.settings
     settings.brokers  # noqa: B018 - raises a SettingsError naming PREFSTREAM_BROKER when unset
     try:
         return asyncio.run(load_topics(settings, from_settings(settings)))

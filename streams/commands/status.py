@@ -17,11 +17,10 @@ def register(sub) -> None:
 
 
 def cmd_status(args) -> int:
-    from streams.settings import load
     from streams.status import collect
     from streams.topics import from_settings
 
-    settings = load(config_file=args.config)
+    settings = args.settings
     settings.brokers  # noqa: B018 - raises a SettingsError naming PREFSTREAM_BROKER when unset
     try:
         status = asyncio.run(collect(settings, from_settings(settings), newest=args.newest, window_s=args.window))

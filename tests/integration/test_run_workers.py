@@ -16,7 +16,6 @@ from streams.app import AGENTS, consumer_group
 from streams.run import RunError, drive, publish_objective, start_workers, stop_processes
 from streams.tap import JsonlSink
 from streams.topics import from_settings
-from tests.conftest import settings_env
 
 ECHO = ObjectiveSpec(
     name="workers-echo",
@@ -51,8 +50,7 @@ def test_two_workers_share_every_stage_and_each_prompt_ends_once(settings, tmp_p
     topics = from_settings(s)
     asyncio.run(create_topics(s, topics))
     asyncio.run(publish_objective(s, topics, ECHO))
-    env = {**settings_env(s), "PREFSTREAM_GROUP": s.group}
-    workers = start_workers(s, s.broker, tmp_path, env)
+    workers = start_workers(s, tmp_path)  # the group set in code reaches both workers
     try:
         deadline, seen = time.monotonic() + 120, {}
         while time.monotonic() < deadline:  # until both are members of each stage's group
@@ -79,5 +77,5 @@ def test_two_workers_share_every_stage_and_each_prompt_ends_once(settings, tmp_p
 
 def test_more_workers_than_partitions_is_refused_with_the_fix(settings, tmp_path):
     with pytest.raises(RunError, match="raise the partitions or lower --workers"):
-        start_workers(settings.replace(workers=3), settings.broker, tmp_path, settings_env(settings))
+        start_workers(settings.replace(workers=3), tmp_path)
     assert not list(tmp_path.glob("worker*.log"))  # nothing was started

@@ -109,9 +109,8 @@ def test_model_server_outage_mid_run_loses_no_prompt(settings, tmp_path, data_di
     prompts = list(read_prompts(data_dir / "gsm8k" / "train_first1000.jsonl", limit=8))
     spec = objective("samples", [GeneratorSpec(backend="openai", model="m", base_url=server.base_url,
                                                max_tokens=16)])
-    settings = settings.replace(max_inflight=1, allowed_endpoints=server.base_url)
-    env = {**settings_env(settings), "PREFSTREAM_MAX_INFLIGHT": "1", "PREFSTREAM_BREAKER_THRESHOLD": "2",
-           "PREFSTREAM_BREAKER_COOLDOWN_S": "1", "PREFSTREAM_RETRIES": "3"}
+    settings = settings.replace(max_inflight=1, allowed_endpoints=server.base_url, breaker_threshold=2,
+                                breaker_cooldown_s=1.0, retries=3)  # handed whole to the workers
     outage = {}
 
     def take_server_away():
@@ -135,7 +134,7 @@ def test_model_server_outage_mid_run_loses_no_prompt(settings, tmp_path, data_di
     t = threading.Thread(target=take_server_away, daemon=True)
     t.start()
     try:
-        summary = run(settings, prompts, spec, tmp_path / "out", env=env, progress=False)
+        summary = run(settings, prompts, spec, tmp_path / "out", progress=False)
     finally:
         t.join(200)
         server.stop()
