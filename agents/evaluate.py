@@ -30,6 +30,7 @@ from agents.evaluators.base import Evaluator
 from agents.evaluators.bias import BiasGauges, family
 from agents.trajectory import parse_action, step_of
 from schemas import Candidate, CandidateSet, Judged, JudgedSet, ObjectiveSpec, Score
+from schemas.judgments import judged_id
 from streams.runtime import Emit, Rejected
 
 logger = logging.getLogger(__name__)
@@ -122,8 +123,9 @@ async def process(cset: CandidateSet, evaluators: Mapping[str, Evaluator]) -> li
     for cand, scores, (verified, score) in zip(cset.candidates, per_candidate, aggregate_set(per_candidate, spec)):
         same = writer_family(cand, by_id) in judges if judges else None
         judged.append(Judged(candidate=cand, scores=scores, verified=verified, score=score, same_family=same))
-    out = JudgedSet(id="j-" + cset.id.removeprefix("s-"), prompt=cset.prompt, objective=cset.objective,
-                    judged=judged, created_at=time.time())
+    out = JudgedSet(id=judged_id(cset.id), prompt=cset.prompt, objective=cset.objective,
+                    judged=judged, created_at=time.time(),
+                    rejudged_from=judged_id(cset.rejudged_from) if cset.rejudged_from else None)
     return [Emit("judgments", cset.prompt.id, out)]
 
 
