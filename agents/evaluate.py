@@ -130,7 +130,7 @@ async def process(cset: CandidateSet, evaluators: Mapping[str, Evaluator]) -> li
 
 
 def bind(app, ctx) -> None:
-    """The faust agent: candidates → judgments (and the bias gauges)."""
+    """The faust agent: candidates → judgments (and the bias gauges); and the ``relabel`` stage."""
     gauges = BiasGauges(ctx.metrics.registry)
 
     async def handler(cset: CandidateSet) -> list[Emit]:
@@ -141,3 +141,6 @@ def bind(app, ctx) -> None:
         return emits
 
     ctx.agent(app, "evaluate", ctx.topics.candidates, handler, concurrency=ctx.settings.max_inflight)
+    from agents import relabel
+
+    relabel.bind(app, ctx)  # late human labels re-score judged sets (feedback → labels + judgments)
