@@ -68,9 +68,11 @@ def source_topics(tmp_path_factory) -> dict[str, str]:
     out = {}
     for agent in AGENTS:
         app = build_app(s, (agent,))
-        [runner] = app._extra_services  # the batch runtime: the stage's StageRunner
+        # the batch runtime: the stage's StageRunner (evaluate also binds the `relabel` stage)
+        [runner] = [r for r in app._extra_services if r.stage.name == agent]
         out[agent] = runner.stage.source.name.removeprefix(s.namespace + ".")
-        [(_, a)] = build_app(s.replace(runtime="faust"), (agent,)).agents.items()  # the faust runtime agrees
+        [a] = [a for name, a in build_app(s.replace(runtime="faust"), (agent,)).agents.items()
+               if name == f"prefstream.{agent}"]  # the faust runtime agrees
         assert list(a.channel.topics) == [runner.stage.source.name]
     return out
 
