@@ -29,7 +29,7 @@ import msgspec
 from agents.evaluators import aggregate_set
 from agents.evaluators.human import candidate_keys, label_values
 from agents.instantiate import instantiate_steps
-from schemas import Feedback, Judged, JudgedSet, RecordRef, Score, stable_id
+from schemas import Feedback, JudgedSet, RecordRef, Score, stable_id
 from schemas.objectives import MAX_LATE_LABEL_DAYS
 from streams.runtime import Emit
 
