@@ -29,12 +29,13 @@ from typing import Mapping
 import msgspec
 
 from agents.dedup import DedupIndex, Embedder, prompt_text
-from agents.pii import scrub
+from agents.pii import phone_regions, scrub
 from agents.utility import REPLAY_MEMORY, Budget, Clusters, FamilyUtility, follow, tags_family
 from schemas import Curated, ObjectiveSpec, Outcome, Prompt
 from schemas.objectives import UtilitySpec
 from streams.runtime import Blocked, Emit, Rejected
 from streams.series import Counter as Counter_
+from streams.settings import SettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -117,20 +118,21 @@ def route(prompt: Prompt, objectives: Mapping[str, ObjectiveSpec], default: str)
     return out
 
 
-def scrub_prompt(prompt: Prompt, kinds: list[str]) -> tuple[Prompt, dict[str, int]]:
+def scrub_prompt(prompt: Prompt, kinds: list[str], regions: tuple[str, ...] = ()) -> tuple[Prompt, dict[str, int]]:
     """The prompt with personal data and secrets replaced in every message (and in a
-    captured production response), and the counts per kind."""
+    captured production response), and the counts per kind; ``regions``: the ISO regions
+    whose national phone numbers are found too."""
     if not kinds:
         return prompt, {}
     total: Counter = Counter()
     messages = []
     for m in prompt.messages:
-        text, found = scrub(m.content or "", kinds)
+        text, found = scrub(m.content or "", kinds, regions)
         total += found
         messages.append(msgspec.structs.replace(m, content=text) if found else m)
     meta = prompt.metadata
     if isinstance(meta.get("production_response"), str):
-        text, found = scrub(meta["production_response"], kinds)
+        text, found = scrub(meta["production_response"], kinds, regions)
         total += found
         meta = {**meta, "production_response": text}
     if not total:
@@ -216,10 +218,11 @@ def screen(prompt: Prompt, spec: ObjectiveSpec, state: CurateState | None) -> tu
 
 
 def process(prompt: Prompt, objectives: Mapping[str, ObjectiveSpec], default: str,
-            state: CurateState | None = None) -> list[Emit]:
+            state: CurateState | None = None, regions: tuple[str, ...] = ()) -> list[Emit]:
     """One ``Curated`` per objective the prompt goes to, each carrying the spec live now and
-    the prompt scrubbed as that objective asks; with ``state``, a ``dropped`` outcome instead
-    for an objective that takes it as a duplicate or over its low-utility budget."""
+    the prompt scrubbed as that objective asks (``regions``: the operator's phone regions,
+    ``pii_phone_regions``); with ``state``, a ``dropped`` outcome instead for an objective
+    that takes it as a duplicate or over its low-utility budget."""
     validate(prompt, trajectory_ok=True)
     specs = route(prompt, objectives, default)
     if prompt.messages[-1].role == "assistant" and not all(s.synthesis.branch != "off" for s in specs):
@@ -227,7 +230,7 @@ def process(prompt: Prompt, objectives: Mapping[str, ObjectiveSpec], default: st
     now = time.time()
     out = []
     for spec in specs:
-        clean, counts = scrub_prompt(prompt, list(spec.curation.pii))
+        clean, counts = scrub_prompt(prompt, list(spec.curation.pii), regions)
         clean, dropped = screen(clean, spec, state)
         if dropped is not None:
             out.append(Emit("outcomes", prompt.id, dropped))
@@ -241,6 +244,10 @@ def bind(app, ctx) -> None:
     and briefly for a named objective not yet published."""
 
     state = CurateState()
+    try:
+        regions = phone_regions(ctx.settings.pii_phone_regions)
+    except ValueError as e:
+        raise SettingsError(f"PREFSTREAM_PII_PHONE_REGIONS={ctx.settings.pii_phone_regions!r}: {e}") from None
 
     async def handler(prompt: Prompt) -> list[Emit]:
         registry, default = ctx.objectives, ctx.settings.default_objective
@@ -254,7 +261,7 @@ def bind(app, ctx) -> None:
             await registry.wait_for(name, ctx.settings.objective_wait_s)
         if not state.embedder.loaded and uses_embedder(registry.specs.values()):
             await asyncio.to_thread(state.embedder.load)  # once, off the event loop (not a thread hop per prompt)
-        emits = process(prompt, registry.specs, default, state)
+        emits = process(prompt, registry.specs, default, state, regions)
         for e in emits:
             if isinstance(e.value, Outcome):
                 dropped.labels(next(iter(e.value.counts), "other")).inc()

@@ -41,7 +41,8 @@ def run(n: int, workers: int, storage: str, guarantee: str, partitions: int, rat
             broker = stack.enter_context(EmbeddedBroker(log_path=tmp / "tansu.log"))
         model = stack.enter_context(EchoModel(tmp))
         settings = load({}, broker=broker.address, namespace="b" + uuid.uuid4().hex[:8], partitions=partitions,
-                        data_dir=str(tmp / "data"), metrics_port=0, processing_guarantee=guarantee)
+                        data_dir=str(tmp / "data"), metrics_port=0, processing_guarantee=guarantee,
+                        allowed_endpoints=model.base_url)
         topics = from_settings(settings)
         spec = math_objective("bench", GeneratorSpec(backend="openai", model="echo", base_url=model.base_url))
         asyncio.run(create_topics(settings, topics))

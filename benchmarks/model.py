@@ -119,12 +119,14 @@ async def candidate_tokens(settings, topics, ids: set[str]) -> tuple[int, set[in
 
 
 def pipeline(broker: str, base_url: str, measured: list[Prompt], conc: int, work: Path) -> tuple[int, float, set[int]]:
-    settings = load({}, broker=broker, namespace=f"benchmodel{conc}", partitions=4, max_inflight=conc)
+    settings = load({}, broker=broker, namespace=f"benchmodel{conc}", partitions=4, max_inflight=conc,
+                    allowed_endpoints=base_url)
     topics = from_settings(settings)
     spec = spec_for(base_url)
     asyncio.run(create_topics(settings, topics))
     asyncio.run(publish_objective(settings, topics, spec))
     env = {**os.environ, "PREFSTREAM_MAX_INFLIGHT": str(conc), "PREFSTREAM_PARTITIONS": "4",
+           "PREFSTREAM_ALLOWED_ENDPOINTS": base_url,
            "PREFSTREAM_METRICS_PORT": "0", "PREFSTREAM_LOG_LEVEL": "WARNING"}
     worker = start_worker(settings, broker, work / f"worker{conc}.log", env)
     try:

@@ -3,9 +3,10 @@ features and guard (repetition, refusal, injection), in µs of CPU per text over
 of GSM8K's 1,000 and IFEval's 541 prompts from ../shared/data, best of 5 passes. (The
 features score responses; prompts stand in for them as real text no one here wrote.)
 
-    python benchmarks/text.py [--quick] [--against REV]
+    python benchmarks/text.py [--quick] [--against REV] [--phone-regions US,GB,…]
 
-``--quick``: 3 passes. ``--against REV``: the same checks as of git revision REV too, passes
+``--quick``: 3 passes. ``--phone-regions``: the current scrub also finds the national phone
+numbers of these regions (``PREFSTREAM_PII_PHONE_REGIONS``; a revision before it has none). ``--against REV``: the same checks as of git revision REV too, passes
 taken in turn with the current ones (the machine's drift hits both alike). Last line: {"bench": "text", "us_per_text": {"gsm8k": {"scrub": …, …}, …}, …}
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agents.evaluators.heuristics import injection, refusal, repetition  # noqa: E402
-from agents.pii import scrub  # noqa: E402
+from agents.pii import phone_regions, scrub  # noqa: E402
 from benchmarks.stages import DATA  # noqa: E402
 from streams.inputs import read_prompts  # noqa: E402
 
@@ -33,17 +34,31 @@ CHECKS: dict[str, Callable[[str], object]] = {"scrub": scrub, "repetition": repe
 
 
 def checks_at(rev: str, tmp: Path) -> dict[str, Callable[[str], object]]:
-    """The checks as of git revision ``rev`` (their two modules loaded from it)."""
+    """The checks as of git revision ``rev`` (their modules loaded from it: agents/pii_net.py
+    too where ``rev`` has it, standing in for ``agents.pii_net`` while that pii.py loads)."""
     modules = {}
-    for name, path in (("pii", "agents/pii.py"), ("heuristics", "agents/evaluators/heuristics.py")):
-        source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{path}"], capture_output=True, text=True)
-        if source.returncode:
-            sys.exit(f"--against {rev}: cannot read {path} there ({source.stderr.strip()}); name a commit of this repository")
-        file = tmp / f"{name}_{rev.replace('/', '_')}.py"
-        file.write_text(source.stdout)
-        spec = importlib.util.spec_from_file_location(f"{name}_at_rev", file)
-        modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(modules[name])
+    own = ("pii_net", "agents/pii_net.py", False), ("pii", "agents/pii.py", True), \
+        ("heuristics", "agents/evaluators/heuristics.py", True)
+    saved = sys.modules.get("agents.pii_net")
+    try:
+        for name, path, required in own:
+            source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{path}"], capture_output=True, text=True)
+            if source.returncode and not required:
+                continue
+            if source.returncode:
+                sys.exit(f"--against {rev}: cannot read {path} there ({source.stderr.strip()}); name a commit of this repository")
+            file = tmp / f"{name}_{rev.replace('/', '_')}.py"
+            file.write_text(source.stdout)
+            spec = importlib.util.spec_from_file_location(f"{name}_at_rev", file)
+            modules[name] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(modules[name])
+            if name == "pii_net":
+                sys.modules["agents.pii_net"] = modules[name]
+    finally:
+        if saved is not None:
+            sys.modules["agents.pii_net"] = saved
+        else:
+            sys.modules.pop("agents.pii_net", None)
     h = modules["heuristics"]
     return {"scrub": modules["pii"].scrub, "repetition": h.repetition, "refusal": h.refusal, "injection": h.injection}
 
@@ -64,7 +79,7 @@ def best_us(variants: list[Callable[[str], object]], texts: list[str], passes: i
 def found(name: str, texts: list[str]) -> int:
     """How many texts the check flags (scrub: findings), so a faster check is seen to find the same."""
     if name == "scrub":
-        return sum(sum(scrub(t)[1].values()) for t in texts)
+        return sum(sum(CHECKS["scrub"](t)[1].values()) for t in texts)
     if name == "repetition":
         return sum(1 for t in texts if repetition(t) > 0)
     return sum(1 for t in texts if CHECKS[name](t))
@@ -74,7 +89,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="3 passes instead of 5")
     ap.add_argument("--against", metavar="REV", help="also time the checks as of this git revision")
+    ap.add_argument("--phone-regions", default="", metavar="LIST", help="ISO regions for the current scrub")
     args = ap.parse_args()
+    if args.phone_regions:
+        regions = phone_regions(args.phone_regions)
+        CHECKS["scrub"] = lambda text: scrub(text, phone_regions=regions)
     passes = 3 if args.quick else 5
     us, hits, before = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,7 +111,8 @@ def main() -> None:
             print(f"{data:<8}{len(texts):>7}" + "".join(f"{us[data][name]:>16.1f}" for name in CHECKS))
             if old:
                 print(f"{'  at ' + args.against[:10]:<15}" + "".join(f"{before[data][name]:>16.1f}" for name in CHECKS))
-    result = {"bench": "text", "us_per_text": us, "flagged": hits, "passes": passes}
+    result = {"bench": "text", "us_per_text": us, "flagged": hits, "passes": passes,
+              "phone_regions": args.phone_regions}
     if old:
         result["against"] = {"rev": args.against, "us_per_text": before}
     print(json.dumps(result))

@@ -62,12 +62,16 @@ class Context:
     settings: Settings
     topics: Topics
     metrics: Metrics
-    objectives: ObjectiveRegistry = field(default_factory=ObjectiveRegistry)
+    objectives: ObjectiveRegistry = None  # type: ignore[assignment]  # made from settings
     backends: Any = None
     evaluators: Any = None
     channels: dict[str, faust.TopicT] = field(default_factory=dict)
     health: Any = None  # streams.health.Health: the stages blocked by their environment
     outbox: Any = None  # the batch runtime's (streams.outbox.Outbox), made with the first stage
+
+    def __post_init__(self) -> None:
+        if self.objectives is None:
+            self.objectives = ObjectiveRegistry(self.settings)
 
     def agent(self, app: faust.App, name: str, source: Topic, handler, concurrency: int = 1) -> None:
         """Bind ``handler`` on ``source``: a faust agent taking one event at a time (the

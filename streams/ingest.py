@@ -3,115 +3,59 @@
 Routes (``/v1/*`` need ``Authorization: Bearer KEY`` when keys are configured):
 
 - ``POST /v1/prompts`` — one prompt (a JSON object), a batch (a JSON array, or JSON lines),
-  in the line formats ``prefstream submit`` reads (``streams.inputs.parse_line``);
-  ``?objective=NAME`` routes all of them. Answers ``{"ids": [...]}`` once the broker has them.
+  in the line formats ``prefstream submit`` reads (``streams.inputs.parse_line``), with the
+  fields ``streams.ingest_items`` lists (no ``id``, no production responses, verification only
+  from keys allowed it); ``?objective=NAME`` routes all of them. Answers ``{"ids": [...]}`` once
+  the broker has them.
   **Batches are all-or-nothing**: every item is validated first; if any is bad, the answer is
   422 with ``errors: [{"index": i, "reason": ...}]`` for each bad item (counted from 0, blank
   JSON lines skipped) and nothing is published, so a client fixes the batch and resends it
-  whole. Ids are content-derived, so a resend after a timeout publishes the same ids again.
+  whole (at most 20 errors are listed, ``more_errors`` counts the rest). Ids are content-derived,
+  so a resend after a timeout publishes the same ids again.
 - ``POST /v1/feedback`` — human labels (``schemas.Feedback``), same body shapes and the same
-  all-or-nothing rule; the server fills ``user`` (the key's hash), ``created_at`` and ``id``.
+  all-or-nothing rule; the server sets ``user`` (the key's hash), ``created_at`` and ``id`` (a
+  client sending them is refused). A key's newer label of a candidate replaces its older one.
 - With an upstream: ``POST /v1/chat/completions`` (streaming and not) and ``GET /v1/models``
-  are forwarded unchanged (the caller's key is never forwarded; ``PREFSTREAM_OPENAI_API_KEY``,
-  if set, authenticates to the upstream). A sampled request (``ingest_capture_rate``) is
-  captured after its response as a ``Prompt`` (source ``proxy``, tags ``route:…``/``model:…``,
-  the key's hash, the production response in ``metadata``) and its prompt id is returned in the
-  ``x-prefstream-prompt-id`` header so feedback can name it. Capture never delays or breaks
+  are forwarded unchanged (the caller's key is never forwarded; ``PREFSTREAM_OPENAI_API_KEY``
+  authenticates to the upstream where it is ``PREFSTREAM_OPENAI_BASE_URL``'s origin). A sampled
+  request (``ingest_capture_rate``) is captured after its response as a ``Prompt`` (source
+  ``proxy``, tags ``route:…``/``model:…``, the key's hash, the production response in
+  ``metadata``) and its prompt id is returned in the ``x-prefstream-prompt-id`` header so
+  feedback can name it. Capture never delays or breaks
   the request (``streams.proxy``, ``streams.capture``).
 - ``GET /healthz``, ``GET /metrics`` (open, the app's own registry).
 
-Limits: body over ``ingest_max_bytes`` → 413 (declared or actual size); missing or wrong key →
-401; over ``ingest_rate_limit`` requests/s per key → 429; CORS is off (no CORS headers).
+Limits: body over ``ingest_max_bytes`` → 413 (declared or actual size), over ``ingest_max_items``
+items → 413; body not in within ``ingest_body_timeout_s`` → 408 (headers: ``streams.serving``);
+missing or wrong key → 401, and past ``ingest_auth_fail_rate`` failures per client address → 429
+for that address; over ``ingest_rate_limit`` items/s per key → 429 (a batch may overdraw the
+bucket; the key's next requests wait until it is repaid); malformed bodies → 4xx with a short
+reason; CORS is off (no CORS headers).
 """
 from __future__ import annotations
 
 import asyncio
 import gc
 import logging
-import time
 from contextlib import asynccontextmanager
-from typing import Any, Callable
+from typing import Callable
 
-import msgspec
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
-from schemas import Feedback, Prompt
-from schemas.feedback import feedback_id
 from streams.admin import create_topics
 from streams.admission import Gate
 from streams.capture import CAPTURE_LINGER_MS, BrokerUnavailable, Capture, Publisher
-from streams.inputs import parse_line
+from streams.ingest_items import TooMany, parse_feedback, parse_prompts, refusal
 from streams.proxy import Proxy
 from streams.settings import Settings
 from streams.topics import from_settings
 
 logger = logging.getLogger(__name__)
 
-def split_items(body: bytes) -> list[tuple[int, Any, str | None]]:
-    """(index, item, error) for each item of a JSON object, JSON array or JSON-lines body."""
-    try:
-        doc = msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        lines = [ln for ln in body.splitlines() if ln.strip()]
-        if len(lines) < 2:
-            return [(0, None, "body is not valid JSON (expected an object, an array or JSON lines)")]
-        out = []
-        for i, line in enumerate(lines):
-            try:
-                out.append((i, msgspec.json.decode(line), None))
-            except msgspec.DecodeError as exc:
-                out.append((i, None, f"invalid JSON: {exc}"))
-        return out
-    items = doc if isinstance(doc, list) else [doc]
-    return [(i, item, None) for i, item in enumerate(items)]
-
-
-def _reason(exc: Exception) -> str:
-    return f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
-
-
-def parse_prompts(body: bytes, key: str, objective: str | None = None) -> tuple[list[Prompt], list[dict]]:
-    """All prompts of the body, or the errors of every bad item (all-or-nothing)."""
-    prompts, errors, now = [], [], time.time()
-    for i, item, err in split_items(body):
-        try:
-            if err:
-                raise ValueError(err)
-            p = parse_line(item)
-        except (ValueError, KeyError, TypeError, msgspec.ValidationError) as exc:
-            errors.append({"index": i, "reason": _reason(exc)})
-            continue
-        prompts.append(msgspec.structs.replace(
-            p, objective=objective or p.objective, metadata={**p.metadata, "key_hash": key},
-            created_at=p.created_at or now))
-    return prompts, errors
-
-
-def parse_feedback(body: bytes, key: str) -> tuple[list[Feedback], list[dict]]:
-    labels, errors, now = [], [], time.time()
-    for i, item, err in split_items(body):
-        try:
-            if err:
-                raise ValueError(err)
-            if not isinstance(item, dict):
-                raise ValueError(f"expected a JSON object, got {type(item).__name__}")
-            fb = msgspec.convert({**item, "id": item.get("id") or "-", "user": key, "created_at": now}, Feedback)
-        except (ValueError, TypeError, msgspec.ValidationError) as exc:
-            errors.append({"index": i, "reason": _reason(exc)})
-            continue
-        if fb.id == "-":
-            fb = msgspec.structs.replace(fb, id=feedback_id(fb.prompt_id, fb.kind, fb.value, fb.candidate_id,
-                                                            fb.response_id, fb.other_id, fb.user))
-        labels.append(fb)
-    return labels, errors
-
-
 def _refused(items: int, errors: list[dict]) -> JSONResponse:
-    detail = (f"{len(errors)} of {items} items are invalid; nothing was published (batches are "
-              f"all-or-nothing)") if items else "the body holds no items"
-    return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
+    return JSONResponse(refusal(items, errors), status_code=422)
 
 
 ROUTES = ("/v1/prompts", "/v1/feedback", "/v1/chat/completions", "/v1/models", "/healthz", "/metrics")
@@ -191,7 +135,7 @@ class Ingest:
         return {"ids": [r.id for r in records]}
 
     def health(self) -> dict:
-        return {"status": "ok", "upstream": self.proxy.base if self.proxy else None,
+        return {"status": "ok", "upstream": self.proxy.shown if self.proxy else None,
                 "broker_connected": self.publisher.connected or self.capture_publisher.connected,
                 "capture_queue": self.capture.queue.qsize()}
 
@@ -205,10 +149,17 @@ def build_app(settings: Settings, upstream: str | None = None, registry: Collect
 
     # handlers take the bare Request and call authorize() themselves (FastAPI would run it, a
     # sync dependency, in a worker thread)
+    max_items = settings.ingest_max_items
+
     @app.post("/v1/prompts")
     async def post_prompts(request: Request):
         key = ing.gate.authorize(request)
-        prompts, errors = parse_prompts(await ing.gate.body(request), key, request.query_params.get("objective"))
+        body, objective = await ing.gate.body(request), request.query_params.get("objective")
+        try:
+            prompts, errors = parse_prompts(body, key, objective, ing.gate.may_verify(key), max_items)
+        except TooMany as exc:
+            return JSONResponse({"detail": str(exc)}, 413)
+        ing.gate.charge(key, len(prompts) + len(errors))
         if errors or not prompts:
             return _refused(len(prompts) + len(errors), errors)
         return await ing.publish(ing.topics.prompts, prompts, lambda p: p.id)
@@ -216,7 +167,11 @@ def build_app(settings: Settings, upstream: str | None = None, registry: Collect
     @app.post("/v1/feedback")
     async def post_feedback(request: Request):
         key = ing.gate.authorize(request)
-        labels, errors = parse_feedback(await ing.gate.body(request), key)
+        try:
+            labels, errors = parse_feedback(await ing.gate.body(request), key, max_items)
+        except TooMany as exc:
+            return JSONResponse({"detail": str(exc)}, 413)
+        ing.gate.charge(key, len(labels) + len(errors))
         if errors or not labels:
             return _refused(len(labels) + len(errors), errors)
         return await ing.publish(ing.topics.feedback, labels, lambda f: f.prompt_id)

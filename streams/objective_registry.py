@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from schemas import ObjectiveSpec
+from streams import endpoints
 from streams.objectives import IDLE_POLLS, caught_up, problems
 from streams.settings import Settings
 from streams.topics import Topics
@@ -16,10 +17,14 @@ logger = logging.getLogger(__name__)
 class ObjectiveRegistry:
     """name → newest valid ObjectiveSpec, kept current by a background reader.
 
+    Valid by this worker's ``settings``: a spec naming a model server they do not allow is
+    ignored (logged with the reason) and the previous version stays live.
+
     ``ready`` is set once the reader has caught up with the topic as it was when it
     started, so a worker started after several versions never acts on an old one."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings  # the worker's: decides which model servers a spec may name
         self.specs: dict[str, ObjectiveSpec] = {}
         self.ready = asyncio.Event()
         self._changed = asyncio.Condition()
@@ -30,6 +35,8 @@ class ObjectiveRegistry:
     async def update(self, spec: ObjectiveSpec) -> None:
         old = self.specs.get(spec.name)
         found = problems(spec)
+        if self.settings is not None:
+            found += endpoints.problems(spec, self.settings)
         if found:
             logger.error("objective %s ignored, %s stays live: %s", spec.ref, old.ref if old else "nothing",
                          "; ".join(found))

@@ -36,14 +36,33 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 IDLE_POLLS = 4  # empty 0.5 s polls after which a reader takes a topic as read to its end
 
 
+# an objective is a few KB of YAML; the cap bounds what parsing one may cost
+MAX_OBJECTIVE_BYTES = 256 * 1024
+
+
 class ObjectiveError(ValueError):
     pass
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without anchors and aliases (``&a``/``*a``): an objective never needs them, and a few
+    hundred bytes of nested aliases expand to gigabytes (a "billion laughs")."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise yaml.YAMLError(f"YAML anchors and aliases (&, *) are not allowed in an objective "
+                                 f"(line {event.start_mark.line + 1}); write the values out")
+        return super().compose_node(parent, index)
+
+
 def parse_objective(text: str, origin: str = "objective") -> ObjectiveSpec:
     """An objective from YAML text; ``origin`` names it in errors."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_OBJECTIVE_BYTES:
+        raise ObjectiveError(f"{origin}: {size} bytes is over the {MAX_OBJECTIVE_BYTES}-byte limit for an objective")
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as e:
         raise ObjectiveError(f"{origin}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
@@ -60,7 +79,14 @@ def load_objective(path: str | Path | None = None) -> ObjectiveSpec:
     path = Path(path) if path else DEFAULT_OBJECTIVE
     if not path.is_file():
         raise ObjectiveError(f"objective file {path} does not exist; see `prefstream objective template`")
-    return parse_objective(path.read_text(), str(path))
+    if path.stat().st_size > MAX_OBJECTIVE_BYTES:
+        raise ObjectiveError(f"{path}: {path.stat().st_size} bytes is over the {MAX_OBJECTIVE_BYTES}-byte "
+                             "limit for an objective")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ObjectiveError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    return parse_objective(text, str(path))
 
 
 def to_yaml(spec: ObjectiveSpec) -> str:
@@ -101,7 +127,8 @@ def changed_fields(old: ObjectiveSpec, new: ObjectiveSpec) -> list[str]:
 
 def problems(spec: ObjectiveSpec, settings: Settings | None = None) -> list[str]:
     """Why ``spec`` cannot run, or ``[]``. With ``settings``, also that every model backend
-    it names is configured (an ``openai`` model needs a server URL)."""
+    it names is configured (an ``openai`` model needs a server URL) and that every server it
+    names is allowed (``streams.endpoints``)."""
     try:  # a spec built in code skipped msgspec's checks of names and types
         msgspec.convert(msgspec.to_builtins(spec), ObjectiveSpec)
     except msgspec.ValidationError as e:
@@ -140,6 +167,12 @@ def _over_maxima(spec: ObjectiveSpec, settings: Settings) -> list[str]:
 
 
 def _unconfigured(spec: ObjectiveSpec, settings: Settings) -> list[str]:
+    from streams import endpoints
+
+    return _no_server(spec, settings) + endpoints.problems(spec, settings)
+
+
+def _no_server(spec: ObjectiveSpec, settings: Settings) -> list[str]:
     models = [(f"synthesis.generators[{i}]", g) for i, g in enumerate(spec.synthesis.generators)]
     if any(e.name == "judge" for e in spec.evaluation.evaluators):
         models.append(("evaluation.judge", spec.evaluation.judge))

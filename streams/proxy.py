@@ -12,6 +12,7 @@ import logging
 import random
 import time
 import uuid
+from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
@@ -19,6 +20,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from starlette.responses import Response, StreamingResponse
 
 from streams.capture import Capture, Captured
+from streams.endpoints import Endpoints, redact
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -76,9 +78,11 @@ class Proxy:
     def __init__(self, base: str, settings: Settings, capture: Capture, registry: CollectorRegistry) -> None:
         self.base = base.rstrip("/").removesuffix("/v1")
         self.capture, self.rate, self.timeout_s = capture, settings.ingest_capture_rate, settings.request_timeout_s
+        self.shown = redact(self.base)  # for answers and logs: never a password in the URL
         self.headers = {"Content-Type": "application/json"}
-        if settings.openai_api_key:
-            self.headers["Authorization"] = f"Bearer {settings.openai_api_key}"
+        key = Endpoints(settings).key_for(self.base)  # only to the origin the key is configured for
+        if key:
+            self.headers["Authorization"] = f"Bearer {key}"
         self.session: aiohttp.ClientSession | None = None
         self.upstream_seconds = Histogram(
             "prefstream_proxy_upstream_seconds", "Upstream time to response headers", ["route"], registry=registry,
@@ -147,6 +151,9 @@ class Proxy:
             self.capture.offer(item)
 
     def _unreachable(self, exc: BaseException) -> Response:
-        msg = f"upstream {self.base} unreachable: {type(exc).__name__}: {exc}"
+        msg = f"upstream {self.shown} unreachable: {type(exc).__name__}: {exc}"
+        password = urlsplit(self.base).password
+        if password:
+            msg = msg.replace(password, "***")
         body = msgspec.json.encode({"error": {"message": msg, "type": "upstream_unreachable"}})
         return Response(body, 502, media_type="application/json")

@@ -46,10 +46,17 @@ class Settings:
     ssl_keyfile_password: str | None = field(default=None, repr=False)
     # models
     model_path: str | None = None  # GGUF for the llamacpp backend; None = bundled Gemma 3 270M
+    # the one directory whose GGUF files an objective may name as a llamacpp model (`model:
+    # x.gguf`); unset: objectives name no model files (the bundled model or model_path only)
+    model_dir: str | None = None
     llamacpp_threads: int = 1
     llamacpp_ctx: int = 2048
     openai_base_url: str | None = None
-    openai_api_key: str | None = field(default=None, repr=False)
+    openai_api_key: str | None = field(default=None, repr=False)  # sent only to openai_base_url's origin
+    # model servers an objective may name (generators, judge, reward): comma-separated origins,
+    # e.g. "http://gpu-a:8000,http://rm:8000"; openai_base_url's origin is always allowed. The
+    # API key is never sent to them (streams.endpoints).
+    allowed_endpoints: str | None = None
     request_timeout_s: float = 120.0
     retries: int = 3
     backoff_s: float = 0.5
@@ -78,6 +85,9 @@ class Settings:
     code_max_cpu_s: int = 30
     code_max_memory_mb: int = 1024
     code_max_nproc: int = 64
+    # curate's PII scrubbing finds + prefixed phone numbers and those written as phone numbers;
+    # national numbers (05321234567, 13812345678) only for these comma-separated ISO regions
+    pii_phone_regions: str = ""  # e.g. "US,GB,DE,TR,PH,CN"; each adds libphonenumber's cost (docs/pii.md)
     # worker process
     workers: int = 1  # worker processes `prefstream run` / `up` start in one group, each with every agent
     web_port: int = 0  # faust's web server (bound to 127.0.0.1); 0 = a free port
@@ -90,7 +100,14 @@ class Settings:
     ingest_keys: str | None = field(default=None, repr=False)  # comma-separated API keys
     ingest_keys_file: str | None = None  # a file of API keys, one a line
     ingest_max_bytes: int = 1 << 20  # request body limit (413 above it)
-    ingest_rate_limit: float = 100.0  # requests per second per key (burst the same); 0 = off
+    ingest_rate_limit: float = 100.0  # items (prompts, labels, proxied requests) per second per key; 0 = off
+    ingest_max_items: int = 1000  # items in one request (413 above it)
+    ingest_auth_fail_rate: float = 1.0  # failed authentications per second per client address (burst 10)
+    ingest_header_timeout_s: float = 10.0  # a request's headers must arrive within this (then the connection closes)
+    ingest_body_timeout_s: float = 30.0  # and its body within this (408)
+    # keys allowed to send `verification` (reference answers, tests, schemas, patterns) with
+    # prompts: comma-separated; any other key's prompt carrying one is refused
+    ingest_verification_keys: str | None = field(default=None, repr=False)
     ingest_capture_rate: float = 1.0  # share of proxied requests captured as prompts
     ingest_capture_queue: int = 1000  # captures waiting for the broker; more are dropped
     # delivery: "at_least_once" (any broker; deterministic ids make the sinks idempotent) or

@@ -2,9 +2,12 @@
 topic namespace per test, and worker processes that are always stopped."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -37,10 +40,20 @@ def settings(broker, namespace, tmp_path) -> Settings:
                 objective_wait_s=20.0, metrics_port=0)
 
 
+def get_json(url: str) -> tuple[int, dict]:
+    """GET ``url``: (status, JSON body), for 4xx/5xx too (a worker's /readyz answers 503)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
 def settings_env(s: Settings) -> dict[str, str]:
     return {**os.environ, "PREFSTREAM_BROKER": s.broker, "PREFSTREAM_NAMESPACE": s.namespace,
             "PREFSTREAM_PARTITIONS": str(s.partitions), "PREFSTREAM_DATA_DIR": s.data_dir,
-            "PREFSTREAM_METRICS_PORT": str(s.metrics_port), "PYTHONUNBUFFERED": "1"}
+            "PREFSTREAM_METRICS_PORT": str(s.metrics_port), "PYTHONUNBUFFERED": "1",
+            "PREFSTREAM_ALLOWED_ENDPOINTS": s.allowed_endpoints or ""}
 
 
 class Workers:

@@ -9,6 +9,7 @@ import logging
 from typing import Protocol
 
 from agents.backends.base import BackendError, Generator
+from streams.endpoints import EndpointError, Endpoints, model_file
 from streams.runtime import Blocked
 from streams.settings import Settings
 
@@ -26,6 +27,7 @@ class Backends:
         self._settings = settings
         self._metrics = metrics  # streams.metrics.Metrics: each generator is wrapped to record calls
         self._cache: dict[tuple[str, str, str | None], Generator] = {}
+        self._endpoints = Endpoints(settings)
 
     def get(self, spec: ModelSpec) -> Generator:
         """The generator for ``spec``, built on first use. Building a llamacpp or vllm
@@ -55,20 +57,29 @@ class Backends:
             raise Blocked("environment", f"the openai backend for model {spec.model!r} has no server URL",
                           "set PREFSTREAM_OPENAI_BASE_URL (e.g. http://127.0.0.1:8000/v1) or base_url in the "
                           "objective's spec")
-        return url
+        try:  # the objective was checked when it went live; this is the last line
+            return self._endpoints.check(url, f"model {spec.model!r}")
+        except EndpointError as e:
+            raise BackendError(str(e), retryable=False) from None
 
     def _build(self, backend: str, model: str, base_url: str | None) -> Generator:
         s = self._settings
         if backend == "llamacpp":
             from agents.backends.llamacpp import LlamaCppGenerator
 
-            path = model if model.endswith(".gguf") else None
+            path = None
+            if model.endswith(".gguf"):  # a file the objective names: only inside PREFSTREAM_MODEL_DIR
+                try:
+                    path = str(model_file(model, s))
+                except EndpointError as e:
+                    raise BackendError(f"model {model!r} {e}", retryable=False) from None
             return LlamaCppGenerator(s, model_name=model, model_path=path)
         if backend == "openai":
             from agents.backends.openai import OpenAIGenerator
 
             assert base_url is not None
-            return OpenAIGenerator(s, model=model, base_url=base_url, api_key=s.openai_api_key)
+            # the key goes only to the server it was configured for
+            return OpenAIGenerator(s, model=model, base_url=base_url, api_key=self._endpoints.key_for(base_url))
         if backend == "echo":
             from agents.backends.echo import EchoGenerator
 

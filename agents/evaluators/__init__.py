@@ -37,7 +37,7 @@ def build_evaluators(backends: Any, settings: Any = None, feedback: Any = None) 
     settings = settings if settings is not None else getattr(backends, "_settings", None)
     evaluators: list[Evaluator] = [
         g("MathVerifier")(), g("IFEvalVerifier")(), g("CodeVerifier")(settings), g("JsonSchemaVerifier")(),
-        g("RegexVerifier")(), g("PointwiseJudge")(backends), g("PairwiseJudge")(backends), g("RewardModel")(),
+        g("RegexVerifier")(), g("PointwiseJudge")(backends), g("PairwiseJudge")(backends), g("RewardModel")(settings),
         g("HumanEvaluator")(feedback, settings=settings),
         g("LengthFeature")(), g("RepetitionFeature")(), g("RefusalFeature")(), g("InjectionGuard")(),
         g("OutcomeVerifier")(backends), g("ProcessVerifier")(),

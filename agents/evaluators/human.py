@@ -3,12 +3,13 @@ evaluator.
 
 ``FeedbackStore`` keeps, in memory and bounded, the labels seen per labelled id (a candidate
 id, or a production response id): at most ``max_ids`` ids (the least recently labelled are
-forgotten first) and ``max_labels`` labels per id (the newest kept). A label is counted once
-however often it is replayed (labels are keyed by ``Feedback.id``). ``follow()`` feeds it from
-the compacted ``labels`` topic (every label ever given, kept by ``agents.relabel``) and the
-``feedback`` topic, from the beginning, forever, like ``ObjectiveRegistry.follow``: a restarted
-worker has every label. A label that comes after its set was judged re-scores that set
-(``agents.relabel``).
+forgotten first) and ``max_labels`` labels per id (the newest kept). Each key (``Feedback.user``,
+the API key's hash) holds one label per id, its newest, so one key cannot outweigh or push out
+the labels of others by sending many; a label without a user is counted once per ``Feedback.id``
+however often it is replayed. ``follow()`` feeds it from the compacted ``labels`` topic (every
+label ever given, kept by ``agents.relabel``) and the ``feedback`` topic, from the beginning,
+forever, like ``ObjectiveRegistry.follow``: a restarted worker has every label. A label that
+comes after its set was judged re-scores that set (``agents.relabel``).
 
 What a label says about one id, in [0, 1]: ``thumbs`` 1/0; ``score`` its value; ``ab`` 1 to
 the chosen side and 0 to the other (0.5 each for a tie). ``HumanEvaluator`` scores a
@@ -52,10 +53,11 @@ class FeedbackStore:
         return len(self._labels)
 
     def add(self, fb: Feedback) -> None:
+        who = f"user:{fb.user}" if fb.user else fb.id  # one label per (key, labelled id): the newest
         for key, value in label_values(fb):
             labels = self._labels.pop(key, None) or OrderedDict()
-            labels.pop(fb.id, None)
-            labels[fb.id] = value
+            labels.pop(who, None)
+            labels[who] = value
             while len(labels) > self.max_labels:
                 labels.popitem(last=False)
             self._labels[key] = labels  # now the most recently labelled

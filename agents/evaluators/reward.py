@@ -40,6 +40,8 @@ import httpx
 from agents.evaluators.base import params_of
 from agents.evaluators.judge import request_text
 from schemas import Candidate, ObjectiveSpec, Prompt, Score
+from streams.endpoints import Endpoints
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +111,14 @@ def normalise(rewards: list[float], how: str, scale: float = 1.0) -> list[float]
 
 
 class RewardModel:
+    """``settings`` decides which servers ``params.base_url`` may name (``streams.endpoints``);
+    without settings none is allowed. No API key is ever sent."""
+
     name = "reward"
     kind = "reward"
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.endpoints = Endpoints(settings or Settings())
 
     def applies(self, prompt: Prompt) -> bool:
         return True
@@ -159,6 +167,9 @@ class RewardModel:
                     objective: ObjectiveSpec) -> list[Score]:
         p = params_of(objective, self.name)
         problems = check_params(p)
+        if not problems:
+            blocked = self.endpoints.problem(str(p["base_url"]), "reward params.base_url")
+            problems = [blocked] if blocked else []
         if problems:
             return [self._none("; ".join(problems)) for _ in candidates]
         try:

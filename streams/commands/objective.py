@@ -12,15 +12,18 @@ import time
 
 from streams.commands import CliError
 from streams.objectives import (DEFAULT_OBJECTIVE, HISTORY, Applied, apply, changed_fields, load_objective,
-                                read_all, read_store, rollback, to_yaml)
+                                read_all, read_store, rollback, to_yaml, validate)
 from streams.settings import load
 
 
-def _setup(args):
+def _setup(args, spec=None):
+    """Settings and topics; ``spec`` is validated against the settings before the broker is asked."""
     from streams.admin import create_topics
     from streams.topics import from_settings
 
     settings = load(config_file=getattr(args, "config", None))
+    if spec is not None:
+        validate(spec, settings)
     settings.brokers  # noqa: B018 - raises a SettingsError naming PREFSTREAM_BROKER when unset
     topics = from_settings(settings)
     asyncio.run(create_topics(settings, topics))
@@ -41,7 +44,7 @@ def _report(result: Applied) -> int:
 
 def cmd_apply(args) -> int:
     spec = load_objective(args.file)
-    settings, topics = _setup(args)
+    settings, topics = _setup(args, spec)
     return _report(asyncio.run(apply(settings, topics, spec, label=args.file, dry_run=args.dry_run)))
 
 

@@ -129,3 +129,10 @@ def test_worker_refuses_unknown_agent_names(settings, workers):
     proc = workers.start(settings, agents="bogus")
     assert proc.wait(60) != 0
     assert "unknown agents" in open(proc.log_path).read()
+
+
+def test_worker_refuses_an_unknown_phone_region_with_the_fix(settings, workers):
+    proc = workers.start(settings, agents="curate", PREFSTREAM_PII_PHONE_REGIONS="US,UK")
+    assert proc.wait(60) != 0
+    log = open(proc.log_path).read()
+    assert "PREFSTREAM_PII_PHONE_REGIONS" in log and "GB" in log, log[-2000:]

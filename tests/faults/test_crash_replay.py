@@ -250,7 +250,7 @@ def _rig(stack: ExitStack, tmp_path, workers, namespace, broker, model, name: st
     rig of ``n_workers`` workers; workers and tap are stopped before the broker goes (a worker
     stops fast while the broker is there)."""
     settings = load({}, broker=broker.address, namespace=namespace, partitions=2,
-                    data_dir=str(tmp_path / "data"), metrics_port=0)
+                    data_dir=str(tmp_path / "data"), metrics_port=0, allowed_endpoints=model.base_url)
     topics = from_settings(settings)
     spec = math_objective(name, GeneratorSpec(backend="openai", model="echo", base_url=model.base_url))
     prompts = math_prompts(n, spec.name)

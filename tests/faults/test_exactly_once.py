@@ -41,7 +41,7 @@ def prepare(tmp_path, namespace, broker, model, objective: str, n: int):
     """Exactly-once settings on ``broker``, the topics made, an echo math objective published,
     and ``n`` prompts for it (not yet sent)."""
     settings = load({}, broker=broker.address, namespace=namespace, partitions=2, data_dir=str(tmp_path / "data"),
-                    metrics_port=0, processing_guarantee="exactly_once")
+                    metrics_port=0, processing_guarantee="exactly_once", allowed_endpoints=model.base_url)
     topics = from_settings(settings)
     spec = math_objective(objective, GeneratorSpec(backend="openai", model="echo", base_url=model.base_url))
     asyncio.run(create_topics(settings, topics))

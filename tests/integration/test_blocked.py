@@ -10,8 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,7 +23,7 @@ from streams.admin import create_topics, producer, reader
 from streams.broker import free_port
 from streams.run import publish_objective
 from streams.topics import from_settings
-from tests.conftest import ROOT, settings_env
+from tests.conftest import ROOT, get_json, settings_env
 
 ECHO = ObjectiveSpec(name="default", version=1,
                      synthesis=SynthesisSpec(candidates=2, generators=[GeneratorSpec(backend="echo", model="echo")]),
@@ -78,14 +76,6 @@ def _status(settings) -> dict:
     return json.loads(out.stdout)
 
 
-def _get(url: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
 def _until(check, timeout: float = 90.0, every: float = 0.5):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -112,14 +102,14 @@ def test_a_worker_started_before_any_objective_waits_then_flows(settings, worker
     [entry] = _until(blocked)
     assert entry["stage"] == "curate" and entry["reason"] == "no_objective"
     assert "no objective published" in entry["detail"] and entry["fix"] == "prefstream objective apply FILE"
-    status, body = _get(f"http://127.0.0.1:{port}/readyz")
+    status, body = get_json(f"http://127.0.0.1:{port}/readyz")
     assert status == 503 and body["blocked"][0]["reason"] == "no_objective"
 
     asyncio.run(publish_objective(settings, topics, ECHO))
     seen = _read(settings, topics, ["outcomes", "deadletters"], lambda s: len(s["outcomes"]) >= len(prompts))
     assert sorted(o.prompt_id for o in seen["outcomes"]) == sorted(p.id for p in prompts)
     assert seen["deadletters"] == []
-    _until(lambda: _get(f"http://127.0.0.1:{port}/readyz")[0] == 200, timeout=30)
+    _until(lambda: get_json(f"http://127.0.0.1:{port}/readyz")[0] == 200, timeout=30)
     assert _until(lambda: not _status(settings)["stages"]["blocked"] or None, timeout=30)
 
 
@@ -158,6 +148,7 @@ def test_an_evaluator_failing_mid_run_then_recovering_loses_and_duplicates_nothi
         url = f"http://127.0.0.1:{server.server_address[1]}"
         spec = msgspec.structs.replace(ECHO, evaluation=EvaluationSpec(evaluators=[
             EvaluatorSpec(name="reward", params={"base_url": url, "retries": 0, "timeout_s": 5})]))
+        settings = settings.replace(allowed_endpoints=url)  # the operator allows this reward server
         topics = from_settings(settings)
         asyncio.run(create_topics(settings, topics))
         asyncio.run(publish_objective(settings, topics, spec))
@@ -247,7 +238,7 @@ def test_a_broken_model_file_stops_run_and_after_the_fix_every_prompt_is_process
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 2, run.stderr[-2000:]
     reason = "model_missing" if broken == "missing" else "model_load"
-    assert f"stage synthesize has been blocked" in run.stderr and reason in run.stderr
+    assert "stage synthesize has been blocked" in run.stderr and reason in run.stderr
     assert str(bad) in run.stderr and "Fix:" in run.stderr and "PREFSTREAM_MODEL_PATH" in run.stderr
     assert not (tmp_path / "out" / "summary.json").exists()
     topics = from_settings(settings)

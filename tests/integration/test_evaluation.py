@@ -138,6 +138,7 @@ def test_judges_through_the_broker_with_llama_cpp_openai_server(settings, worker
     server = dict(backend="openai", model="gemma-3-270m", base_url=llama_server + "/v1")
     chat = JudgeSpec(**server, prompting="chat", max_tokens=24)
     completion = JudgeSpec(**server, prompting="completion", max_tokens=4)
+    settings = settings.replace(allowed_endpoints=llama_server)  # the worker may call it
     (by_chat, by_completion), metrics = judge_through_broker(settings, workers, chat, completion)
     check_judged(by_chat, metrics)
     check_judged(by_completion, metrics)

@@ -15,6 +15,7 @@ import msgspec
 import pytest
 import uvicorn
 
+from streams import serving
 from streams.admin import reader
 from streams.admission import key_hash
 from streams.broker import EmbeddedBroker, free_port
@@ -34,8 +35,7 @@ def serve(settings, upstream: str | None = None, publish_timeout_s: float = 10.0
     """The ingest app on a free loopback port in a background thread; stopped on exit."""
     app = build_app(settings, upstream=upstream, publish_timeout_s=publish_timeout_s)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           access_log=False, lifespan="on"))
+    server = uvicorn.Server(serving.config(app, settings, "127.0.0.1", port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -83,7 +83,8 @@ def metric(base: str, name: str, label: str = "") -> float:
 # ---- the ingest API on a real broker -------------------------------------------------------
 
 def test_prompts_and_feedback_are_published_and_bad_batches_publish_nothing(settings):
-    s = settings.replace(ingest_keys=KEY, partitions=1)  # one partition: the topic keeps send order
+    # one partition: the topic keeps send order; the key may send reference answers (GSM8K's)
+    s = settings.replace(ingest_keys=KEY, partitions=1, ingest_verification_keys=KEY)
     tag = uuid.uuid4().hex[:8]
     with serve(s) as base:
         lines = [{"question": f"What is 2 + 2? {tag}", "answer": "2 + 2 = 4\n#### 4"},

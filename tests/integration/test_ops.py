@@ -290,6 +290,7 @@ def test_run_serves_metrics_while_it_runs(settings, tmp_path):
 def test_dead_letters_list_show_and_replay_after_the_fix(settings, workers):
     topics = from_settings(settings)
     asyncio.run(create_topics(settings, topics))
+    asyncio.run(publish_objective(settings, topics, OBJ))  # objectives exist, not the one the prompts name
     workers.start(settings, PREFSTREAM_OBJECTIVE_WAIT_S="1", PREFSTREAM_METRICS_PORT="0")
     late = [prompt(i, "0", objective="late") for i in range(3)]
 

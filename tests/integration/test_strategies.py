@@ -92,6 +92,7 @@ def test_pool_of_two_servers_records_which_model_wrote_each_side(settings, tmp_p
     try:
         gens = [GeneratorSpec(backend="openai", model="model-a", base_url=llama_server, max_tokens=24),
                 GeneratorSpec(backend="openai", model="model-b", base_url=second.base_url, max_tokens=24)]
+        settings = settings.replace(allowed_endpoints=f"{llama_server},{second.base_url}")
         summary, sets = go(settings, tmp_path, objective("pool", gens, candidates=4), gsm8k)
     finally:
         second.stop()
@@ -108,7 +109,7 @@ def test_model_server_outage_mid_run_loses_no_prompt(settings, tmp_path, data_di
     prompts = list(read_prompts(data_dir / "gsm8k" / "train_first1000.jsonl", limit=8))
     spec = objective("samples", [GeneratorSpec(backend="openai", model="m", base_url=server.base_url,
                                                max_tokens=16)])
-    settings = settings.replace(max_inflight=1)
+    settings = settings.replace(max_inflight=1, allowed_endpoints=server.base_url)
     env = {**settings_env(settings), "PREFSTREAM_MAX_INFLIGHT": "1", "PREFSTREAM_BREAKER_THRESHOLD": "2",
            "PREFSTREAM_BREAKER_COOLDOWN_S": "1", "PREFSTREAM_RETRIES": "3"}
     outage = {}

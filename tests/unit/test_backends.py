@@ -280,7 +280,7 @@ def test_fold_system_puts_system_text_into_the_first_user_turn():
 
 def test_registry_caches_openai_clients_per_model_and_url():
     async def go():
-        backends = Backends(Settings(openai_base_url="http://a:1/v1"))
+        backends = Backends(Settings(openai_base_url="http://a:1/v1", allowed_endpoints="http://b:2"))
         a = backends.get(GeneratorSpec(backend="openai", model="m"))
         assert backends.get(JudgeSpec(backend="openai", model="m")) is a
         assert a.base_url == "http://a:1"

@@ -59,3 +59,19 @@ def test_pii_is_scrubbed_per_objective_before_any_model_sees_it():
     assert e.value.scrubbed == {"email": 2, "card": 1}
     [raw] = curate.process(msgspec.structs.replace(p, objective="raw"), objs, "default")
     assert "jane@corp.io" in raw.value.prompt.messages[0].content and raw.value.scrubbed == {}
+
+
+def test_national_phone_numbers_are_scrubbed_for_the_operators_regions():
+    """``pii_phone_regions`` (Settings) reaches curate's scrubbing as a parsed region tuple."""
+    from agents.pii import phone_regions
+    from streams.settings import load
+
+    settings = load(env={"PREFSTREAM_PII_PHONE_REGIONS": "us, tr,CN"})
+    assert phone_regions(settings.pii_phone_regions) == ("US", "TR", "CN")
+    p = P(messages=[Message(role="user", content="Call 05321234567 or +1 415 555 0132")])
+    [e] = curate.process(p, OBJ, "default", regions=phone_regions(settings.pii_phone_regions))
+    assert e.value.prompt.messages[0].content == "Call [PHONE] or [PHONE]" and e.value.scrubbed == {"phone": 2}
+    [e] = curate.process(p, OBJ, "default")  # default: international numbers only
+    assert e.value.prompt.messages[0].content == "Call 05321234567 or [PHONE]"
+    with pytest.raises(ValueError, match="UK.*GB"):
+        phone_regions("US,UK")

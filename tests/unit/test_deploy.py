@@ -449,3 +449,42 @@ def test_podmonitor_selects_the_worker_pods_metrics_port():
         for c in d["spec"]["template"]["spec"]["containers"]:
             if c["args"][0] == "worker":
                 assert port in {p["name"] for p in c["ports"]}
+
+
+def test_kafka_acls_let_only_the_admin_write_the_objectives(tmp_path):
+    """deploy/kafka-acls.sh, run with a stand-in `kafka-acls.sh` that records its arguments:
+    every topic it names exists; the control topics are written by the ADMIN user alone (the
+    others are denied); the ingest user writes only prompts and feedback."""
+    import json as _json
+    import os
+    import subprocess
+
+    from streams.topics import ALL
+
+    log = tmp_path / "calls.jsonl"
+    stub = tmp_path / "kafka-acls.sh"
+    stub.write_text("#!/usr/bin/env python3\nimport json, sys\n"
+                    f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
+    stub.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "BOOTSTRAP": "k:9093", "CONFIG": "a.properties",
+           "NS": "ns", "ADMIN": "User:admin", "WORKER": "User:worker", "INGEST": "User:ingest", "TAP": "User:tap"}
+    subprocess.run(["bash", str(DEPLOY / "kafka-acls.sh")], env=env, check=True, timeout=60)
+    calls = [_json.loads(line) for line in log.read_text().splitlines()]
+    assert calls and all(c[:5] == ["--bootstrap-server", "k:9093", "--command-config", "a.properties", "--add"]
+                         for c in calls)
+    shorts = {t.short for t in ALL}
+    writers: dict[str, set[str]] = {}
+    denied: dict[str, set[str]] = {}
+    for args in calls:
+        opts = list(zip(args, args[1:]))
+        topics = [v for k, v in opts if k == "--topic"]
+        assert all(t == "ns." or t.removeprefix("ns.") in shorts for t in topics), topics
+        if ("--operation", "Write") in opts:
+            for t in topics:
+                writers.setdefault(t, set()).update(v for k, v in opts if k == "--allow-principal")
+                denied.setdefault(t, set()).update(v for k, v in opts if k == "--deny-principal")
+    for control in ("ns.objectives", "ns.objective-history"):
+        assert writers[control] == {"User:admin"}
+        assert denied[control] == {"User:worker", "User:ingest", "User:tap"}
+    assert {t for t, who in writers.items() if "User:ingest" in who} == {"ns.prompts", "ns.feedback"}
+    assert "ns.objectives" not in {t for t, who in writers.items() if "User:worker" in who}

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import json
-import logging
-import urllib.error
 import urllib.request
+import logging
 
 import pytest
 
@@ -19,6 +17,7 @@ from streams.health import Health, environmental
 from streams.metrics import Metrics
 from streams.runtime import Blocked, Emit, Raw, Rejected, Stage
 from streams.topics import Topics
+from tests.conftest import get_json
 
 
 @pytest.mark.parametrize("err, reason", [
@@ -108,27 +107,19 @@ def test_health_exports_the_reason_and_the_fix_and_clears_them():
     assert health.ready() and metrics.sample("prefstream_stage_blocked", stage="curate", reason="environment") == 0
 
 
-def _get(url: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
 def test_readiness_says_not_ready_while_a_stage_is_blocked():
     metrics = Metrics()
     health = Health(metrics.registry, worker="w:1")
     port = free_port()
     assert metrics.serve(port, "127.0.0.1", health)
     base = f"http://127.0.0.1:{port}"
-    assert _get(f"{base}/readyz") == (200, {"ready": True, "worker": "w:1", "blocked": []})
+    assert get_json(f"{base}/readyz") == (200, {"ready": True, "worker": "w:1", "blocked": []})
     health.block("synthesize", Blocked("model_missing", "the GGUF file /m.gguf does not exist", "set PREFSTREAM_MODEL_PATH"))
-    status, body = _get(f"{base}/readyz")
+    status, body = get_json(f"{base}/readyz")
     assert status == 503 and not body["ready"]
     assert body["blocked"][0]["reason"] == "model_missing" and body["blocked"][0]["fix"] == "set PREFSTREAM_MODEL_PATH"
-    assert _get(f"{base}/healthz")[0] == 200
+    assert get_json(f"{base}/healthz")[0] == 200
     with urllib.request.urlopen(f"{base}/metrics", timeout=5) as r:
         assert 'prefstream_stage_blocked{reason="model_missing",stage="synthesize"} 1.0' in r.read().decode()
     health.clear("synthesize")
-    assert _get(f"{base}/readyz")[0] == 200
+    assert get_json(f"{base}/readyz")[0] == 200

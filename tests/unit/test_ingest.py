@@ -29,7 +29,7 @@ def test_one_prompt_an_array_and_json_lines_are_accepted():
     many, errors = parse_prompts(b'[{"prompt": "a"}, {"messages": [{"role": "user", "content": "b"}]}]', KH)
     assert not errors and [p.source for p in many] == ["prompt", "chat"]
     lines = b'{"question": "1+1?", "answer": "two\\n#### 2"}\n\n{"prompt": "c"}\n'
-    many, errors = parse_prompts(lines, KH, objective="math")
+    many, errors = parse_prompts(lines, KH, objective="math", may_verify=True)
     assert not errors and [p.objective for p in many] == ["math", "math"]
     assert many[0].verification.answer == "2"
 
@@ -61,7 +61,7 @@ def test_malformed_bodies_are_reported():
 def test_feedback_is_validated_and_filled_in_by_the_server():
     body = (b'[{"prompt_id": "p-1", "candidate_id": "c-1", "kind": "thumbs", "value": 0},'
             b' {"prompt_id": "p-1", "response_id": "chatcmpl-1", "other_id": "c-2", "kind": "ab", "value": 0.5},'
-            b' {"prompt_id": "p-1", "candidate_id": "c-3", "kind": "score", "value": 0.75, "user": "forged"}]')
+            b' {"prompt_id": "p-1", "candidate_id": "c-3", "kind": "score", "value": 0.75}]')
     labels, errors = parse_feedback(body, KH)
     assert not errors and [f.kind for f in labels] == ["thumbs", "ab", "score"]
     assert all(f.user == KH and f.id.startswith("f-") and f.created_at > 0 for f in labels)
@@ -176,3 +176,97 @@ def test_capture_queue_is_bounded_and_broker_outages_are_counted():
                 value("prefstream_capture_queue_depth"))
 
     assert asyncio.run(go()) == (1.0, 2.0, 0.0)
+
+
+# ---- only the pipeline sets what the pipeline sets (issue 26, items 4 and 6) ----------------
+
+@pytest.mark.parametrize("item, named", [
+    ({"prompt": "p", "metadata": {"production_response": "my text", "production_model": "gpt-4o"}},
+     "production_model, production_response"),
+    ({"prompt": "p", "metadata": {"production_response_id": "chatcmpl-1"}}, "production_response_id"),
+    ({"prompt": "p", "metadata": {"key_hash": "k-someone-else"}}, "key_hash"),
+    ({"prompt": "p", "source": "proxy"}, "capture proxy"),
+    ({"prompt": "p", "id": "p-chosen-by-me"}, "unknown field(s) id"),
+    ({"prompt": "p", "created_at": 1.0, "score": 1}, "unknown field(s) created_at, score"),
+])
+def test_fields_only_the_pipeline_sets_are_refused_and_named(item, named):
+    prompts, [err] = parse_prompts(msgspec.json.encode([item]), KH, may_verify=True)
+    assert not prompts and named in err["reason"]
+
+
+@pytest.mark.parametrize("item", [
+    {"prompt": "Write f.", "verification": {"kind": "code", "tests": ["import os; os.system('id')"]}},
+    {"prompt": "Give JSON.", "verification": {"kind": "json_schema", "json_schema": {"type": "object"}}},
+    {"question": "2+2?", "answer": "#### 5"},
+    {"prompt": "2+2?", "answer": "5"},
+    {"prompt": "Write.", "instruction_id_list": ["length_constraints:number_words"], "kwargs": [{}]},
+])
+def test_verification_needs_a_key_allowed_it(item):
+    body = msgspec.json.encode(item)
+    prompts, [err] = parse_prompts(body, KH)
+    assert not prompts and "PREFSTREAM_INGEST_VERIFICATION_KEYS" in err["reason"]
+    [p], errors = parse_prompts(body, KH, may_verify=True)
+    assert not errors and p.verification is not None
+
+
+def test_feedback_ids_and_users_are_the_servers():
+    for field, value in (("id", "f-mine"), ("user", "k-victim"), ("created_at", 0)):
+        item = {"prompt_id": "p", "candidate_id": "c", "kind": "thumbs", "value": 1, field: value}
+        labels, [err] = parse_feedback(msgspec.json.encode([item]), KH)
+        assert not labels and f"unknown field(s) {field}" in err["reason"]
+
+
+def test_one_key_holds_one_label_per_candidate_however_many_it_sends():
+    from agents.evaluators.human import FeedbackStore
+
+    store = FeedbackStore(max_labels=4)
+    honest = [key_hash(f"sk-honest-{i}") for i in range(3)]
+    for h in honest:
+        [fb], _ = parse_feedback(b'{"prompt_id": "p", "candidate_id": "c", "kind": "thumbs", "value": 1}', h)
+        store.add(fb)
+    flood = [{"prompt_id": "p", "candidate_id": "c", "kind": "score", "value": i / 100} for i in range(50)]
+    labels, errors = parse_feedback(msgspec.json.encode(flood), KH)
+    assert not errors and len({f.id for f in labels}) == 50
+    for fb in labels:
+        store.add(fb)
+    assert sorted(store.labels("c")) == [0.49, 1.0, 1.0, 1.0]  # the flooder's newest label only
+
+
+def test_error_lists_are_capped_and_items_counted_against_the_cap():
+    from streams.ingest_items import MAX_ERRORS, TooMany, refusal
+
+    body = msgspec.json.encode([{"nothing": i} for i in range(5000)])
+    prompts, errors = parse_prompts(body, KH)
+    answer = refusal(len(prompts) + len(errors), errors)
+    assert len(answer["errors"]) == MAX_ERRORS and answer["more_errors"] == 5000 - MAX_ERRORS
+    assert len(msgspec.json.encode(answer)) < 20_000
+    with pytest.raises(TooMany, match="1000-item limit"):
+        parse_prompts(msgspec.json.encode([{"prompt": "x"}] * 1001), KH, max_items=1000)
+    with pytest.raises(TooMany):
+        parse_feedback(b"\n".join([b'{"prompt_id": "p", "candidate_id": "c", "kind": "thumbs", "value": 1}'] * 11),
+                       KH, max_items=10)
+
+
+@pytest.mark.parametrize("body, reason", [
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b'{"prompt": "a", "metadata": ' + b'{"a":' * 5000 + b"1" + b"}" * 5001, "nested too deeply"),
+    (b'{"prompt": "\xff\xfe"}', "not UTF-8"),
+    (b'{"prompt": "a"}\n{"prompt": "\xff"}\n', "not UTF-8"),
+])
+def test_deep_nesting_and_bad_utf8_are_refused_with_a_short_reason(body, reason):
+    prompts, errors = parse_prompts(body, KH)
+    assert errors and reason in errors[-1]["reason"] and len(errors[-1]["reason"]) < 300
+
+
+def test_the_limiter_charges_items_and_a_batch_may_overdraw():
+    now = [0.0]
+    limiter = RateLimiter(10.0, clock=lambda: now[0])
+    assert limiter.allow("a")
+    limiter.charge("a", 49)  # a 50-item batch
+    assert not limiter.allow("a")
+    now[0] = 4.0  # 40 tokens back: still in debt
+    assert not limiter.allow("a")
+    now[0] = 5.0
+    assert limiter.allow("a")
+    fails = RateLimiter(1.0, clock=lambda: now[0], burst=10)
+    assert fails.tokens("addr") == 10

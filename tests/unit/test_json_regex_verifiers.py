@@ -59,12 +59,12 @@ def test_regex_search_and_fullmatch():
     assert [s.value for s in scores] == [1.0, 0.0]
 
 
-def test_regex_that_does_not_compile_or_backtracks_forever_is_unscored():
+def test_a_regex_that_does_not_compile_is_unscored_one_that_backtracks_forever_fails():
     [s] = _run(RegexVerifier(), _prompt(kind="regex", pattern="(unclosed"), ["x"])
     assert s.value is None and "does not compile" in s.error
     started = time.monotonic()
     [s] = _run(RegexVerifier(), _prompt(kind="regex", pattern=r"(?:(?:a|aa)+)+$"), ["a" * 60 + "b"])
-    assert s.value is None and "took over" in s.error
+    assert s.value == 0.0 and "took over" in s.rationale  # a response cannot dodge the verdict
     assert time.monotonic() - started < 5
 
 
@@ -72,3 +72,116 @@ def test_regex_that_does_not_compile_or_backtracks_forever_is_unscored():
 def test_applies_only_to_its_kind(ev):
     assert not ev.applies(_prompt(kind="math", answer="4"))
     assert not ev.applies(Prompt(id="p", messages=[Message(role="user", content="hi")]))
+
+
+# ---- client-supplied schemas and patterns are untrusted (issue 26, item 5) ----------------
+
+def test_a_remote_or_file_ref_is_never_fetched():
+    """A loopback server counts the requests: the worker must not make one."""
+    import http.server
+    import threading
+
+    hits = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            body = b'{"type": "object"}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        remote = {"$ref": f"http://127.0.0.1:{server.server_address[1]}/schema.json"}
+        scores = _run(JsonSchemaVerifier(), _prompt(kind="json_schema", json_schema=remote), ["{}", "[]"])
+        [local] = _run(JsonSchemaVerifier(), _prompt(kind="json_schema", json_schema={"$ref": "file:///etc/hostname"}),
+                       ["{}"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert hits == []
+    assert [s.value for s in scores + [local]] == [None, None, None]
+    assert all("nothing is fetched" in s.error for s in scores + [local])
+    inner = {"$defs": {"age": {"type": "integer"}}, "properties": {"age": {"$ref": "#/$defs/age"}}}
+    ok, bad = _run(JsonSchemaVerifier(), _prompt(kind="json_schema", json_schema=inner), ['{"age": 3}', '{"age": "x"}'])
+    assert (ok.value, bad.value) == (1.0, 0.0)  # references inside the schema still work
+
+
+def test_a_response_nested_past_the_recursion_limit_fails_instead_of_raising():
+    deep = "[" * 100_000 + "]" * 100_000
+    recursive = {"type": "array", "items": {"$ref": "#"}}
+    scores = _run(JsonSchemaVerifier(), _prompt(kind="json_schema", json_schema=recursive),
+                  [deep, "[" * 990 + "]" * 990, "[[], [[]]]"])
+    assert [s.value for s in scores] == [0.0, 0.0, 1.0]
+    assert "recursion limit" in scores[0].rationale
+
+
+SLOW = r"""
+import asyncio, json, sys
+from agents.evaluators.json_schema import JsonSchemaVerifier
+from agents.evaluators.regex import RegexVerifier
+from schemas import Candidate, Message, ObjectiveSpec, Prompt, Sampling, Verification
+
+EVIL = r"^(?:(?:a|aa)+)+$"  # exponential backtracking for re and regex alike
+TEXT = "a" * 60 + "b"
+
+
+def prompt(**v):
+    return Prompt(id="p", messages=[Message(role="user", content="Answer.")], verification=Verification(**v))
+
+
+async def score(ev, p, text):
+    cand = Candidate(id="c", text=text, backend="x", model="x", sampling=Sampling(temperature=0, top_p=1, max_tokens=1))
+    ticks, done = 0, False
+
+    async def ticker():
+        nonlocal ticks
+        while not done:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    t = asyncio.ensure_future(ticker())
+    await asyncio.sleep(0)
+    [s] = await ev.score(p, [cand], ObjectiveSpec(name="o"))
+    done = True
+    await t
+    return {"value": s.value, "why": s.rationale or s.error, "ticks": ticks}
+
+
+async def main():
+    schema = {"type": "object", "properties": {"s": {"type": "string", "pattern": EVIL}},
+              "patternProperties": {EVIL: {"type": "string"}}, "additionalProperties": False}
+    out = {"pattern": await score(JsonSchemaVerifier(), prompt(kind="json_schema", json_schema=schema),
+                                  json.dumps({"s": TEXT})),
+           "property": await score(JsonSchemaVerifier(), prompt(kind="json_schema", json_schema=schema),
+                                   json.dumps({TEXT: "x"})),
+           "regex": await score(RegexVerifier(), prompt(kind="regex", pattern=EVIL), TEXT)}
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def test_catastrophic_patterns_are_bounded_score_zero_and_leave_the_event_loop_free():
+    """In a child process with a deadline (an unbounded `re` would run for years): a schema
+    `pattern`, a `patternProperties` key next to `additionalProperties`, and the regex
+    verifier's pattern, each backtracking exponentially on the response."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.run([sys.executable, "-c", SLOW], cwd=ROOT, capture_output=True, text=True, timeout=30,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for case, r in out.items():
+        assert r["value"] == 0.0 and "took over" in r["why"], (case, r)
+        assert r["ticks"] >= 10, (case, r)  # the loop ran while the pattern did (budget: 1 s)

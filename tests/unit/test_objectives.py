@@ -16,8 +16,8 @@ from schemas.objectives import RoutingSpec
 from streams.cli import main
 from streams.compare import compare
 from streams.objective_registry import ObjectiveRegistry
-from streams.objectives import (ObjectiveError, Store, changed_fields, content, diff, load_objective, parse_objective,
-                                problems, validate)
+from streams.objectives import (MAX_OBJECTIVE_BYTES, ObjectiveError, Store, changed_fields, content, diff,
+                                load_objective, parse_objective, problems, validate)
 from streams.run import Ledger
 from streams.runtime import Rejected
 from streams.settings import load
@@ -79,7 +79,8 @@ def test_openai_backend_is_configured_by_spec_or_settings():
     assert problems(s) == []  # no settings: configuration is not checked (the registry's view)
     validate(s, load({"PREFSTREAM_OPENAI_BASE_URL": "http://127.0.0.1:8000/v1"}))
     validate(spec(synthesis=SynthesisSpec(generators=[GeneratorSpec(backend="openai", model="m",
-                                                                    base_url="http://127.0.0.1:1/v1")])), load({}))
+                                                                    base_url="http://127.0.0.1:1/v1")])),
+             load({"PREFSTREAM_ALLOWED_ENDPOINTS": "http://127.0.0.1:1"}))
     judged = spec(evaluation=EvaluationSpec(evaluators=[EvaluatorSpec(name="judge")],
                                             judge=msgspec.structs.replace(EvaluationSpec().judge, backend="openai")))
     with pytest.raises(ObjectiveError, match="evaluation.judge"):
@@ -215,3 +216,35 @@ def test_cli_refuses_invalid_file_before_touching_a_broker(tmp_path, capsys, mon
     assert "vibes" in capsys.readouterr().err
     assert main(["objective", "compare", "a@x", "b"]) == 2
     assert "NAME@VERSION" in capsys.readouterr().err
+
+
+def _alias_bomb(levels: int, fan: int = 9) -> str:
+    """A 'billion laughs': each anchor a list of ``fan`` aliases of the one before."""
+    lines = ["name: bomb", 'a0: &a0 ["lol"]']
+    for i in range(1, levels):
+        lines.append(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * fan)}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_aliases_are_refused_before_they_expand(tmp_path):
+    # 6 levels: ~60k nodes once expanded (small enough that an unguarded parser returns, slowly);
+    # the issue's 504-byte bomb had 9 and took 64 s and 1.5 GiB
+    with pytest.raises(ObjectiveError, match="anchors and aliases"):
+        parse_objective(_alias_bomb(6), "bomb.yaml")
+    with pytest.raises(ObjectiveError, match="anchors and aliases"):
+        parse_objective("name: x\nprinciples: &p [a]\n")  # an anchor alone is refused too
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_alias_bomb(6))
+    with pytest.raises(ObjectiveError, match="bomb.yaml.*anchors and aliases"):
+        load_objective(path)
+
+
+def test_an_objective_over_the_size_cap_is_refused_with_the_limit(tmp_path):
+    big = "name: big\nprinciples:\n" + "".join(f"  - principle {i} {'x' * 60}\n" for i in range(4000))
+    assert len(big) > MAX_OBJECTIVE_BYTES
+    with pytest.raises(ObjectiveError, match=f"over the {MAX_OBJECTIVE_BYTES}-byte limit"):
+        parse_objective(big)
+    path = tmp_path / "big.yaml"
+    path.write_text(big)
+    with pytest.raises(ObjectiveError, match="big.yaml.*byte limit"):
+        load_objective(path)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import string
 
-from agents.pii import luhn, scrub
+from agents.pii import find, luhn, scrub
 
 R = random.Random(20261127)
 
@@ -142,3 +142,79 @@ def test_texts_without_digits_still_scrubbed():
     # a digit only after an e-mail is replaced still counts: the phone is found
     out, found = scrub("Mail x@y.org or call +1 (555) 123-4567")
     assert out == "Mail [EMAIL] or call [PHONE]" and found["phone"] == 1
+
+
+# The classes of text production prompts hold, each with what it must become: trailing
+# punctuation, addresses inside URLs and code, numbers glued to words, mixed scripts,
+# punycode and IDN e-mail domains, IBANs followed by words or amounts and split by dashes,
+# IPv6 with an embedded IPv4 address, CIDR and zone suffixes. The entity goes whole.
+PRODUCTION = [
+    ("The server is 10.0.0.1.", "The server is [IP]."),
+    ("Mail me at jane@corp.io.", "Mail me at [EMAIL]."),
+    ("Call +44 20 7946 0958.", "Call [PHONE]."),
+    ("IBAN DE89370400440532013000.", "IBAN [IBAN]."),
+    ("Hosts (10.0.0.1), '10.0.0.2' and <10.0.0.3>; done", "Hosts ([IP]), '[IP]' and <[IP]>; done"),
+    ("GET http://10.0.0.1:8080/api then https://[2001:db8::1]:443/x", "GET http://[IP]:8080/api then https://[[IP]]:443/x"),
+    ("mailto:jane@corp.io?subject=hi", "mailto:[EMAIL]?subject=hi"),
+    ('conn = connect(host="10.1.2.3", user="x")', 'conn = connect(host="[IP]", user="x")'),
+    ('{"email":"jane@corp.io","ip":"192.168.0.1"}', '{"email":"[EMAIL]","ip":"[IP]"}'),
+    ("curl -H 'X-Forwarded-For: 203.0.113.7' https://api.example.com",
+     "curl -H 'X-Forwarded-For: [IP]' https://api.example.com"),
+    ('ip_network("10.0.0.0/8") and ping6 fe80::1%eth0', 'ip_network("[IP]") and ping6 [IP]'),
+    ("card:4111111111111111 ip=10.0.0.1 tel:+14155550132", "card:[CARD] ip=[IP] tel:[PHONE]"),
+    ("Kartennr.4111111111111111, ref#4111-1111-1111-1111, Visa4111111111111111",
+     "Kartennr.[CARD], ref#[CARD], Visa[CARD]"),
+    ("IBAN:DE89370400440532013000 Tel.+49 30 1234567", "IBAN:[IBAN] Tel.[PHONE]"),
+    ("Напишите на ivan.petrov@mail.ru. IP адрес 10.0.0.1.", "Напишите на [EMAIL]. IP адрес [IP]."),
+    ("请联系zhang.wei@example.cn谢谢", "请联系[EMAIL]谢谢"),
+    ("お電話は+81 3-1234-5678まで", "お電話は[PHONE]まで"),
+    ("Позвоните +7 495 123-45-67.", "Позвоните [PHONE]."),
+    ("a@xn--d1acufc.xn--p1ai or user@xn--mller-kva.de", "[EMAIL] or [EMAIL]"),
+    ("josé.garcía@correo.es, info@bücher.de, почта: админ@пример.рф", "[EMAIL], [EMAIL], почта: [EMAIL]"),
+    ("Pay DE89 3704 0044 0532 0130 00 EUR 500 now", "Pay [IBAN] EUR 500 now"),
+    ("IBAN GB82 WEST 1234 5698 7654 32 Barclays", "IBAN [IBAN] Barclays"),
+    ("DE89370400440532013000 Deutsche Bank, NL91ABNA0417164300 EUR 12", "[IBAN] Deutsche Bank, [IBAN] EUR 12"),
+    ("Dashes: DE89-3704-0044-0532-0130-00", "Dashes: [IBAN]"),
+    ("Mapped ::ffff:192.0.2.1, NAT64 64:ff9b::198.51.100.7, 2001:db8:85a3::8a2e:192.0.2.33",
+     "Mapped [IP], NAT64 [IP], [IP]"),
+    ("Routes 10.0.0.0/8, 2001:db8::/32 and fe80::1%eth0/64.", "Routes [IP], [IP] and [IP]."),
+    ("Call 0 532 123 45 67 or +33 1 42 68 53 00 today", "Call [PHONE] or [PHONE] today"),
+]
+# look-alikes: each left whole (never half replaced)
+LEFT_WHOLE = ["x :: Int", "std::cout and a::b::c", "section 1.2.3.4.5", "build v1.2.3.4",
+              "::ffff:256.0.0.1", "2001:db8::256.1.1.1", "Python 3.11.7 costs 1,234,567.89",
+              "ISBN 978-3-16-148410-0", "order 20241005 on 2024-10-05", "1748503543012",
+              "UUID 123e4567-e89b-12d3-a456-426614174000", "AL47 2121 1009 0000 0002 3569 8740"]
+
+
+def test_production_text_is_scrubbed_whole():
+    for text, want in PRODUCTION:
+        assert scrub(text)[0] == want, text
+    for text in LEFT_WHOLE:
+        assert scrub(text) == (text, {}), text
+
+
+def test_national_phone_numbers_follow_the_regions_configured():
+    regions = ("US", "GB", "DE", "TR", "PH", "CN")
+    for text, want in [("Call 05321234567 today", "Call [PHONE] today"), ("电话13812345678", "电话[PHONE]"),
+                       ("call 0917 123 4567 or (415) 555-0132", "call [PHONE] or [PHONE]")]:
+        assert scrub(text, phone_regions=regions)[0] == want, text
+    assert scrub("Call 05321234567 today")[0] == "Call 05321234567 today"  # no region: not a number known
+
+
+FRAGMENTS = [t for t, _ in PRODUCTION] + LEFT_WHOLE + [" ", ".", ",", ":", "/", "-", "@", "(", ")", "[", "]", "%",
+                                                       "0", "7", "12", "::", "+", "abc", "Ab", "é", "中", "\n"]
+
+
+def test_findings_never_overlap_and_scrubbing_twice_changes_nothing():
+    """Production lines, look-alikes and punctuation in random order, split by a space, a
+    newline or ", ": findings are disjoint spans inside the text, and a placeholder never
+    makes (or breaks) a finding."""
+    rng = random.Random(20261206)
+    for _ in range(400):
+        text = "".join(rng.choice(FRAGMENTS) + rng.choice([" ", "\n", ", "]) for _ in range(rng.randint(1, 8)))
+        spans = find(text, phone_regions=("US", "TR"))
+        assert all(0 <= s < e <= len(text) for s, e, _ in spans), text
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), (text, spans)
+        once, _ = scrub(text, phone_regions=("US", "TR"))
+        assert scrub(once, phone_regions=("US", "TR")) == (once, {}), (text, once)

@@ -13,6 +13,7 @@ from aiohttp import web
 from agents.evaluators.ensemble import validate
 from agents.evaluators.reward import RewardError, RewardModel, normalise, parse_rewards
 from schemas import Candidate, EvaluationSpec, EvaluatorSpec, Message, ObjectiveSpec, Prompt, Sampling
+from streams.settings import Settings
 
 MODEL = "test/reward-model"
 PROMPT = Prompt(id="p", messages=[Message(role="user", content="Say something nice.")])
@@ -79,7 +80,8 @@ async def _with_server(server: VllmLikeServer, params: dict, texts=TEXTS, **extr
             name="reward", params={"base_url": f"http://127.0.0.1:{port}", "model": MODEL, **params})]))
         cands = [Candidate(id=f"c{i}", text=t, backend="x", model="x",
                            sampling=Sampling(temperature=0, top_p=1, max_tokens=1)) for i, t in enumerate(texts)]
-        return await RewardModel().score(PROMPT, cands, objective)
+        allowed = Settings(allowed_endpoints=f"http://127.0.0.1:{port}")  # the worker's allowlist
+        return await RewardModel(allowed).score(PROMPT, cands, objective)
     finally:
         await runner.cleanup()
 
@@ -152,7 +154,7 @@ def test_unreachable_server_blocks_the_stage_never_guesses_a_score():
     cands = [Candidate(id="c", text="x", backend="x", model="x", sampling=Sampling(temperature=0, top_p=1,
                                                                                    max_tokens=1))]
     with pytest.raises(RewardError) as caught:
-        asyncio.run(RewardModel().score(PROMPT, cands, objective))
+        asyncio.run(RewardModel(Settings(allowed_endpoints="http://127.0.0.1:9")).score(PROMPT, cands, objective))
     assert environmental(caught.value).reason == "backend_down"
 
 
