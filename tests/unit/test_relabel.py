@@ -85,6 +85,11 @@ def test_a_second_label_rescores_the_newest_set_of_the_line_and_a_replay_nothing
     assert s2.supersedes == s1.id and [f.id for f in s2.late_labels] == ["f-1", "f-2"]
     human = next(s for j in s2.judged if j.candidate.id == "c-long" for s in j.scores if s.evaluator == "human")
     assert human.value == 0.5 and human.raw == 2.0  # both labels counted, each once
+    changed = Feedback(id="f-3", prompt_id="p1", kind="thumbs", value=1.0, candidate_id="c-long", user="u",
+                       created_at=time.time())  # u changes their mind: the newest of u's labels counts
+    s3 = run(changed, [old, s1, s2])[1].value
+    human = next(s for j in s3.judged if j.candidate.id == "c-long" for s in j.scores if s.evaluator == "human")
+    assert human.value == 1.0 and human.raw == 2.0 and s3.supersedes == s2.id
 
 
 def test_a_record_with_no_successor_is_withdrawn():
