@@ -93,6 +93,12 @@ def test_rejudge_applies_the_new_weights_without_generating_and_twice_adds_nothi
 
     applied = asyncio.run(apply(settings, topics, weighted(0.2, 1.0)))  # the weights swapped: v2
     assert applied.spec.ref == "rj@2"
+    dry = subprocess.run([sys.executable, "-m", "streams.cli", "rejudge", "--objective", "rj@2", "--from", "rj@1",
+                          "--dry-run"], cwd=ROOT, env=settings_env(settings), capture_output=True, text=True,
+                         timeout=120)
+    assert dry.returncode == 0 and f"would re-judge {N} candidate set(s) under rj@2" in dry.stderr, dry.stderr
+    stored = len(asyncio.run(read_all(settings, [topics.candidates])))
+    assert stored == N  # the dry run published nothing
     summary = rejudge(settings, "--objective", "rj@2", "--from", "rj@1")
     assert (summary["published"], summary["already"], summary["rejudged"]) == (N, 0, N)
     [moved] = summary["compare"]

@@ -49,3 +49,16 @@ def test_parse_since():
     assert parse_since("2026-12-01T00:00") == parse_since("2026-12-01T00:00+00:00")
     with pytest.raises(CliError, match="ISO time"):
         parse_since("yesterday")
+
+
+def test_the_target_version_must_exist_and_the_error_names_the_fix():
+    from streams.commands.rejudge import _target
+    from streams.objectives import Store
+
+    v1 = ObjectiveSpec(name="o", version=1)
+    store = Store(live={"o": V2}, versions={"o": {1: (v1, 0.0), 2: (V2, 0.0)}})
+    assert _target(store, "o") == V2 and _target(store, "o@1") == v1
+    with pytest.raises(CliError, match=r"o has no version 7 \(known: 1, 2\).*objective history o"):
+        _target(store, "o@7")
+    with pytest.raises(CliError, match="objective apply"):
+        _target(store, "nope")
