@@ -87,6 +87,12 @@ def progress(outcomes: list[Outcome], sel: Selection) -> set[str]:
     return {o.rejudged_from for o in outcomes if o.rejudged_from in want and o.objective == sel.target.ref}
 
 
+def failed(letters: list, sel: Selection, since: float) -> set[str]:
+    """The first sets whose re-judged set was dead-lettered (by prompt id, since ``since``)."""
+    hit = {d.prompt_id for d in letters if d.stage in ("evaluate", "instantiate") and d.created_at >= since}
+    return {c.rejudged_from for c in sel.new if c.prompt.id in hit}
+
+
 def summaries(values: list, sel: Selection) -> list[dict]:
     """``objective compare`` per version re-judged from, on the prompts re-judged: the first
     outcome of each first set against its re-judged outcome."""

@@ -88,24 +88,25 @@ async def _publish(settings, topics, sets, progress: bool) -> None:
         await p.stop()
 
 
-async def _wait(settings, topics, sel, timeout: float, progress: bool) -> list:
-    """Every outcome and record, once each first set's re-judged outcome is there (or the
-    timeout passed)."""
+async def _wait(settings, topics, sel, timeout: float, progress: bool, since: float) -> tuple[list, set, set]:
+    """Every outcome and record, the first sets re-judged and those dead-lettered, once each
+    first set is one or the other (or the timeout passed)."""
     from tqdm import tqdm
 
-    from schemas import Outcome
+    from schemas import DeadLetter, Outcome
     from streams.objectives import read_all
-    from streams.rejudge import progress as done_of
+    from streams.rejudge import failed, progress as done_of
 
     deadline = time.monotonic() + timeout
-    shorts = ["outcomes", "preferences", "preferences-shadow"]
+    shorts = ["outcomes", "preferences", "preferences-shadow", "deadletters"]
     with tqdm(total=len(sel.origins), desc="re-judged", unit="set", disable=not progress, file=sys.stderr) as bar:
         while True:
             values = [v for _, v, _ in await read_all(settings, [getattr(topics, s) for s in shorts])]
             done = done_of([v for v in values if isinstance(v, Outcome)], sel)
-            bar.update(len(done) - bar.n)
-            if len(done) >= len(sel.origins) or time.monotonic() > deadline:
-                return values
+            lost = failed([v for v in values if isinstance(v, DeadLetter)], sel, since) - done
+            bar.update(len(done) + len(lost) - bar.n)
+            if len(done) + len(lost) >= len(sel.origins) or time.monotonic() > deadline:
+                return values, done, lost
             await asyncio.sleep(1.0)
 
 
@@ -113,7 +114,7 @@ def cmd_rejudge(args) -> int:
     from streams.commands.objective import _setup
     from streams.compare import render
     from streams.objectives import read_all, read_store
-    from streams.rejudge import progress as done_of, select, summaries
+    from streams.rejudge import select, summaries
 
     if sum(x is not None for x in (args.source, args.since, args.prompts)) > 1:
         raise CliError("choose one of --from, --since and --prompts")
@@ -128,19 +129,19 @@ def cmd_rejudge(args) -> int:
           f"{len(stored)} stored)", file=sys.stderr)
     if args.dry_run or not sel.origins:
         return 0
-    progress = not args.quiet
+    progress, started = not args.quiet, time.time()
     asyncio.run(_publish(settings, topics, sel.new, progress))
-    values = asyncio.run(_wait(settings, topics, sel, args.timeout, progress))
-    from schemas import Outcome
-
-    done = done_of([v for v in values if isinstance(v, Outcome)], sel)
+    values, done, lost = asyncio.run(_wait(settings, topics, sel, args.timeout, progress, started))
     results = summaries(values, sel)
     if args.json:
         print(json.dumps({"objective": target.ref, "published": len(sel.new), "already": len(sel.done),
-                          "rejudged": len(done), "compare": results}))
+                          "rejudged": len(done), "dead_letters": len(lost), "compare": results}))
     else:
         for r in results:
             print(render(r))
+    if lost:
+        raise CliError(f"{len(lost)} re-judged set(s) were dead-lettered: see `prefstream deadletters list "
+                       f"--stage evaluate`, fix the objective ({target.ref}) and run `prefstream rejudge` again")
     if len(done) < len(sel.origins):
         raise CliError(f"{len(sel.origins) - len(done)} of {len(sel.origins)} sets not re-judged after "
                        f"{args.timeout:g}s: are workers running (`prefstream worker`)? They carry on; run "

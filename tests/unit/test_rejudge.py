@@ -62,3 +62,14 @@ def test_the_target_version_must_exist_and_the_error_names_the_fix():
         _target(store, "o@7")
     with pytest.raises(CliError, match="objective apply"):
         _target(store, "nope")
+
+
+def test_a_dead_lettered_rejudged_set_counts_as_failed_not_pending():
+    from schemas import DeadLetter
+    from streams.rejudge import failed
+
+    sel = select([(cset("s-a", "p1"), 100.0), (cset("s-b", "p2"), 100.0)], V2)
+    letter = DeadLetter(stage="evaluate", error_type="Rejected", error="bad", original=b"x", topic="t.candidates",
+                        partition=0, offset=1, prompt_id="p2", created_at=500.0)
+    assert failed([letter], sel, since=400.0) == {"s-b"}
+    assert failed([letter], sel, since=600.0) == set()  # an older letter is not this run's
