@@ -3,10 +3,9 @@ the built-in `echo` generator (N=4 candidates) and the heuristic `length` evalua
 the raw aiokafka floor measured in the same run (the same number of messages of the same
 sizes through four topic hops, no processing).
 
-    python benchmarks/bus.py [--quick] [--prompts N] [--workers W] [--runtime batch|faust] [--exactly-once]
+    python benchmarks/bus.py [--quick] [--prompts N] [--workers W] [--exactly-once]
 
-``--runtime faust`` runs the same stages as faust agents, one event at a time (the figure
-without the batch runtime). ``--exactly-once`` runs the workers with
+``--exactly-once`` runs the workers with
 ``PREFSTREAM_PROCESSING_GUARANTEE=exactly_once`` on noida-db's broker (Tansu has no
 transactions; the floor is measured there too) and reads the outcomes read_committed.
 
@@ -170,7 +169,6 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="2,000 prompts")
     ap.add_argument("--prompts", type=int)
     ap.add_argument("--workers", type=int, default=1, help="worker processes in the group")
-    ap.add_argument("--runtime", choices=("batch", "faust"), default="batch", help="PREFSTREAM_RUNTIME of the workers")
     ap.add_argument("--exactly-once", action="store_true",
                     help="exactly-once workers, on noida-db's broker (transactions; the test extra installs it)")
     args = ap.parse_args()
@@ -180,14 +178,14 @@ def main() -> None:
         settings = echo_settings(broker.address, "benchbus", processing_guarantee=guarantee)
         sizes = hop_sizes(settings)
         floor = asyncio.run(raw_floor(settings, n, sizes))
-        with echo_workers(settings, Path(tmp), echo_objective(), args.workers, args.runtime) as workers:
+        with echo_workers(settings, Path(tmp), echo_objective(), args.workers) as workers:
             asyncio.run(pipeline(settings, make_prompts(20, "warm"), workers))
             prompts = make_prompts(n, "run")
             broker_cpu0 = cpu_seconds(broker.proc.pid)
             result = asyncio.run(pipeline(settings, prompts, workers))
             result["broker_cpu_s_per_prompt"] = (cpu_seconds(broker.proc.pid) - broker_cpu0) / max(1, result["prompts"])
             rates = asyncio.run(stage_rates(settings, {p.id for p in prompts}))
-    label = f"prefstream ({args.workers} worker, {args.runtime}{', exactly-once' if args.exactly_once else ''})"
+    label = f"prefstream ({args.workers} worker{', exactly-once' if args.exactly_once else ''})"
     w = max(28, len(label) + 2)
     print(f"hop sizes (bytes): {sizes}")
     print(f"{'':<{w}}{'prompts/s':>12}")
@@ -201,7 +199,7 @@ def main() -> None:
     print(json.dumps({"bench": "bus", "prompts_per_s": round(result["prompts_per_s"], 1),
                       "raw_floor_per_s": round(floor, 1), "ratio_to_floor": round(result["prompts_per_s"] / floor, 3),
                       "p99_ms": round(result["p99_ms"], 1), "p50_ms": round(result["p50_ms"], 1),
-                      "prompts": n, "workers": args.workers, "runtime": args.runtime, "guarantee": guarantee, "ended": result["prompts"],
+                      "prompts": n, "workers": args.workers, "guarantee": guarantee, "ended": result["prompts"],
                       "stage_per_s": {k: round(v, 1) for k, v in rates.items()},
                       "worker_cpu_ms_per_prompt": round(result["worker_cpu_s_per_prompt"] * 1e3, 3),
                       "broker_cpu_ms_per_prompt": round(result["broker_cpu_s_per_prompt"] * 1e3, 3),

@@ -63,8 +63,7 @@ def echo_settings(broker: str, namespace: str, **overrides):
 
 
 @contextmanager
-def echo_workers(settings, log_dir: Path, objective: ObjectiveSpec, n: int = 1,
-                 runtime: str = "batch") -> Iterator[list]:
+def echo_workers(settings, log_dir: Path, objective: ObjectiveSpec, n: int = 1) -> Iterator[list]:
     """The namespace's topics created, ``objective`` published and ``n`` worker processes
     started (INFO logs, no /metrics); they are stopped on leaving."""
     from streams.admin import create_topics
@@ -76,7 +75,7 @@ def echo_workers(settings, log_dir: Path, objective: ObjectiveSpec, n: int = 1,
     asyncio.run(publish_objective(settings, topics, objective))
     env = {**os.environ, "PREFSTREAM_PARTITIONS": str(PARTITIONS), "PREFSTREAM_METRICS_PORT": "0",
            "PREFSTREAM_MAX_INFLIGHT": str(settings.max_inflight), "PREFSTREAM_LOG_LEVEL": "INFO",
-           "PREFSTREAM_RUNTIME": runtime, "PREFSTREAM_PROCESSING_GUARANTEE": settings.processing_guarantee}
+           "PREFSTREAM_PROCESSING_GUARANTEE": settings.processing_guarantee}
     procs = [start_worker(settings, settings.broker, log_dir / f"worker{i}.log", env) for i in range(n)]
     try:
         yield procs

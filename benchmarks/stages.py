@@ -55,7 +55,7 @@ class _Stages(Context):
 
     def agent(self, app, name, source, handler, concurrency: int = 1) -> None:
         self.stages[name] = Stage(name, source, self.topics, self.metrics,
-                                  self.metrics.instrument(name, handler, count_in_flight=False))
+                                  self.metrics.instrument(handler))
 
 
 def build(settings) -> _Stages:

@@ -16,7 +16,7 @@ from streams.broker import free_port
 from streams.health import Health, publish_health
 from streams.metrics import Metrics
 from streams.objective_registry import ObjectiveRegistry
-from streams.runtime import Raw, Stage, Undeliverable
+from streams.runtime import Stage, Undeliverable
 from streams.security import faust_credentials
 from streams.settings import Settings
 from streams.topics import Topic, Topics, from_settings
@@ -25,7 +25,6 @@ logger = logging.getLogger(__name__)
 
 AGENTS = ("curate", "synthesize", "evaluate", "instantiate")
 GUARANTEES = ("at_least_once", "exactly_once")
-RUNTIMES = ("batch", "faust")
 MAX_RETRY_S = 5.0
 
 
@@ -74,47 +73,30 @@ class Context:
             self.objectives = ObjectiveRegistry(self.settings)
 
     def agent(self, app: faust.App, name: str, source: Topic, handler, concurrency: int = 1) -> None:
-        """Bind ``handler`` on ``source``: a faust agent taking one event at a time (the
-        ``faust`` runtime; exactly-once on faust's transactions), or a ``StageRunner`` taking
-        batches (``batch``), its outputs sent on faust's producer; under exactly-once a
-        ``TxnStageRunner`` with transactional producers of its own."""
-        if not self.channels:
+        """Bind ``handler`` on ``source``: a ``StageRunner`` taking batches with a consumer of its
+        own, its outputs sent on faust's producer; under exactly-once a ``TxnStageRunner`` with
+        transactional producers of its own."""
+        if not self.channels:  # for re-sends (``deliver``) of outputs whose batch failed
             self.channels.update({
                 t.name: app.topic(t.name, key_type=bytes, value_type=bytes, value_serializer="raw",
                                   key_serializer="raw", partitions=t.partitions)
                 for t in self.topics
             })
-        channels = self.channels
+        stage = Stage(name, source, self.topics, self.metrics, self.metrics.instrument(handler), self.health)
+        window = max(self.settings.batch_max_records, 2 * concurrency)
+        if self.settings.processing_guarantee == "exactly_once":  # transactions of its own per partition
+            from streams.txn import TxnStageRunner
 
-        async def send(topic: Topic, key: bytes, value: bytes) -> None:
-            await deliver(channels[topic.name], key, value)
-
-        batch = self.settings.runtime == "batch"  # a StageRunner sets the in-flight gauge per batch
-        stage = Stage(name, source, self.topics, self.metrics,
-                      self.metrics.instrument(name, handler, count_in_flight=not batch), send, self.health)
-        if batch:
-            from streams.batch import StageRunner
-
-            window = max(self.settings.batch_max_records, 2 * concurrency)
-            if self.settings.processing_guarantee == "exactly_once":  # transactions of its own per partition
-                from streams.txn import TxnStageRunner
-
-                app.service(TxnStageRunner(stage, self.settings, concurrency, window))
-                return
-            if self.outbox is None:  # one per worker: its stages share the batches and the partition hashes
-                from streams.outbox import Outbox
-
-                # on the aiokafka producer faust's producer holds (started with the app)
-                self.outbox = Outbox(lambda: app.producer._ensure_producer(), self.settings.producer_batch_bytes)
-            app.service(StageRunner(stage, self.settings, self.outbox, channels, concurrency, window))
+            app.service(TxnStageRunner(stage, self.settings, concurrency, window))
             return
+        from streams.batch import StageRunner
 
-        async def run(stream):
-            async for event in stream.events():
-                m = event.message
-                await stage.handle(Raw(m.topic, m.partition, m.offset, m.key, m.value))
+        if self.outbox is None:  # one per worker: its stages share the batches and the partition hashes
+            from streams.outbox import Outbox
 
-        app.agent(channels[source.name], name=f"prefstream.{name}", concurrency=concurrency)(run)
+            # on the aiokafka producer faust's producer holds (started with the app)
+            self.outbox = Outbox(lambda: app.producer._ensure_producer(), self.settings.producer_batch_bytes)
+        app.service(StageRunner(stage, self.settings, self.outbox, self.channels, concurrency, window))
 
 
 class _BatchBoot(BootStrategy):
@@ -122,30 +104,28 @@ class _BatchBoot(BootStrategy):
 
 
 class BatchApp(faust.App):
-    """The worker for the batch runtime: faust without its shared consumer and conductor."""
+    """The worker: faust without its shared consumer and conductor (each stage consumes with
+    its own). faust still gives the worker its lifecycle (start, stop, signals), the producer
+    the stages send on, and the app's background tasks (objectives, health)."""
 
     BootStrategy = _BatchBoot
 
 
 def consumer_group(settings: Settings, agent: str) -> str:
-    """The consumer group an agent reads its topic in: its own in the batch runtime (so a
-    stage rebalances alone), the worker's shared one under faust."""
-    return f"{settings.group_id}.{agent}" if settings.runtime == "batch" else settings.group_id
+    """The consumer group an agent reads its topic in: its own (so a stage rebalances alone)."""
+    return f"{settings.group_id}.{agent}"
 
 
 def build_app(settings: Settings, agents: tuple[str, ...] = AGENTS) -> faust.App:
     unknown = set(agents) - set(AGENTS)
     if unknown:
         raise ValueError(f"unknown agents {sorted(unknown)}; choose from {', '.join(AGENTS)}")
-    if settings.runtime not in RUNTIMES:
-        raise ValueError(f"PREFSTREAM_RUNTIME={settings.runtime!r}: choose {' or '.join(RUNTIMES)}")
     if settings.processing_guarantee not in GUARANTEES:
         raise ValueError(f"PREFSTREAM_PROCESSING_GUARANTEE={settings.processing_guarantee!r}: choose "
                          f"{' or '.join(GUARANTEES)} (exactly_once needs a broker with transactions)")
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    app_class = BatchApp if settings.runtime == "batch" else faust.App
-    app = app_class(
+    app = BatchApp(
         settings.group_id,
         broker=settings.faust_broker,
         broker_credentials=faust_credentials(settings),
@@ -167,9 +147,9 @@ def build_app(settings: Settings, agents: tuple[str, ...] = AGENTS) -> faust.App
         # bounded in-flight work: an agent's buffer holds a few messages beyond its
         # concurrency; when it is full faust pauses the partition instead of buffering more
         stream_buffer_maxsize=max(4, 2 * settings.max_inflight),
-        # the batch runtime's stages make their own transactions (streams.txn); faust's
+        # under exactly-once the stages make their own transactions (streams.txn); faust's
         # producer, which they do not use then, stays plain
-        processing_guarantee=settings.processing_guarantee if app_class is faust.App else "at_least_once",
+        processing_guarantee="at_least_once",
     )
     ctx = Context(settings, from_settings(settings), Metrics())
     ctx.health = Health(ctx.metrics.registry)

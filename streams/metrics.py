@@ -129,29 +129,14 @@ class Metrics:
         logger.info("metrics on http://%s:%d/metrics", host, port)
         return True
 
-    def instrument(self, agent: str, handler: Callable[[Any], Awaitable[list]],
-                   count_in_flight: bool = True) -> Callable[[Any], Awaitable[list]]:
-        """``handler`` with in-flight counting (unless the caller sets the gauge itself), and
-        what it emits observed."""
-        if not count_in_flight:
-            async def observed(value: Any) -> list:
-                emits = await handler(value)
-                self.observe(emits)
-                return emits
-
-            return observed
-        gauge = self.child(self.in_flight, agent)
-
-        async def instrumented(value: Any) -> list:
-            gauge.inc()
-            try:
-                emits = await handler(value)
-            finally:
-                gauge.dec()
+    def instrument(self, handler: Callable[[Any], Awaitable[list]]) -> Callable[[Any], Awaitable[list]]:
+        """``handler`` with what it emits observed (the runtime sets the in-flight gauge)."""
+        async def observed(value: Any) -> list:
+            emits = await handler(value)
             self.observe(emits)
             return emits
 
-        return instrumented
+        return observed
 
     def observe(self, emits: list) -> None:
         """Count what one handler call emitted (``streams.runtime.Emit``s)."""

@@ -103,19 +103,13 @@ class Out(NamedTuple):
 
 class Stage:
     """Runs one stage's handler over raw records: ``outputs()`` turns one record into the
-    encoded messages to send (its dead letter when anything fails), ``handle()`` also sends
-    them with the binding's ``send``.
-
-    ``send(topic: Topic, key: bytes, value: bytes)`` is supplied by the binding and returns
-    once the broker has acknowledged the message, so this class is testable without a broker.
-    """
+    encoded messages to send (its dead letter when it is the message's fault); the runtime
+    (``streams.batch``, ``streams.txn``) sends them. Testable without a broker."""
 
     def __init__(self, name: str, source: Topic, topics: Topics, metrics: Metrics,
-                 handler: Callable[[Any], Awaitable[list[Emit]]],
-                 send: Callable[[Topic, bytes, bytes], Awaitable[None]] | None = None,
-                 health: Any = None) -> None:
+                 handler: Callable[[Any], Awaitable[list[Emit]]], health: Any = None) -> None:
         self.name, self.source, self.topics, self.metrics = name, source, topics, metrics
-        self.handler, self.send = handler, send
+        self.handler = handler
         self.health = health  # streams.health.Health: where a blocked stage says so
         if health is not None:
             health.add(name)
@@ -191,19 +185,6 @@ class Stage:
         if counter is None:
             counter = self._out[short] = self.metrics.messages_out.labels(self.name, short)
         counter.inc()
-
-    async def handle(self, raw: Raw) -> None:
-        """``outputs()``, then send them all and wait for the broker's acknowledgement. The
-        sends are queued in order and acknowledged together: one round trip per input."""
-        outs = await self.outputs_when_ready(raw)
-        results = await asyncio.gather(*(self.send(*o) for o in outs), return_exceptions=True)
-        for out, result in zip(outs, results):
-            if isinstance(result, Undeliverable):
-                await self.send(*self.letter(raw, result))
-                return
-            if isinstance(result, BaseException):
-                raise result
-            self.sent(out)
 
     def letter(self, raw: Raw, err: Exception, value: Any = None, reason: str | None = None) -> Out:
         """The dead letter for ``raw``: the reason, the msgspec error path, the original bytes

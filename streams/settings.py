@@ -31,9 +31,6 @@ class Settings:
     session_timeout_s: float = 10.0  # Tansu's first join waits half of this
     producer_linger_ms: int = 20  # batches sends: fewer, larger produce requests (less CPU per message)
     producer_batch_bytes: int = 256 * 1024  # per partition; a judged set is a few KB
-    # "batch": each stage takes records in batches with a consumer of its own and never waits
-    # per message; "faust": faust's per-event agents (either runs under exactly_once)
-    runtime: str = "batch"
     batch_max_records: int = 500  # records a stage holds at once, taken but not yet acknowledged
     # cluster security (Apache Kafka); secrets come from the environment or *_FILE files
     security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
@@ -111,8 +108,8 @@ class Settings:
     ingest_capture_rate: float = 1.0  # share of proxied requests captured as prompts
     ingest_capture_queue: int = 1000  # captures waiting for the broker; more are dropped
     # delivery: "at_least_once" (any broker; deterministic ids make the sinks idempotent) or
-    # "exactly_once" (transactions: streams.txn's in the batch runtime, faust's in its own;
-    # a broker with transactions, not Tansu)
+    # "exactly_once" (a stage's outputs and input offsets in one transaction per partition batch,
+    # streams.txn; a broker with transactions, not Tansu)
     processing_guarantee: str = "at_least_once"
 
     @property

@@ -1,6 +1,5 @@
 """Exactly-once (``PREFSTREAM_PROCESSING_GUARANTEE=exactly_once``) on a broker that has
-transactions: the batch runtime's per-partition-batch transactions (``streams.txn``) and
-faust's.
+transactions: a stage's per-partition-batch transactions (``streams.txn``).
 
 Broker: noida-db's Kafka service (transactions; it never expires a crashed member, so no
 worker is killed here: the worker is stopped gracefully and a new one takes over mid-run).
@@ -49,15 +48,14 @@ def prepare(tmp_path, namespace, broker, model, objective: str, n: int):
     return settings, topics, spec, math_prompts(n, spec.name, prefix=objective[0])
 
 
-@pytest.mark.parametrize("runtime,change", [("batch", "handover"), ("faust", "handover"), ("batch", "join")])
-def test_exactly_once_on_a_transactional_broker_one_message_per_prompt_and_record(tmp_path, workers, namespace, runtime,
+@pytest.mark.parametrize("change", ["handover", "join"])
+def test_exactly_once_on_a_transactional_broker_one_message_per_prompt_and_record(tmp_path, workers, namespace,
                                                                                   change):
-    """Both runtimes: the batch runtime's own transactions per partition batch
-    (``streams.txn``) and faust's. Mid-run the group changes: ``handover``, the worker stops
-    gracefully and a new one takes over; ``join``, a second worker joins the running one, which
-    gives up a partition while its batches are in flight."""
+    """Transactions per partition batch (``streams.txn``). Mid-run the group changes:
+    ``handover``, the worker stops gracefully and a new one takes over; ``join``, a second
+    worker joins the running one, which gives up a partition while its batches are in flight."""
     n = 300
-    eos = {**EOS, "PREFSTREAM_RUNTIME": runtime}
+    eos = EOS
     # join: model calls of 0.5 s keep the first worker's batches in flight while the group changes
     with Noida(tmp_path) as broker, EchoModel(tmp_path, delay_s=0.5 if change == "join" else 0.0) as model:
         settings, topics, spec, prompts = prepare(tmp_path, namespace, broker, model, "eos", n)
@@ -97,7 +95,7 @@ def test_exactly_once_on_a_transactional_broker_one_message_per_prompt_and_recor
     records = Counter(r.id for r in ledger.seen["preferences"])
     want = Counter(r for rids in expected.values() for r in rids)
     logs = "".join(open(p.log_path, errors="replace").read() for p in workers.procs)
-    print(f"\nexactly-once ({runtime} runtime, noida-db transactions), {n} prompts, {change} at {n // 4} outcomes:")
+    print(f"\nexactly-once (noida-db transactions), {n} prompts, {change} at {n // 4} outcomes:")
     print(f"  outcome messages (read_committed)={sum(per_prompt.values())} for {len(per_prompt)} prompts; "
           f"preference messages={sum(records.values())} for {len(records)} ids (expected {len(want)}); "
           f"dead_letters={len(ledger.letters)} seconds={seconds:.0f}")
@@ -125,7 +123,7 @@ def test_tansu_has_no_transactions(tmp_path):
 
 
 def test_a_fenced_transaction_is_aborted_and_its_batch_runs_again(tmp_path, workers, namespace):
-    """The batch runtime's transactions under a fence: mid-run, another producer starts with
+    """The stages' transactions under a fence: mid-run, another producer starts with
     the transactional id of the worker's curate producer for prompts[0] (what the partition's
     next holder does) and leaves a transaction open with a stray message in `curated`. The
     worker's next transaction there fails, is aborted, and its batch runs again on a new
@@ -140,7 +138,7 @@ def test_a_fenced_transaction_is_aborted_and_its_batch_runs_again(tmp_path, work
     with Noida(tmp_path) as broker, EchoModel(tmp_path) as model:
         settings, topics, spec, prompts = prepare(tmp_path, namespace, broker, model, "fence", n)
         ids = {p.id for p in prompts}
-        worker = workers.start(settings, **EOS)  # the batch runtime (the default)
+        worker = workers.start(settings, **EOS)
         fenced = transactional_id(consumer_group(settings, "curate"), TopicPartition(topics.prompts.name, 0))
 
         async def scenario():

@@ -18,6 +18,7 @@ from streams.metrics import Metrics
 from streams.runtime import Blocked, Emit, Raw, Rejected, Stage
 from streams.topics import Topics
 from tests.conftest import get_json
+from tests.stages import handle
 
 
 @pytest.mark.parametrize("err, reason", [
@@ -42,14 +43,8 @@ def test_the_messages_faults_do_not_block(err):
 
 
 def _stage(handler, health):
-    topics = Topics("ns")
-    sent = []
-
-    async def send(topic, key, value):
-        sent.append(topic.name)
-
-    metrics = Metrics()
-    return Stage("synthesize", topics.prompts, topics, metrics, handler, send, health), topics, sent, metrics
+    topics, sent, metrics = Topics("ns"), [], Metrics()
+    return Stage("synthesize", topics.prompts, topics, metrics, handler, health), topics, sent, metrics
 
 
 def _raw(topics, pid="p1") -> Raw:
@@ -78,11 +73,11 @@ def test_a_blocked_stage_holds_its_input_retries_and_goes_on_once_fixed(monkeypa
             await asyncio.sleep(0)
 
     async def go():
-        await asyncio.gather(stage.handle(_raw(topics)), watch())
+        await asyncio.gather(handle(stage, _raw(topics), sent), watch())
 
     with caplog.at_level(logging.INFO, logger="streams.health"):
         asyncio.run(go())
-    assert sent == ["ns.curated"]  # no dead letter, the one output after the fix
+    assert [t for t, _, _ in sent] == ["ns.curated"]  # no dead letter, the one output after the fix
     assert len(tries) == 4 and any(seen_blocked) and not health.is_blocked("synthesize")
     assert metrics.sample("prefstream_dead_letters_total", agent="synthesize", topic="prompts", outcome="error") is None
     assert metrics.sample("prefstream_messages_in_total", agent="synthesize", topic="prompts") == 1

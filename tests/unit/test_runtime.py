@@ -6,17 +6,12 @@ from schemas import Message, Prompt
 from streams.metrics import Metrics
 from streams.runtime import Emit, Raw, Rejected, Stage
 from streams.topics import Topics
+from tests.stages import handle
 
 
 def make_stage(handler):
-    topics = Topics("ns")
-    sent = []
-
-    async def send(topic, key, value):
-        sent.append((topic.name, key, value))
-
-    metrics = Metrics()
-    return Stage("curate", topics.prompts, topics, metrics, handler, send), topics, sent, metrics
+    topics, sent, metrics = Topics("ns"), [], Metrics()
+    return Stage("curate", topics.prompts, topics, metrics, handler), topics, sent, metrics
 
 
 def raw(value: bytes, key=b"k1") -> Raw:
@@ -32,9 +27,9 @@ def test_malformed_goes_to_deadletters_with_path_and_original_then_next_is_proce
     good = topics.prompts.codec.encode(Prompt(id="ok", messages=[Message(role="user", content="hi")]))
 
     async def go():
-        await stage.handle(raw(b"\xff\xfe not json"))
-        await stage.handle(raw(bad))
-        await stage.handle(raw(good))
+        await handle(stage, raw(b"\xff\xfe not json"), sent)
+        await handle(stage, raw(bad), sent)
+        await handle(stage, raw(good), sent)
 
     asyncio.run(go())
     assert [s[0] for s in sent] == ["ns.deadletters", "ns.deadletters", "ns.curated"]
@@ -56,8 +51,8 @@ def test_rejection_and_crash_both_become_dead_letters_with_prompt_id():
     enc = topics.prompts.codec.encode
 
     async def go():
-        await stage.handle(raw(enc(Prompt(id="r", messages=[Message(role="user", content="x")]))))
-        await stage.handle(raw(enc(Prompt(id="c", messages=[Message(role="user", content="x")]))))
+        await handle(stage, raw(enc(Prompt(id="r", messages=[Message(role="user", content="x")]))), sent)
+        await handle(stage, raw(enc(Prompt(id="c", messages=[Message(role="user", content="x")]))), sent)
 
     asyncio.run(go())
     letters = [msgspec.json.decode(s[2]) for s in sent]
