@@ -30,6 +30,7 @@ from agents.evaluators.base import Evaluator
 from agents.evaluators.bias import BiasGauges, family
 from agents.trajectory import parse_action, step_of
 from schemas import Candidate, CandidateSet, Judged, JudgedSet, ObjectiveSpec, Score
+from schemas.judgments import judged_id
 from streams.runtime import Emit, Rejected
 
 logger = logging.getLogger(__name__)
@@ -122,13 +123,14 @@ async def process(cset: CandidateSet, evaluators: Mapping[str, Evaluator]) -> li
     for cand, scores, (verified, score) in zip(cset.candidates, per_candidate, aggregate_set(per_candidate, spec)):
         same = writer_family(cand, by_id) in judges if judges else None
         judged.append(Judged(candidate=cand, scores=scores, verified=verified, score=score, same_family=same))
-    out = JudgedSet(id="j-" + cset.id.removeprefix("s-"), prompt=cset.prompt, objective=cset.objective,
-                    judged=judged, created_at=time.time())
+    out = JudgedSet(id=judged_id(cset.id), prompt=cset.prompt, objective=cset.objective,
+                    judged=judged, created_at=time.time(),
+                    rejudged_from=judged_id(cset.rejudged_from) if cset.rejudged_from else None)
     return [Emit("judgments", cset.prompt.id, out)]
 
 
 def bind(app, ctx) -> None:
-    """The faust agent: candidates → judgments (and the bias gauges)."""
+    """The faust agent: candidates → judgments (and the bias gauges); and the ``relabel`` stage."""
     gauges = BiasGauges(ctx.metrics.registry)
 
     async def handler(cset: CandidateSet) -> list[Emit]:
@@ -139,3 +141,6 @@ def bind(app, ctx) -> None:
         return emits
 
     ctx.agent(app, "evaluate", ctx.topics.candidates, handler, concurrency=ctx.settings.max_inflight)
+    from agents import relabel
+
+    relabel.bind(app, ctx)  # late human labels re-score judged sets (feedback → labels + judgments)

@@ -27,7 +27,7 @@ import msgspec
 from agents.trajectory import parse_action, step_of
 from agents.utility import difficulty, pass_rate, prompt_stats
 from schemas import (InstantiationSpec, Judged, JudgedSet, Message, Outcome, PreferenceRecord, Ranked,
-                     RankingRecord, RewardRecord, Side, UnpairedRecord, stable_id)
+                     RankingRecord, RewardRecord, Side, UnpairedRecord, Withdrawn, stable_id)
 from streams.runtime import Emit
 
 logger = logging.getLogger(__name__)
@@ -128,8 +128,11 @@ def _completion(j: Judged) -> list[Message]:
 
 def _common(jset: JudgedSet, kind: str, *parts: object) -> dict:
     ref = jset.objective.ref
+    if jset.late_labels:  # a re-scored set's records differ from the ones they supersede
+        parts = (*parts, sorted(f.id for f in jset.late_labels))
     return dict(id="r-" + stable_id(jset.prompt.id, ref, kind, *parts), prompt_id=jset.prompt.id, objective=ref,
-                prompt=list(jset.prompt.messages), source=jset.prompt.source, created_at=time.time())
+                prompt=list(jset.prompt.messages), source=jset.prompt.source, created_at=time.time(),
+                rejudged_from=jset.rejudged_from)
 
 
 def pair_record(jset: JudgedSet, chosen: Judged, rejected: Judged, flagged: bool = False) -> PreferenceRecord:
@@ -231,18 +234,39 @@ def instantiate_steps(jset: JudgedSet) -> tuple[list, Counter, str]:
     return records, counts, "; ".join(reasons)
 
 
+def supersede(jset: JudgedSet, records: list) -> tuple[list, list[Withdrawn]]:
+    """A re-scored set (a late label): each new record names the old record of its kind and
+    step it replaces, in order; an old record with no successor is withdrawn."""
+    if not jset.superseded_records:
+        return records, []
+    old: dict[tuple, list[str]] = {}
+    for ref in jset.superseded_records:
+        old.setdefault((ref.kind, ref.step), []).append(ref.id)
+    out = []
+    for r in records:
+        queue = old.get((r.kind, r.step))
+        out.append(msgspec.structs.replace(r, supersedes=queue.pop(0)) if queue else r)
+    withdrawn = [Withdrawn(id="w-" + stable_id(rid, jset.id), prompt_id=jset.prompt.id, objective=jset.objective.ref,
+                           supersedes=rid, created_at=time.time()) for ids in old.values() for rid in ids]
+    return out, withdrawn
+
+
 def process(jset: JudgedSet) -> list[Emit]:
     ref, pid = jset.objective.ref, jset.prompt.id
     records, counts, reason = instantiate_steps(jset)
+    records, withdrawn = supersede(jset, records)
+    topic = "preferences-shadow" if jset.objective.status == "shadow" else "preferences"
+    gone = [Emit(topic, pid, w) for w in withdrawn]
     if not records:
         reason = reason or f"no records: the objective's instantiation made none ({dict(counts) or 'nothing on'})"
         outcome = Outcome(prompt_id=pid, objective=ref, status="no_pair", candidates=len(jset.judged),
-                          reason=reason, created_at=time.time(), counts=dict(counts))
-        return [Emit("outcomes", pid, outcome)]
+                          reason=reason, created_at=time.time(), counts=dict(counts),
+                          rejudged_from=jset.rejudged_from)
+        return gone + [Emit("outcomes", pid, outcome)]
     outcome = Outcome(prompt_id=pid, objective=ref, status="records", record_ids=[r.id for r in records],
-                      candidates=len(jset.judged), reason=reason, created_at=time.time(), counts=dict(counts))
-    topic = "preferences-shadow" if jset.objective.status == "shadow" else "preferences"
-    return [Emit(topic, pid, r) for r in records] + [Emit("outcomes", pid, outcome)]
+                      candidates=len(jset.judged), reason=reason, created_at=time.time(), counts=dict(counts),
+                          rejudged_from=jset.rejudged_from)
+    return [Emit(topic, pid, r) for r in records] + gone + [Emit("outcomes", pid, outcome)]
 
 
 def bind(app, ctx) -> None:
@@ -250,6 +274,8 @@ def bind(app, ctx) -> None:
 
     async def handler(jset: JudgedSet) -> list[Emit]:
         *records, outcome = process(jset)
+        if jset.supersedes:  # a re-scored set: its prompt was counted when first judged
+            return [*records, outcome]
         stats = Emit("prompt-stats", jset.prompt.id, prompt_stats(jset, outcome.value))
         return [*records, stats, outcome]
 

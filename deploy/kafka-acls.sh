@@ -6,8 +6,9 @@
 # pipeline. So each role gets its own SASL user and only the writes it needs:
 #
 #   ADMIN   `prefstream objective apply/rollback` and the objective Job: creates the topics,
-#           writes objectives and objective-history (the control topics; nobody else may)
-#   WORKER  the four agents: reads every topic, writes only the pipeline's own topics
+#           writes objectives and objective-history (the control topics; nobody else may);
+#           `prefstream rejudge` (writes candidates)
+#   WORKER  the four agents (and relabel): reads every topic, writes only the pipeline's own topics
 #   INGEST  `prefstream ingest`: writes prompts and feedback
 #   TAP     `prefstream tap` and `submit`: reads the records, writes prompts
 #
@@ -34,6 +35,7 @@ acl --allow-principal "$ADMIN" --operation Create --operation Describe --operati
     --topic "$NS." --resource-pattern-type prefixed
 acl --allow-principal "$ADMIN" --operation Write --operation Read --topic "$NS.objectives"
 acl --allow-principal "$ADMIN" --operation Write --operation Read --topic "$NS.objective-history"
+acl --allow-principal "$ADMIN" --operation Write --topic "$NS.candidates"  # `prefstream rejudge` re-publishes sets
 acl --deny-principal "$WORKER" --deny-principal "$INGEST" --deny-principal "$TAP" --operation Write \
     --topic "$NS.objectives"
 acl --deny-principal "$WORKER" --deny-principal "$INGEST" --deny-principal "$TAP" --operation Write \
@@ -41,7 +43,7 @@ acl --deny-principal "$WORKER" --deny-principal "$INGEST" --deny-principal "$TAP
 
 # workers: read everything in the namespace, write the pipeline's topics, own their groups
 acl --allow-principal "$WORKER" --operation Read --operation Describe --topic "$NS." --resource-pattern-type prefixed
-for t in curated candidates judgments preferences preferences-shadow outcomes deadletters prompt-stats; do
+for t in curated candidates judgments preferences preferences-shadow outcomes deadletters prompt-stats labels; do
   acl --allow-principal "$WORKER" --operation Write --topic "$NS.$t"
 done
 acl --allow-principal "$WORKER" --operation Read --group "$NS" --resource-pattern-type prefixed

@@ -4,7 +4,7 @@ from schemas.candidates import Candidate, CandidateSet, Sampling
 from schemas.deadletters import DeadLetter
 from schemas.feedback import Feedback
 from schemas.health import StageHealth
-from schemas.judgments import Judged, JudgedSet, Score
+from schemas.judgments import Judged, JudgedSet, RecordRef, Score
 from schemas.objectives import (
     CurationSpec,
     EvaluationSpec,
@@ -17,7 +17,7 @@ from schemas.objectives import (
     SynthesisSpec,
 )
 from schemas.preferences import (RECORD_TYPES, AnyRecord, Outcome, PreferenceRecord, Ranked, RankingRecord,
-                                 RewardRecord, Side, UnpairedRecord)
+                                 RewardRecord, Side, UnpairedRecord, Withdrawn)
 from schemas.prompts import Curated, Message, Prompt, Verification, prompt_id
 
 __all__ = [
@@ -26,5 +26,5 @@ __all__ = [
     "FewShot", "GeneratorSpec", "InstantiationSpec", "Judged", "JudgedSet", "JudgeSpec",
     "Message", "ObjectiveSpec", "Outcome", "PreferenceRecord", "Prompt", "Sampling", "Score",
     "Side", "StageHealth", "SynthesisSpec", "Verification", "prompt_id", "stable_id",
-    "AnyRecord", "RECORD_TYPES", "Ranked", "RankingRecord", "RewardRecord", "UnpairedRecord",
+    "AnyRecord", "RECORD_TYPES", "Ranked", "RankingRecord", "RewardRecord", "UnpairedRecord", "Withdrawn", "RecordRef",
 ]

@@ -37,3 +37,6 @@ class CandidateSet(Wire, tag="candidates.v1", kw_only=True):
     objective: ObjectiveSpec
     candidates: list[Candidate]
     created_at: float = 0.0
+    # `prefstream rejudge`: the id of the stored set these candidates were first judged in
+    # (this set re-judges them under ``objective``, with no generator call)
+    rejudged_from: str | None = None

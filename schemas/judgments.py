@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from schemas.base import Part, Wire
 from schemas.candidates import Candidate
+from schemas.feedback import Feedback
 from schemas.objectives import ObjectiveSpec
 from schemas.prompts import Prompt
 
@@ -37,6 +38,14 @@ class Score(Part, kw_only=True):
     comparisons: list[Comparison] = []  # pairwise: one per other candidate
 
 
+class RecordRef(Part, kw_only=True):
+    """A preference record by id, with what pairs it with its successor: kind and step."""
+
+    id: str
+    kind: str
+    step: int | None = None
+
+
 class Judged(Part, kw_only=True):
     candidate: Candidate
     scores: list[Score]
@@ -53,3 +62,14 @@ class JudgedSet(Wire, tag="judged.v1", kw_only=True):
     objective: ObjectiveSpec
     judged: list[Judged]
     created_at: float = 0.0
+    rejudged_from: str | None = None  # `rejudge`: the judged set these candidates were first judged in
+    # a late label re-scored an earlier judged set (``agents.relabel``): its id, the labels folded in
+    # since (each once), and the records it made (which this set's records supersede)
+    supersedes: str | None = None
+    late_labels: list[Feedback] = []
+    superseded_records: list[RecordRef] = []
+
+
+def judged_id(set_id: str) -> str:
+    """The id of the judged set made from the candidate set ``set_id``."""
+    return "j-" + set_id.removeprefix("s-")

@@ -90,6 +90,9 @@ class JudgeSpec(Part, kw_only=True, omit_defaults=False):
     retries: int = 1
 
 
+MAX_LATE_LABEL_DAYS = 30.0  # how far back a late label looks for its judged set
+
+
 class EvaluationSpec(Part, kw_only=True, omit_defaults=False):
     evaluators: list[EvaluatorSpec] = msgspec.field(
         default_factory=lambda: [
@@ -113,6 +116,14 @@ class EvaluationSpec(Part, kw_only=True, omit_defaults=False):
     features: list[EvaluatorName] = msgspec.field(default_factory=lambda: ["length", "repetition", "refusal"])
     # a candidate any guard scores below 0.5 gets ensemble score 0 (it can still be `rejected`)
     guards: list[EvaluatorName] = msgspec.field(default_factory=lambda: ["injection"])
+    # a human label (`feedback`) that arrives at most this many days after its set was judged
+    # re-scores the set and supersedes its records (agents.relabel); 0 = late labels never count
+    late_label_days: float = 7.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.late_label_days <= MAX_LATE_LABEL_DAYS:
+            raise ValueError(f"evaluation.late_label_days must be in [0, {MAX_LATE_LABEL_DAYS:g}], "
+                             f"not {self.late_label_days}")
 
 
 class InstantiationSpec(Part, kw_only=True, omit_defaults=False):

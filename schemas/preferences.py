@@ -48,6 +48,8 @@ class PreferenceRecord(Wire, tag="preference.v1", kw_only=True):
     # trajectory before it; chosen and rejected are two next actions); None for a whole response
     step: int | None = None
     difficulty: str | None = None  # "easy" | "medium" | "hard" from the verifiers' pass rate
+    rejudged_from: str | None = None  # `rejudge`: the judged set the candidates were first judged in
+    supersedes: str | None = None  # a late label re-scored the set: the record this one replaces
 
     def trl(self) -> dict:
         """The line a trainer reads: TRL conversational preference format + provenance."""
@@ -65,6 +67,7 @@ class PreferenceRecord(Wire, tag="preference.v1", kw_only=True):
             "model_rejected": self.rejected_side.model,
             **({"step": self.step} if self.step is not None else {}),
             **({"difficulty": self.difficulty} if self.difficulty is not None else {}),
+            **({"supersedes": self.supersedes} if self.supersedes is not None else {}),
         }
 
 
@@ -83,6 +86,8 @@ class UnpairedRecord(Wire, tag="preference.unpaired.v1", kw_only=True):
     created_at: float = 0.0
     step: int | None = None
     difficulty: str | None = None
+    rejudged_from: str | None = None  # `rejudge`: the judged set the candidates were first judged in
+    supersedes: str | None = None  # a late label re-scored the set: the record this one replaces
 
 
 class Ranked(Part, kw_only=True):
@@ -106,6 +111,8 @@ class RankingRecord(Wire, tag="preference.ranking.v1", kw_only=True):
     created_at: float = 0.0
     step: int | None = None
     difficulty: str | None = None
+    rejudged_from: str | None = None  # `rejudge`: the judged set the candidates were first judged in
+    supersedes: str | None = None  # a late label re-scored the set: the record this one replaces
 
 
 class RewardRecord(Wire, tag="preference.reward.v1", kw_only=True):
@@ -123,9 +130,24 @@ class RewardRecord(Wire, tag="preference.reward.v1", kw_only=True):
     created_at: float = 0.0
     step: int | None = None
     difficulty: str | None = None
+    rejudged_from: str | None = None  # `rejudge`: the judged set the candidates were first judged in
+    supersedes: str | None = None  # a late label re-scored the set: the record this one replaces
 
 
-AnyRecord = Union[PreferenceRecord, UnpairedRecord, RankingRecord, RewardRecord]
+class Withdrawn(Wire, tag="preference.withdrawn.v1", kw_only=True):
+    """A record a late label took back with nothing in its place (its set, re-scored, no longer
+    makes one of its kind): ``supersedes`` names it. No training row comes from it; the tap and
+    the dataset API drop the record it names."""
+
+    id: str
+    kind: Literal["withdrawn"] = "withdrawn"
+    prompt_id: str
+    objective: str
+    supersedes: str
+    created_at: float = 0.0
+
+
+AnyRecord = Union[PreferenceRecord, UnpairedRecord, RankingRecord, RewardRecord, Withdrawn]
 RECORD_TYPES = (PreferenceRecord, UnpairedRecord, RankingRecord, RewardRecord)
 KINDS = ("pair", "unpaired", "ranking", "reward")
 
@@ -174,3 +196,4 @@ class Outcome(Wire, tag="outcome.v1", kw_only=True):
     reason: str = ""
     created_at: float = 0.0
     counts: dict[str, int] = {}
+    rejudged_from: str | None = None  # `rejudge`: the judged set the prompt's candidates were first judged in

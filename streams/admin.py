@@ -24,11 +24,8 @@ async def create_topics(settings: Settings, topics: Topics) -> list[str]:
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        new = [
-            NewTopic(t.name, t.partitions, settings.replication,
-                     topic_configs={"cleanup.policy": "compact"} if t.spec.compacted else {})
-            for t in topics if t.name not in existing
-        ]
+        new = [NewTopic(t.name, t.partitions, settings.replication, topic_configs=topic_configs(settings, t))
+               for t in topics if t.name not in existing]
         if new:
             try:
                 await admin.create_topics(new)
@@ -37,6 +34,14 @@ async def create_topics(settings: Settings, topics: Topics) -> list[str]:
         return [t.name for t in new]
     finally:
         await admin.close()
+
+
+def topic_configs(settings: Settings, topic: Topic) -> dict[str, str]:
+    """A new topic's configs: compaction, and the retention its spec names in the settings."""
+    configs = {"cleanup.policy": "compact"} if topic.spec.compacted else {}
+    if topic.spec.retention:
+        configs["retention.ms"] = str(getattr(settings, topic.spec.retention))
+    return configs
 
 
 def producer(settings: Settings, **overrides) -> AIOKafkaProducer:

@@ -9,6 +9,13 @@ Records are read from the start of the topic, each record id once (the bus deliv
 least once), and — with ``follow`` — as they arrive, until ``idle_timeout_s`` passes with
 none (``None``: forever). A background thread owns the Kafka consumer; a bounded queue
 between it and the caller holds the consumer back when the trainer is slower.
+
+Superseded records (a late label re-scored their set; ``streams.supersede``): records are held
+back until the reader has caught up with the topic (an idle second), and those superseded by
+then are never handed out. A record superseded later, after it was handed out, is followed by
+its successor, whose ``supersedes`` field (column) names it: a trainer following the stream
+drops the row it names (a ``Withdrawn`` record, which names one with no successor, has no row in
+any format; ``records()`` hands it out when ``kinds`` is None).
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ from streams.topics import Topics, from_settings
 logger = logging.getLogger(__name__)
 
 _END = object()
+CAUGHT_UP_S = 1.0  # an idle second: what was on the topic at the start has been read
 
 
 class _Reader(threading.Thread):
@@ -90,6 +98,8 @@ def records(settings: Settings, kinds: tuple[str, ...] | None = None, follow: bo
     worker = _Reader(settings, topic, maxsize)
     worker.start()
     seen: set[str] = set()
+    backlog: dict[str, object] | None = {}  # what was on the topic at the start, until caught up
+    gone: set[str] = set()  # superseded ids
     last = time.monotonic()
     try:
         while True:
@@ -98,18 +108,29 @@ def records(settings: Settings, kinds: tuple[str, ...] | None = None, follow: bo
             except queue.Empty:
                 if not worker.ready.is_set():
                     last = time.monotonic()
+                elif backlog is not None and time.monotonic() - last >= CAUGHT_UP_S:
+                    yield from (r for r in backlog.values() if r.id not in gone)
+                    backlog = None
                 elif limit is not None and time.monotonic() - last >= limit:
                     return
                 continue
             if item is _END:
                 if worker.error is not None:
                     raise worker.error
+                yield from (r for r in (backlog or {}).values() if r.id not in gone)
                 return
             last = time.monotonic()
-            if item.id in seen or (kinds is not None and item.kind not in kinds):
+            if (old := getattr(item, "supersedes", None)) is not None:
+                gone.add(old)
+                if backlog is not None:
+                    backlog.pop(old, None)
+            if item.id in seen or item.id in gone or (kinds is not None and item.kind not in kinds):
                 continue
             seen.add(item.id)
-            yield item
+            if backlog is not None:
+                backlog[item.id] = item
+            else:
+                yield item
     finally:
         worker.halt.set()
         worker.join(10)

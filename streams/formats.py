@@ -14,7 +14,8 @@ turns) and ``standard`` (plain strings). The standard rendering is Anthropic HH'
 standard preference examples use: the prompt is ``"\\n\\nHuman: …\\n\\nAssistant:"`` and a
 completion continues it (``" …"``). Every row also carries provenance: ``id`` (the record
 id, deterministic), ``prompt_id``, ``objective`` (name@version), ``source``, ``models`` and
-``evaluators``. Trainers drop columns they do not use.
+``evaluators``; ``supersedes`` names the record a row replaces (a late label re-scored its set;
+the tap drops the replaced row, ``streams.supersede``). Trainers drop columns they do not use.
 
 In Parquet a turn holds ``role`` and ``content``; tool calls stay in the JSONL rows.
 
@@ -40,7 +41,8 @@ ROLES = {"user": "Human", "assistant": "Assistant", "system": "System", "tool": 
 CHAT = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 STR, F64 = pa.string(), pa.float64()
 PROVENANCE = [("id", STR), ("prompt_id", STR), ("objective", STR), ("source", STR),
-              ("models", pa.list_(STR)), ("evaluators", pa.list_(STR)), ("step", pa.int64()), ("difficulty", STR)]
+              ("models", pa.list_(STR)), ("evaluators", pa.list_(STR)), ("step", pa.int64()), ("difficulty", STR),
+              ("supersedes", STR)]
 
 
 class FormatError(ValueError):
@@ -78,7 +80,8 @@ def _provenance(r, sides: list[Side]) -> dict:
     evaluators = sorted({s.evaluator for side in sides for s in side.scores if s.value is not None})
     models = list(dict.fromkeys(side.model for side in sides))
     return {"id": r.id, "prompt_id": r.prompt_id, "objective": r.objective, "source": r.source,
-            "models": models, "evaluators": evaluators, "step": r.step, "difficulty": r.difficulty}
+            "models": models, "evaluators": evaluators, "step": r.step, "difficulty": r.difficulty,
+            "supersedes": r.supersedes}
 
 
 def dpo_row(r: PreferenceRecord, style: str) -> dict:

@@ -9,7 +9,8 @@ reads the same four things (live and shadow records) from the bus instead.
 ``figures()`` turns them into plain JSON (``prefstream report --json``); the HTML page
 (``streams.report_html``) draws exactly these. A figure with nothing to measure is
 ``None`` with a ``note`` saying why, never 0. The bias figures are those of
-``agents.evaluators.bias.BiasTracker``, per time bin and overall.
+``agents.evaluators.bias.BiasTracker``, per time bin, overall and per objective version.
+Records a late label superseded, and ``Withdrawn`` markers, are left out (``live``).
 """
 from __future__ import annotations
 
@@ -107,7 +108,14 @@ def load_dir(path: Path) -> Sources:
                         getattr(src, key).append(dec.decode(line))
                     except msgspec.DecodeError as e:
                         raise ReportError(f"{path / name}:{n}: {e}") from None
+    src.records = live(src.records)
     return src
+
+
+def live(records: list) -> list:
+    """The records a trainer gets: none a late label superseded, no ``Withdrawn`` markers."""
+    gone = {r.supersedes for r in records if getattr(r, "supersedes", None)}
+    return [r for r in records if r.id not in gone and r.kind != "withdrawn"]
 
 
 async def load_topics(settings, topics) -> Sources:
@@ -134,7 +142,7 @@ async def load_topics(settings, topics) -> Sources:
     finally:
         await consumer.stop()
     src.judged = list({j.id: j for j in src.judged}.values())  # at-least-once: replays count once
-    src.records = list({r.id: r for r in src.records}.values())
+    src.records = live(list({r.id: r for r in src.records}.values()))
     src.outcomes = list({(o.prompt_id, o.objective): o for o in src.outcomes}.values())
     return src
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 from collections import Counter, defaultdict
 
-from agents.evaluators.bias import BiasTracker
+from agents.evaluators.bias import BiasTracker, by_version
 
 
 MAX_POINTS = 3000  # points in the length scatter
@@ -166,7 +166,9 @@ def _len(messages) -> int:
 
 
 def bias(judged, pairs, edges: list[float]) -> dict:
-    """The bias figures overall and per time bin (swap consistency, tie rate, parse failures)."""
+    """The bias figures overall, per time bin (swap consistency, tie rate, parse failures) and
+    per objective version (``by_version``: first judgments only, the same sums every worker's
+    ``prefstream_bias_events_total`` adds up to)."""
     overall, per_bin = BiasTracker(), [BiasTracker() for _ in range(max(len(edges) - 1, 0))]
     for js in judged:
         overall.add(js)
@@ -185,7 +187,8 @@ def bias(judged, pairs, edges: list[float]) -> dict:
         notes["parse_failure_rate"] = "no model judge (`judge`, `pairwise`) gave a verdict"
     if out["same_family_rate"] is None:
         notes["same_family_rate"] = "no model judged, so no judge and writer families to compare"
-    return {"overall": out, "edges": edges, "notes": notes,
+    versions = {ref: {**t.figures(), "judged_sets": len(t.seen)} for ref, t in sorted(by_version(judged).items())}
+    return {"overall": out, "edges": edges, "notes": notes, "by_version": versions,
             "swap_consistency": [f["swap_consistency"] for f in figs], "swap_n": [t.swaps[1] for t in per_bin],
             "tie_rate": [f["tie_rate"] for f in figs], "tie_n": [t.ties[1] for t in per_bin],
             "parse_failure_rate": [f["parse_failure_rate"] for f in figs]}

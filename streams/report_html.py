@@ -133,9 +133,14 @@ def _bias(sec: dict) -> str:
             for k in ("swap_consistency", "tie_rate", "parse_failure_rate", "same_family_rate")]
     notes = "".join(f'<p class="empty">Nothing to measure for {e(k.replace("_", " "))}: {e(v)}.</p>'
                     for k, v in sec["notes"].items() if k in ("swap_consistency", "tie_rate"))
+    figures = ("swap_consistency", "tie_rate", "parse_failure_rate", "same_family_rate", "length_diff_mean")
+    versions = [[e(ref), num(v["judged_sets"]), *(num(v[k]) for k in figures)]
+                for ref, v in sec.get("by_version", {}).items()]
     return (figure(charts.bias(sec), "swap consistency and tie rate per time bin",
                    "no judged sets with a time, or no figure measurable in any bin") + notes
-            + table(["figure (overall)", "value", "why n/a"], rows, text=(0, 2)))
+            + table(["figure (overall)", "value", "why n/a"], rows, text=(0, 2))
+            + table(["objective version", "judged sets", *(k.replace("_", " ") for k in figures)], versions,
+                    text=(0,)))
 
 
 def _agreement(sec: dict) -> str:

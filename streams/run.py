@@ -27,7 +27,7 @@ import msgspec
 from tqdm import tqdm
 
 from agents.evaluators.bias import BiasTracker
-from schemas import (RECORD_TYPES, DeadLetter, JudgedSet, ObjectiveSpec, Outcome, PreferenceRecord, Prompt,
+from schemas import (RECORD_TYPES, Withdrawn, DeadLetter, JudgedSet, ObjectiveSpec, Outcome, PreferenceRecord, Prompt,
                      StageHealth)
 from streams.admin import create_topics, producer, reader
 from streams.broker import EmbeddedBroker
@@ -239,6 +239,8 @@ def _consume(topics: Topics, msg, ledger: Ledger, sink: JsonlSink, watch: BlockW
         if value.prompt_id in ledger.expected:
             ledger.records[value.id] = value
             sink.write(value)
+    elif isinstance(value, Withdrawn):  # a late label took a record back: the sinks drop it
+        sink.write(value)
     elif isinstance(value, Outcome):
         ledger.add_outcome(value)
     elif isinstance(value, DeadLetter):

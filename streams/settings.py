@@ -78,6 +78,8 @@ class Settings:
     agent_concurrency: Count = 32
     # agents
     default_objective: str = "default"
+    # how long the `candidates` topic keeps sets (ms; -1 forever): how far back `rejudge` reaches
+    candidates_retention_ms: Annotated[int, Meta(ge=-1)] = 30 * 86_400_000
     objective_wait_s: NonNegativeFloat = 30.0  # how long curate waits for an unknown objective to appear
     # `prefstream run` stops (exit 2, naming the cause and the fix) once a stage has been
     # blocked by its environment this long; a long-running worker waits for the fix instead

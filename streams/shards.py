@@ -9,7 +9,9 @@ under ``DIR/.tmp`` and fsynced, the JSONL is renamed into place (the commit poin
 the Parquet. On open, ``.tmp`` is emptied, a Parquet shard without its JSONL twin is
 removed, one missing its Parquet is rebuilt from the JSONL, and the ids index is rebuilt
 from the committed JSONL shards. The tap reads its topic from the start, so whatever a
-crash lost is written again, once.
+crash lost is written again, once. A superseded record (``streams.supersede``) leaves the open
+shard, or the committed shard holding it is rewritten without it (the Parquet, then the JSONL,
+each renamed into place); its id is kept in ``DIR/.superseded`` so it is never written again.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import pyarrow.parquet as pq
 
 from streams.card import CardStats, render
 from streams.formats import Format, FormatError
+from streams.supersede import SupersededIds, target
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +104,8 @@ class DatasetSink:
         shutil.rmtree(self.tmp, ignore_errors=True)  # uncommitted leftovers of a crash
         self.tmp.mkdir()
         self.seen: set[str] = set()
+        self.where: dict[str, int | None] = {}  # record id → its shard (None: the open one)
+        self.superseded = SupersededIds(self.dir / ".superseded")
         self.stats = CardStats()
         self.next_seq = self._recover()
         self.rows: list[dict] = []
@@ -138,11 +143,16 @@ class DatasetSink:
                 p.unlink()
         for seq in seqs:
             raw = self._jsonl(seq).read_bytes()
-            for line in raw.splitlines():
-                x = _line_decoder.decode(line)
+            lines = [_line_decoder.decode(line) for line in raw.splitlines()]
+            if any(x.id in self.superseded for x in lines):  # a crash before the shard was rewritten
+                self._rewrite(seq, self.superseded.ids)
+                raw = self._jsonl(seq).read_bytes() if self._jsonl(seq).exists() else b""
+                lines = [x for x in lines if x.id not in self.superseded]
+            for x in lines:
                 self.seen.add(x.id)
+                self.where[x.id] = seq
                 self.stats.add(x.prompt_id, x.objective, x.models, x.evaluators, x.label)
-            if not self._parquet(seq).exists():  # the crash came between the two renames
+            if raw and not self._parquet(seq).exists():  # the crash came between the two renames
                 rows = [json.loads(line) for line in raw.splitlines()]
                 self._write_parquet(rows, seq)
         self.stats.shards = len(seqs)
@@ -155,8 +165,10 @@ class DatasetSink:
         os.replace(tmp, self._parquet(seq))
 
     def write(self, record) -> bool:
+        if (old := target(record)) is not None:
+            self.drop(old)
         row = self.fmt.row(record)
-        if row is None or record.id in self.seen:
+        if row is None or record.id in self.seen or record.id in self.superseded:
             return False
         line = _encoder.encode(row)
         if not self.rows:
@@ -165,11 +177,48 @@ class DatasetSink:
         self.lines.append(line)
         self.size += len(line) + 1
         self.seen.add(record.id)
+        self.where[record.id] = None
         self.stats.add(row["prompt_id"], row["objective"], row["models"], row["evaluators"], row.get("label"))
         self.written += 1
         if self.size >= self.rotation.max_bytes:
             self.commit()
         return True
+
+    def drop(self, rid: str) -> None:
+        """A superseded record leaves the files for good: its id is remembered (fsynced) first,
+        then it leaves the open shard, or the one committed shard holding it is rewritten."""
+        if rid in self.superseded:
+            return
+        self.superseded.add(rid)
+        if rid not in self.seen:
+            return
+        seq = self.where.pop(rid)
+        self.seen.discard(rid)
+        if seq is None:
+            keep = [i for i, row in enumerate(self.rows) if row["id"] != rid]
+            self.size -= sum(len(self.lines[i]) + 1 for i in range(len(self.rows)) if i not in keep)
+            self.rows, self.lines = [self.rows[i] for i in keep], [self.lines[i] for i in keep]
+        else:
+            self._rewrite(seq, {rid})
+        self.stats.records -= 1
+        self._write_card()
+
+    def _rewrite(self, seq: int, drop: set[str]) -> None:
+        """Shard ``seq`` without the rows in ``drop``: the Parquet first, then the JSONL (each
+        under a temporary name, fsynced, renamed), so a crash between leaves the JSONL holding a
+        dropped id, which the next open finds and rewrites again. A shard left empty is removed."""
+        lines = [line for line in self._jsonl(seq).read_bytes().splitlines()
+                 if _line_decoder.decode(line).id not in drop]
+        if not lines:
+            self._parquet(seq).unlink(missing_ok=True)
+            self._jsonl(seq).unlink()
+        else:
+            self._write_parquet([json.loads(line) for line in lines], seq)
+            jtmp = self.tmp / self._jsonl(seq).name
+            _fsync_write(jtmp, lambda f: f.write(b"\n".join(lines) + b"\n"))
+            os.replace(jtmp, self._jsonl(seq))
+        _fsync_dir(self.jsonl)
+        _fsync_dir(self.data)
 
     def flush(self) -> None:
         """Commit the open shard if it is due by time."""
@@ -189,6 +238,7 @@ class DatasetSink:
         os.replace(ptmp, self._parquet(seq))
         _fsync_dir(self.jsonl)
         _fsync_dir(self.data)
+        self.where.update((row["id"], seq) for row in self.rows)
         self.next_seq += 1
         self.stats.shards += 1
         self.rows, self.lines, self.size = [], [], 0
@@ -201,6 +251,7 @@ class DatasetSink:
 
     def close(self) -> None:
         self.commit()
+        self.superseded.close()
         self._lock.close()  # releases the lock (the OS releases it too when a process dies)
 
     def __len__(self) -> int:

@@ -9,7 +9,9 @@ Two sinks, both idempotent by record id, also across restarts:
   shards and a dataset card (``prefstream tap --format``, ``run --format``).
 
 The tap reads the topic from the start on every start and skips the ids its sink holds, so
-at-least-once delivery and restarts after a crash still yield each record once.
+at-least-once delivery and restarts after a crash still yield each record once. A record that
+names one it ``supersedes`` (a late label re-scored its set; ``streams.supersede``) drops that
+one from the files for good; a ``Withdrawn`` record only drops it.
 """
 from __future__ import annotations
 
@@ -24,11 +26,19 @@ from streams.admin import reader
 from streams.formats import Format
 from streams.settings import Settings
 from streams.shards import DatasetSink, Rotation
+from streams.supersede import SupersededIds, replace_lines, target
 from streams.topics import MALFORMED, Topics
 
 __all__ = ["DatasetSink", "JsonlSink", "Rotation", "Sinks", "open_sinks", "tap"]
 
 logger = logging.getLogger(__name__)
+
+
+def _line_id(line: bytes) -> str | None:
+    try:
+        return json.loads(line)["id"]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 class JsonlSink:
@@ -37,6 +47,9 @@ class JsonlSink:
     def __init__(self, out_dir: str | os.PathLike, name: str = "preferences.jsonl") -> None:
         self.path = Path(out_dir) / name
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.superseded = SupersededIds(self.path.with_name(name + ".superseded"))
+        if self.path.exists():  # a crash between remembering a dropped id and rewriting the file
+            replace_lines(self.path, self.superseded.ids, _line_id)
         self.seen: set[str] = self._read_ids() if self.path.exists() else set()
         self._f = self.path.open("a", encoding="utf-8")
         self._dirty = False
@@ -57,12 +70,27 @@ class JsonlSink:
         return ids
 
     def write(self, record) -> bool:
-        if getattr(record, "kind", "pair") != "pair" or record.id in self.seen:
+        if (old := target(record)) is not None:
+            self.drop(old)
+        if getattr(record, "kind", "pair") != "pair" or record.id in self.seen or record.id in self.superseded:
             return False
         self._f.write(json.dumps(record.trl(), ensure_ascii=False) + "\n")
         self.seen.add(record.id)
         self._dirty = True
         return True
+
+    def drop(self, rid: str) -> None:
+        """A superseded record leaves the file (rewritten whole: supersedes are rare) for good."""
+        if rid in self.superseded:
+            return
+        self.superseded.add(rid)
+        if rid in self.seen:
+            self._dirty = True
+            self.flush()
+            self._f.close()
+            replace_lines(self.path, {rid}, _line_id)
+            self._f = self.path.open("a", encoding="utf-8")
+            self.seen.discard(rid)
 
     def flush(self) -> None:
         if self._dirty:
@@ -74,6 +102,7 @@ class JsonlSink:
         self._dirty = True
         self.flush()
         self._f.close()
+        self.superseded.close()
 
     def __len__(self) -> int:
         return len(self.seen)

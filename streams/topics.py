@@ -19,6 +19,8 @@ class TopicSpec:
     key: str  # what the key holds
     partitions: int | None = None  # None = the settings' default
     compacted: bool = False
+    # the Settings field holding this topic's ``retention.ms`` (-1: kept forever); None: the broker's
+    retention: str | None = None
 
 
 PROMPTS = TopicSpec("prompts", Prompt, key="prompt id")
@@ -26,20 +28,26 @@ CURATED = TopicSpec("curated", Curated, key="prompt id")
 OBJECTIVES = TopicSpec("objectives", ObjectiveSpec, key="objective name", partitions=1, compacted=True)
 # every published version, never compacted: `objective history/show --version/rollback` read it
 OBJECTIVE_HISTORY = TopicSpec("objective-history", ObjectiveSpec, key="objective name", partitions=1)
-CANDIDATES = TopicSpec("candidates", CandidateSet, key="prompt id")
+# `prefstream rejudge` re-judges stored candidate sets: they are kept as long as objectives may
+# reach back (PREFSTREAM_CANDIDATES_RETENTION_MS, 30 days by default)
+CANDIDATES = TopicSpec("candidates", CandidateSet, key="prompt id", retention="candidates_retention_ms")
 JUDGMENTS = TopicSpec("judgments", JudgedSet, key="prompt id")
 PREFERENCES = TopicSpec("preferences", AnyRecord, key="prompt id")  # pair | unpaired | ranking | reward
 PREFERENCES_SHADOW = TopicSpec("preferences-shadow", AnyRecord, key="prompt id")  # shadow objectives' records
 OUTCOMES = TopicSpec("outcomes", Outcome, key="prompt id")
 DEADLETTERS = TopicSpec("deadletters", DeadLetter, key="prompt id or original key")
 FEEDBACK = TopicSpec("feedback", Feedback, key="prompt id")
+# every human label, kept for good: key = the labelled id (candidate or production response) and
+# the labeller, so a changed label replaces the old one (agents.relabel writes it, the human
+# evaluator reads it at start)
+LABELS = TopicSpec("labels", Feedback, key="labelled id/user", compacted=True)
 PROMPT_STATS = TopicSpec("prompt-stats", PromptStats, key="prompt id")  # instantiate → curate's utility estimate
 # each worker's stages, running or blocked by the environment (`status`, `run` read it)
 HEALTH = TopicSpec("health", StageHealth, key="worker/stage", partitions=1, compacted=True)
 
 ALL: tuple[TopicSpec, ...] = (PROMPTS, CURATED, OBJECTIVES, CANDIDATES, JUDGMENTS, PREFERENCES,
                               OUTCOMES, DEADLETTERS, FEEDBACK, OBJECTIVE_HISTORY, PREFERENCES_SHADOW, PROMPT_STATS,
-                              HEALTH)
+                              HEALTH, LABELS)
 
 
 # what decoding bad bytes raises: invalid JSON or types (msgspec.DecodeError), invalid UTF-8

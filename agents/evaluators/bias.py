@@ -16,7 +16,9 @@ them) with running sums only, so a worker can keep one per objective forever. ``
 
 A figure with nothing to measure is ``None`` (``null`` in JSON), never 0.
 ``BiasGauges`` publishes them as Prometheus gauges on a registry (labels: objective, figure,
-evaluator — all bounded).
+evaluator — all bounded), and per objective version the rate figures' hits and totals as
+counters that add up across workers. ``by_version`` computes them from judged sets as read
+from the ``judgments`` topic (``prefstream report``).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from schemas import JudgedSet
 
@@ -164,24 +166,48 @@ def _text_len(messages) -> int:
     return sum(len(m.content or "") for m in messages)
 
 
+def counts(tracker: BiasTracker) -> dict[str, tuple[int, int]]:
+    """The rate figures as additive ``(hits, total)``: summed over workers (or sets), their
+    ratio is the figure over all of them."""
+    return {"swap_consistency": tuple(tracker.swaps), "tie_rate": tuple(tracker.ties),
+            "parse_failure_rate": tuple(tracker.parses), "same_family_rate": tuple(tracker.families)}
+
+
+def by_version(judged: Iterable[JudgedSet]) -> dict[str, BiasTracker]:
+    """One tracker per objective@version over judged sets (a set a late label re-scored
+    repeats its first judgment, so only first judgments count)."""
+    out: dict[str, BiasTracker] = {}
+    for jset in judged:
+        if jset.supersedes is None:
+            out.setdefault(jset.objective.ref, BiasTracker()).add(jset)
+    return out
+
+
 class BiasGauges:
     """The figures as gauges, one tracker per objective, computed when Prometheus scrapes
     (a judged set only folds into its tracker: no figure is recomputed per message). A figure
-    that is ``None`` has no sample, so a dashboard shows a gap, never a false 0."""
+    that is ``None`` has no sample, so a dashboard shows a gap, never a false 0.
+
+    Per objective version, comparable across workers: ``prefstream_bias_events_total{objective,
+    version, figure, outcome="hit"|"total"}`` counts what each rate figure is made of, so
+    ``sum by (objective, version) (…{outcome="hit"}) / sum by (objective, version)
+    (…{outcome="total"})`` (or the same over ``increase(…[1h])``) is the figure over every
+    worker's judged sets."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.trackers: dict[str, BiasTracker] = {}
+        self.versions: dict[tuple[str, int], BiasTracker] = {}
         self.lock = threading.Lock()  # the scrape runs on the metrics server's thread
         registry.register(self)
 
     def observe(self, jset: JudgedSet) -> None:
+        key = (jset.objective.name, jset.objective.version)
         with self.lock:
-            tracker = self.trackers.get(jset.objective.name)
-            if tracker is None:
-                tracker = self.trackers[jset.objective.name] = BiasTracker()
-            tracker.add(jset)
-            tracker.seen.clear()  # a live worker needs no replay guard, and memory stays bounded
-            tracker.prompt_ids.clear()
+            for tracker in (self.trackers.setdefault(key[0], BiasTracker()),
+                            self.versions.setdefault(key, BiasTracker())):
+                tracker.add(jset)
+                tracker.seen.clear()  # a live worker needs no replay guard, and memory stays bounded
+                tracker.prompt_ids.clear()
 
     def describe(self):  # the series names, without computing figures at registration
         return self._families()
@@ -189,10 +215,11 @@ class BiasGauges:
     def collect(self):
         with self.lock:
             figures = {name: tracker.figures() for name, tracker in self.trackers.items()}
-        return self._families(figures)
+            events = {key: counts(tracker) for key, tracker in self.versions.items()}
+        return self._families(figures, events)
 
     @staticmethod
-    def _families(figures: dict | None = None):
+    def _families(figures: dict | None = None, events: dict | None = None):
         figure = GaugeMetricFamily("prefstream_bias", "Evaluation bias figures over the judged sets this worker "
                                    "produced", labels=["objective", "figure"])
         mean = GaugeMetricFamily("prefstream_evaluator_score_mean", "Mean normalised value per evaluator",
@@ -208,4 +235,11 @@ class BiasGauges:
                     mean.add_metric([name, evaluator], stats["mean"])
                 if stats["stdev"] is not None:
                     stdev.add_metric([name, evaluator], stats["stdev"])
-        return [figure, mean, stdev]
+        per_version = CounterMetricFamily(
+            "prefstream_bias_events", "What each rate bias figure is made of, per objective version: "
+            "hits and total (sum over workers, then divide)", labels=["objective", "version", "figure", "outcome"])
+        for (name, version), by_figure in (events or {}).items():
+            for key, (hits, total) in by_figure.items():
+                per_version.add_metric([name, str(version), key, "hit"], hits)
+                per_version.add_metric([name, str(version), key, "total"], total)
+        return [figure, mean, stdev, per_version]

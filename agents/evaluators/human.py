@@ -6,8 +6,10 @@ id, or a production response id): at most ``max_ids`` ids (the least recently la
 forgotten first) and ``max_labels`` labels per id (the newest kept). Each key (``Feedback.user``,
 the API key's hash) holds one label per id, its newest, so one key cannot outweigh or push out
 the labels of others by sending many; a label without a user is counted once per ``Feedback.id``
-however often it is replayed. ``follow()`` feeds it from
-the topic, from the beginning, forever, like ``ObjectiveRegistry.follow``.
+however often it is replayed. ``follow()`` feeds it from the compacted ``labels`` topic (every
+label ever given, kept by ``agents.relabel``) and the ``feedback`` topic, from the beginning,
+forever, like ``ObjectiveRegistry.follow``: a restarted worker has every label. A label that
+comes after its set was judged re-scores that set (``agents.relabel``).
 
 What a label says about one id, in [0, 1]: ``thumbs`` 1/0; ``score`` its value; ``ab`` 1 to
 the chosen side and 0 to the other (0.5 each for a tie). ``HumanEvaluator`` scores a
@@ -66,15 +68,24 @@ class FeedbackStore:
         return list(self._labels.get(key, {}).values())
 
     async def follow(self, settings, topics) -> None:
-        """Read the feedback topic from the start, forever; ``ready`` once caught up."""
+        """Read the ``labels`` topic (compacted: every label kept) and the ``feedback`` topic
+        (the newest labels, before ``relabel`` copied them) from the start, forever; ``ready``
+        once both caught up."""
         from streams.admin import follow
 
-        async def after_poll(consumer, idle: int) -> None:
-            if idle >= IDLE_POLLS and not self.ready.is_set():
-                self.ready.set()
-                log.info("feedback caught up: labels for %d ids", len(self))
+        caught: set[str] = set()
 
-        await follow(settings, topics.feedback, self.add, after_poll)
+        def reader(topic):
+            async def after_poll(consumer, idle: int) -> None:
+                if idle >= IDLE_POLLS and topic.name not in caught:
+                    caught.add(topic.name)
+                    if len(caught) == 2:
+                        self.ready.set()
+                        log.info("labels caught up: labels for %d ids", len(self))
+
+            return follow(settings, topic, self.add, after_poll)
+
+        await asyncio.gather(reader(topics.labels), reader(topics.feedback))
 
     def start(self, settings, topics) -> None:
         """Start ``follow()`` as a background task once (a failed reader is restarted on the

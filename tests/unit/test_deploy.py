@@ -68,7 +68,8 @@ def source_topics(tmp_path_factory) -> dict[str, str]:
     out = {}
     for agent in AGENTS:
         app = build_app(s, (agent,))
-        [runner] = app._extra_services  # the stage's StageRunner
+        # the stage's StageRunner (evaluate also binds the `relabel` stage)
+        [runner] = [r for r in app._extra_services if r.stage.name == agent]
         out[agent] = runner.stage.source.name.removeprefix(s.namespace + ".")
     return out
 
