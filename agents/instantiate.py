@@ -117,7 +117,8 @@ def _no_pair_reason(ranked: list[Judged], spec: InstantiationSpec, skipped: Coun
 
 
 def _side(j: Judged) -> Side:
-    return Side(candidate_id=j.candidate.id, model=j.candidate.model, score=j.score, scores=j.scores)
+    return Side(candidate_id=j.candidate.id, model=j.candidate.model, score=j.score, scores=j.scores,
+                off_policy=j.candidate.off_policy)
 
 
 def _completion(j: Judged) -> list[Message]:

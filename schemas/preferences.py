@@ -21,6 +21,7 @@ class Side(Part, kw_only=True):
     model: str
     score: float
     scores: list[Score] = []
+    off_policy: bool = False  # the side was not sampled from the policy (``model: reference``)
 
 
 class PreferenceRecord(Wire, tag="preference.v1", kw_only=True):
@@ -49,6 +50,11 @@ class PreferenceRecord(Wire, tag="preference.v1", kw_only=True):
     step: int | None = None
     difficulty: str | None = None  # "easy" | "medium" | "hard" from the verifiers' pass rate
 
+    @property
+    def off_policy(self) -> bool:
+        """A side was not sampled from the policy (a reference or production answer)."""
+        return self.chosen_side.off_policy or self.rejected_side.off_policy
+
     def trl(self) -> dict:
         """The line a trainer reads: TRL conversational preference format + provenance."""
         return {
@@ -63,6 +69,7 @@ class PreferenceRecord(Wire, tag="preference.v1", kw_only=True):
             "objective": self.objective,
             "model_chosen": self.chosen_side.model,
             "model_rejected": self.rejected_side.model,
+            **({"off_policy": True} if self.off_policy else {}),
             **({"step": self.step} if self.step is not None else {}),
             **({"difficulty": self.difficulty} if self.difficulty is not None else {}),
         }
