@@ -15,7 +15,9 @@ from schemas.base import Part, Wire
 class GeneratorSpec(Part, kw_only=True, omit_defaults=False):
     """One model that writes candidates, with its sampling parameters."""
 
-    backend: Literal["llamacpp", "openai", "vllm", "echo"] = "llamacpp"
+    # "reference": no model; the prompt's own reference answer (a GSM8K solution, a plain
+    # `answer`, a production response with positive feedback) joins as one off-policy candidate
+    backend: Literal["llamacpp", "openai", "vllm", "echo", "reference"] = "llamacpp"
     model: str = "gemma-3-270m"
     base_url: str | None = None
     temperature: float = 0.8
@@ -58,6 +60,10 @@ class SynthesisSpec(Part, kw_only=True, omit_defaults=False):
     # one. Candidates are the next assistant action (a tool call or a final answer) from the
     # prefix before that turn; records carry ``step``, the index of that turn.
     branch: Literal["off", "first", "last", "all"] = "off"
+    # adaptive sampling (samples/pool): a set that would make no pair (ties, or under the
+    # margin) draws `candidates` more samples at a time until it pairs or holds this many
+    # sampled candidates (None or <= `candidates`: off)
+    max_candidates: int | None = None
 
     def __post_init__(self) -> None:
         if self.branch != "off" and self.strategy not in ("samples", "pool"):
@@ -88,6 +94,13 @@ class JudgeSpec(Part, kw_only=True, omit_defaults=False):
     scale: int = 10
     max_tokens: int = 8
     retries: int = 1
+    # the backend enforces the answer's form: a GBNF grammar on llama.cpp, a JSON schema
+    # (`response_format`) on the OpenAI-compatible path; output that cannot be read is then rare
+    structured: bool = True
+    # one score per principle (combined by `principle_weights`, equal where empty) and a short
+    # reason, instead of one overall score
+    per_principle: bool = False
+    principle_weights: list[float] = []
 
 
 class EvaluationSpec(Part, kw_only=True, omit_defaults=False):

@@ -342,6 +342,40 @@ def test_llamacpp_n_seeds_and_same_seed_same_text(backends):
 
 
 @pytest.mark.model
+def test_llamacpp_same_seed_same_text_whatever_ran_before(backends):
+    """The prompt is evaluated once per request and candidates start from that state: a
+    candidate's text depends on its prompt and seed only, not on the calls before it (a
+    judge prompt sharing a prefix, another prompt, or the same one at another position)."""
+    gen = backends.get(GeneratorSpec())
+    prompt = "Question: Name a colour.\nAnswer:"
+
+    async def go():
+        first = await gen.generate(GenRequest(prompt=prompt, n=4, seed=7, max_tokens=16, temperature=1.0))
+        await gen.generate(GenRequest(prompt="Question: Name a city.\nAnswer:", n=2, seed=3, max_tokens=16))
+        await gen.generate(GenRequest(prompt=prompt + " Blue.\nQuestion: Name a tree.\nAnswer:",
+                                      prefix=prompt, seed=1, max_tokens=8))
+        late = await gen.generate(GenRequest(prompt=prompt, n=1, seed=9, max_tokens=16, temperature=1.0))
+        return first, late
+
+    first, [late] = asyncio.run(go())
+    assert late.seed == 9 and late.text == first[2].text
+    assert len({g.text for g in first}) > 1  # different seeds do sample differently
+
+
+@pytest.mark.model
+def test_llamacpp_grammar_is_enforced(backends):
+    from agents.evaluators.judge import score_grammar
+
+    gen = backends.get(GeneratorSpec())
+    req = GenRequest(prompt="Write a poem about the sea:\n", seed=0, max_tokens=24, temperature=1.0,
+                     grammar=score_grammar(10, 3, reason=True))
+    [g] = asyncio.run(gen.generate(req))
+    scores, _, reason = g.text.partition("\nReason: ")
+    assert [1 <= int(x) <= 10 for x in scores.split()] == [True] * 3 and scores.startswith(" ")
+    assert "\n" not in reason.rstrip("\n")
+
+
+@pytest.mark.model
 def test_llamacpp_chat(backends):
     gen = backends.get(GeneratorSpec())
     req = GenRequest(messages=[Message(role="system", content="Answer in one word."),
