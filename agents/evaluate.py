@@ -25,6 +25,7 @@ from typing import Mapping
 
 import msgspec
 
+from agents import adaptive
 from agents.evaluators import aggregate_set
 from agents.evaluators.base import Evaluator
 from agents.evaluators.bias import BiasGauges, family
@@ -103,17 +104,11 @@ async def score_all(cset: CandidateSet, evaluators: list[Evaluator]) -> list[lis
     return [tasks[i].result() if i in tasks else inline[i] for i in range(len(evaluators))]
 
 
-async def process(cset: CandidateSet, evaluators: Mapping[str, Evaluator]) -> list[Emit]:
+def judge_set(cset: CandidateSet, running: list[Evaluator], per_eval: list[list[Score]]) -> list[Judged]:
+    """Each candidate with its scores (one per running evaluator) and the ensemble's verdict."""
     spec = cset.objective.evaluation
-    running = []
-    for name in names_to_run(cset.objective):
-        evaluator = evaluators.get(name)
-        if evaluator is None:
-            raise Rejected(f"objective {cset.objective.ref} names unknown evaluator {name!r}", cset.prompt.id)
-        if evaluator.applies(cset.prompt):
-            running.append(evaluator)
     per_candidate: list[list[Score]] = [[] for _ in cset.candidates]
-    for evaluator, scores in zip(running, await score_all(cset, running), strict=True):
+    for evaluator, scores in zip(running, per_eval, strict=True):
         for bucket, score, cand in zip(per_candidate, scores, cset.candidates, strict=True):
             bucket.append(step_level(score, cand, evaluator))
     judges = judge_families(cset.objective)
@@ -122,8 +117,24 @@ async def process(cset: CandidateSet, evaluators: Mapping[str, Evaluator]) -> li
     for cand, scores, (verified, score) in zip(cset.candidates, per_candidate, aggregate_set(per_candidate, spec)):
         same = writer_family(cand, by_id) in judges if judges else None
         judged.append(Judged(candidate=cand, scores=scores, verified=verified, score=score, same_family=same))
+    return judged
+
+
+async def process(cset: CandidateSet, evaluators: Mapping[str, Evaluator], backends=None) -> list[Emit]:
+    """With ``backends``, a set that would make no pair draws more candidates first, where
+    its objective allows (``synthesis.max_candidates``, ``agents.adaptive``)."""
+    running = []
+    for name in names_to_run(cset.objective):
+        evaluator = evaluators.get(name)
+        if evaluator is None:
+            raise Rejected(f"objective {cset.objective.ref} names unknown evaluator {name!r}", cset.prompt.id)
+        if evaluator.applies(cset.prompt):
+            running.append(evaluator)
+    per_eval = await score_all(cset, running)
+    cset, per_eval, extra = await adaptive.grow(cset, running, per_eval, backends, score_all,
+                                                lambda c, p: judge_set(c, running, p))
     out = JudgedSet(id="j-" + cset.id.removeprefix("s-"), prompt=cset.prompt, objective=cset.objective,
-                    judged=judged, created_at=time.time())
+                    judged=judge_set(cset, running, per_eval), created_at=time.time(), extra=dict(extra))
     return [Emit("judgments", cset.prompt.id, out)]
 
 
@@ -132,7 +143,7 @@ def bind(app, ctx) -> None:
     gauges = BiasGauges(ctx.metrics.registry)
 
     async def handler(cset: CandidateSet) -> list[Emit]:
-        emits = await process(cset, ctx.evaluators)
+        emits = await process(cset, ctx.evaluators, ctx.backends)
         for e in emits:
             if isinstance(e.value, JudgedSet):
                 gauges.observe(e.value)

@@ -235,6 +235,7 @@ def instantiate_steps(jset: JudgedSet) -> tuple[list, Counter, str]:
 def process(jset: JudgedSet) -> list[Emit]:
     ref, pid = jset.objective.ref, jset.prompt.id
     records, counts, reason = instantiate_steps(jset)
+    counts.update({k: v for k, v in jset.extra.items() if v})  # adaptive sampling's extra calls
     if not records:
         reason = reason or f"no records: the objective's instantiation made none ({dict(counts) or 'nothing on'})"
         outcome = Outcome(prompt_id=pid, objective=ref, status="no_pair", candidates=len(jset.judged),

@@ -53,3 +53,5 @@ class JudgedSet(Wire, tag="judged.v1", kw_only=True):
     objective: ObjectiveSpec
     judged: list[Judged]
     created_at: float = 0.0
+    # what adaptive sampling added: extra_rounds, extra_candidates, extra_judge_calls
+    extra: dict[str, int] = {}
