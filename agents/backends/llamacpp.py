@@ -134,6 +134,7 @@ class LlamaCppGenerator:
         self._primed: list[int] = []  # the prefix the KV cache holds as evaluated on its own
         self._grammars: dict[str, Any] = {}
         self.prompt_tokens_evaluated = 0  # prompt tokens evaluated (a benchmark's figure)
+        self.share_prompt = True  # False: every call evaluates its prompt afresh (benchmarks/yield.py's "before")
 
     async def generate(self, req: GenRequest) -> list[Generation]:
         out = []
@@ -198,7 +199,12 @@ class LlamaCppGenerator:
                 choice = resp["choices"][0]
                 text = choice["message"].get("content") or ""
             else:
-                self._prime(req)
+                if self.share_prompt:
+                    self._prime(req)
+                else:
+                    self._llm.reset()
+                    self._primed = []
+                    self.prompt_tokens_evaluated += len(self._tokens(req.prompt))
                 resp = self._llm.create_completion(prompt=req.prompt, **kwargs)
                 choice = resp["choices"][0]
                 text = choice.get("text") or ""
