@@ -126,6 +126,9 @@ class EvaluationSpec(Part, kw_only=True, omit_defaults=False):
     features: list[EvaluatorName] = msgspec.field(default_factory=lambda: ["length", "repetition", "refusal"])
     # a candidate any guard scores below 0.5 gets ensemble score 0 (it can still be `rejected`)
     guards: list[EvaluatorName] = msgspec.field(default_factory=lambda: ["injection"])
+    # where the model judges disagree about a set's pair (no verifier decides it), the pointwise
+    # judge reads the set once more in its other form (per principle or not); the readings average
+    reread_disputed: bool = True
 
 
 class InstantiationSpec(Part, kw_only=True, omit_defaults=False):

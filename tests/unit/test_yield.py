@@ -105,3 +105,53 @@ def test_adaptive_sampling_stops_at_the_budget_and_is_off_without_one():
     assert outcome.status == "no_pair" and len(judged.judged) == 8 and outcome.counts["extra_candidates"] == 4
     _, judged, _, outcome = run(objective(reference=False), Policy(right_from=6))
     assert outcome.status == "no_pair" and len(judged.judged) == 4 and "extra_rounds" not in outcome.counts
+
+
+class Judges:
+    """A pointwise judge that prefers long answers and a pairwise judge that prefers short ones
+    (the pairwise one answers "A" when A is shorter): they disagree about every pair."""
+
+    backend, model = "stub", "stub"
+
+    def __init__(self) -> None:
+        self.pointwise = 0
+
+    async def generate(self, req: GenRequest) -> list[Generation]:
+        text = req.prompt or ""
+        if "<response>" in text.rsplit("</request>", 1)[-1] and "Score" in text[-40:]:
+            self.pointwise += 1
+            body = text.rsplit("<response>\n", 1)[-1].split("\n</response>")[0]
+            n = min(10, len(body) // 4 + 1)
+            return [Generation(text=f" {' '.join([str(n)] * 3)}\nReason: long.\n" if "Scores" in text[-20:] else f" {n}")]
+        a = text.rsplit("[A]", 1)[-1] if "[A]" in text else ""
+        return [Generation(text=" A" if len(a) < 40 else " B")]
+
+
+def test_disputed_sets_get_a_second_reading_from_the_judge():
+    from agents.evaluators import build_evaluators as build
+    from schemas import Candidate, CandidateSet, Message, Prompt, Sampling
+
+    judges = Judges()
+    obj = ObjectiveSpec(name="d", principles=["a", "b", "c"], evaluation=EvaluationSpec(
+        evaluators=[EvaluatorSpec(name="judge"), EvaluatorSpec(name="pairwise")], features=[], guards=[]))
+    prompt = Prompt(id="p", messages=[Message(role="user", content="Say something.")])
+    cands = [Candidate(id=f"c{i}", text=t, backend="stub", model="stub", sampling=Sampling(temperature=1, top_p=1,
+                                                                                          max_tokens=8))
+             for i, t in enumerate(["Hi.", "Hello there, a much longer answer than the first one."])]
+    cset = CandidateSet(id="s", prompt=prompt, objective=obj, candidates=cands)
+    [plain] = asyncio.run(evaluate.process(cset, build(Stubs(judges))))
+    calls = judges.pointwise
+    [again] = asyncio.run(evaluate.process(cset, build(Stubs(judges)), Stubs(judges)))
+    assert plain.value.extra == {} and calls == 2
+    assert again.value.extra == {"extra_readings": 1, "extra_judge_calls": 2} and judges.pointwise == 2 + 4
+    judge = [s for s in again.value.judged[1].scores if s.evaluator == "judge"][0]
+    assert "again:" in judge.rationale
+    off = msgspec_replace(obj, evaluation=msgspec_replace(obj.evaluation, reread_disputed=False))
+    [none] = asyncio.run(evaluate.process(msgspec_replace(cset, objective=off), build(Stubs(judges)), Stubs(judges)))
+    assert none.value.extra == {}
+
+
+def msgspec_replace(x, **kw):
+    import msgspec
+
+    return msgspec.structs.replace(x, **kw)
