@@ -8,8 +8,9 @@ Configurations, each adding one feature to the one before (``--configs`` picks s
 - ``reference``:  + the ``reference`` generator (an off-policy candidate where a prompt has a reference)
 - ``adaptive``:   + adaptive sampling up to ``synthesis.max_candidates``
 - ``structured``: + the judge's answer enforced by a GBNF grammar
-- ``shared``:     + a prompt evaluated once per request, a judge's rubric and question once per set (= after)
-- ``principles``: ``shared`` with per-principle judge scores and a reason (not in the default)
+- ``shared``:     + a prompt evaluated once per request, a judge's rubric and question once per set
+- ``batched``:    + a set's candidates in one batched decode sharing the prompt's KV cache (= after)
+- ``principles``: ``batched`` with per-principle judge scores and a reason (not in the default)
 
 Prompt sets (``--sets``): ``bundled`` (examples/prompts.jsonl), ``gsm8k`` and ``ifeval`` (the first
 ``--limit`` of each from ../shared/data, default 50). Figures per set and configuration: pairs per
@@ -43,13 +44,13 @@ from streams.inputs import read_prompts  # noqa: E402
 from streams.objectives import load_objective  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
-CONFIGS = ["before", "reference", "adaptive", "structured", "shared", "principles"]
-DEFAULT_CONFIGS = CONFIGS[:5]
+CONFIGS = ["before", "reference", "adaptive", "structured", "shared", "batched", "principles"]
+DEFAULT_CONFIGS = CONFIGS[:6]
 
 
-def objective_for(config: str, default: ObjectiveSpec) -> tuple[ObjectiveSpec, bool]:
-    """The default objective with the features after ``config`` switched off, and whether
-    prompts are shared (evaluated once per request)."""
+def objective_for(config: str, default: ObjectiveSpec) -> tuple[ObjectiveSpec, bool, bool]:
+    """The default objective with the features after ``config`` switched off, whether
+    prompts are shared (evaluated once per request) and whether candidates decode batched."""
     level = CONFIGS.index(config)
     syn, ev = default.synthesis, default.evaluation
     gens = [g for g in syn.generators if g.backend != "reference"]
@@ -60,7 +61,7 @@ def objective_for(config: str, default: ObjectiveSpec) -> tuple[ObjectiveSpec, b
     judge = msgspec.structs.replace(ev.judge, structured=level >= 3, per_principle=config == "principles")
     spec = msgspec.structs.replace(default, name=f"yield-{config}", synthesis=syn,
                                    evaluation=msgspec.structs.replace(ev, judge=judge))
-    return spec, level >= 4
+    return spec, level >= 4, level >= 5
 
 
 def prompt_sets(names: list[str], limit: int, data: Path) -> dict[str, list]:
@@ -124,8 +125,7 @@ async def main_async(args) -> list[dict]:
         gen = backends.get(default.synthesis.generators[0])
         for name, prompts in sets.items():
             for config in args.configs.split(","):
-                spec, shared = objective_for(config, default)
-                gen.share_prompt = shared
+                spec, gen.share_prompt, gen.batched = objective_for(config, default)
                 row = {"set": name, "config": config, **await measure(prompts, spec, backends, evaluators)}
                 print(" ".join(f"{k}={v}" for k, v in row.items()), file=sys.stderr, flush=True)
                 rows.append(row)

@@ -48,6 +48,9 @@ class Settings:
     model_path: str | None = None  # GGUF for the llamacpp backend; None = bundled Gemma 3 270M
     llamacpp_threads: int = 1
     llamacpp_ctx: int = 2048
+    # a completion request's N candidates in one batched decode sharing the prompt's KV cache
+    # (agents/backends/llamacpp_batch.py); false: one after another
+    llamacpp_batched: bool = True
     openai_base_url: str | None = None
     openai_api_key: str | None = field(default=None, repr=False)
     request_timeout_s: float = 120.0

@@ -9,6 +9,10 @@ judge's rubric and question) that was evaluated on its own, and only the rest is
 before sampling. The logits a candidate samples from therefore depend only on the prompt,
 never on earlier calls, so the same seed gives the same text. Chat requests are evaluated
 afresh each time (``reset()``). ``GenRequest.grammar`` / ``json_schema`` constrain sampling.
+
+A completion request without a grammar (the candidates of a set) is decoded in one batch,
+its N sequences sharing the prompt's KV cells (``llamacpp_batch.BatchDecoder``, a second
+context over the same weights; ``PREFSTREAM_LLAMACPP_BATCHED=false`` turns it off).
 """
 from __future__ import annotations
 
@@ -135,14 +139,45 @@ class LlamaCppGenerator:
         self._grammars: dict[str, Any] = {}
         self.prompt_tokens_evaluated = 0  # prompt tokens evaluated (a benchmark's figure)
         self.share_prompt = True  # False: every call evaluates its prompt afresh (benchmarks/yield.py's "before")
+        self.batched = True  # False: no batched decode (benchmarks/yield.py's configurations before "batched")
+        self._ctx_tokens = settings.llamacpp_ctx
+        self._decoder = None
+        if settings.llamacpp_batched:
+            from agents.backends.llamacpp_batch import BatchDecoder
+
+            self._decoder = BatchDecoder(self._llm, settings.llamacpp_ctx, settings.llamacpp_threads)
 
     async def generate(self, req: GenRequest) -> list[Generation]:
+        if self._batchable(req):
+            async with self._lock:
+                return await asyncio.to_thread(self._batched, req)
         out = []
         for i in range(req.n):
             seed = None if req.seed is None else req.seed + i
             async with self._lock:
                 out.append(await asyncio.to_thread(self._one, req, seed))
         return out
+
+    def _batchable(self, req: GenRequest) -> bool:
+        """A completion request without a grammar, whose N continuations fit the context."""
+        d = self._decoder
+        return (d is not None and self.batched and self.share_prompt and req.prompt is not None and req.grammar is None
+                and req.json_schema is None and req.seed is not None and 0 < req.n <= d.n_seq_max
+                and len(req.prompt) + req.n * req.max_tokens < self._ctx_tokens)  # chars bound tokens
+
+    def _batched(self, req: GenRequest) -> list[Generation]:
+        assert req.prompt is not None and req.seed is not None and self._decoder is not None
+        tokens = self._tokens(req.prompt)
+        if len(tokens) + req.n * req.max_tokens >= self._ctx_tokens:
+            raise BackendError(f"the prompt ({len(tokens)} tokens) and {req.n} x {req.max_tokens} new tokens "
+                               f"do not fit the context ({self._ctx_tokens})", retryable=False)
+        started = time.perf_counter()
+        seeds = [req.seed + i for i in range(req.n)]
+        outs = self._decoder.generate(tokens, seeds, req.temperature, req.top_p, req.max_tokens, list(req.stop))
+        self.prompt_tokens_evaluated += len(tokens) - 1 + req.n
+        took = time.perf_counter() - started
+        return [Generation(text=o.text, finish_reason=o.finish_reason, tokens_in=len(tokens),
+                           tokens_out=len(o.tokens), latency_s=took, seed=s) for o, s in zip(outs, seeds)]
 
     def _tokens(self, text: str) -> list[int]:
         """``text`` as ``create_completion`` tokenizes a prompt (BOS, special tokens)."""
@@ -224,6 +259,9 @@ class LlamaCppGenerator:
 
     async def close(self) -> None:
         async with self._lock:
+            if self._decoder is not None:
+                self._decoder.close()
+                self._decoder = None
             close = getattr(self._llm, "close", None)
             if close is not None:
                 close()

@@ -342,24 +342,35 @@ def test_llamacpp_n_seeds_and_same_seed_same_text(backends):
 
 
 @pytest.mark.model
-def test_llamacpp_same_seed_same_text_whatever_ran_before(backends):
-    """The prompt is evaluated once per request and candidates start from that state: a
-    candidate's text depends on its prompt and seed only, not on the calls before it (a
-    judge prompt sharing a prefix, another prompt, or the same one at another position)."""
+def test_llamacpp_same_request_same_texts_whatever_ran_before(backends):
+    """A completion request's N candidates decode in one batch from the prompt's shared KV
+    cells: the same request (prompt, N, seeds) gives the same texts, whatever ran before it
+    (a judge prompt sharing a prefix, another prompt, a chat request)."""
     gen = backends.get(GeneratorSpec())
     prompt = "Question: Name a colour.\nAnswer:"
+    req = GenRequest(prompt=prompt, n=4, seed=7, max_tokens=16, temperature=1.0)
 
     async def go():
-        first = await gen.generate(GenRequest(prompt=prompt, n=4, seed=7, max_tokens=16, temperature=1.0))
+        first = await gen.generate(req)
         await gen.generate(GenRequest(prompt="Question: Name a city.\nAnswer:", n=2, seed=3, max_tokens=16))
         await gen.generate(GenRequest(prompt=prompt + " Blue.\nQuestion: Name a tree.\nAnswer:",
-                                      prefix=prompt, seed=1, max_tokens=8))
-        late = await gen.generate(GenRequest(prompt=prompt, n=1, seed=9, max_tokens=16, temperature=1.0))
-        return first, late
+                                      prefix=prompt, seed=1, max_tokens=8, grammar='root ::= " " [a-z]+'))
+        await gen.generate(GenRequest(messages=[Message(role="user", content="Hi")], seed=1, max_tokens=4))
+        return first, await gen.generate(req)
 
-    first, [late] = asyncio.run(go())
-    assert late.seed == 9 and late.text == first[2].text
+    first, again = asyncio.run(go())
+    assert [g.text for g in again] == [g.text for g in first] and [g.seed for g in first] == [7, 8, 9, 10]
     assert len({g.text for g in first}) > 1  # different seeds do sample differently
+    assert all(0 < g.tokens_out <= 16 and g.tokens_in > 0 for g in first)
+
+
+@pytest.mark.model
+def test_llamacpp_batched_and_one_by_one_stop_alike(backends):
+    """Stop strings end a batched candidate where they begin, as they end a sequential one."""
+    gen = backends.get(GeneratorSpec())
+    req = GenRequest(prompt="Question: Name a fruit.\nAnswer:", n=3, seed=5, max_tokens=48, stop=["\n"])
+    gens = asyncio.run(gen.generate(req))
+    assert all("\n" not in g.text for g in gens) and any(g.finish_reason == "stop" for g in gens)
 
 
 @pytest.mark.model
