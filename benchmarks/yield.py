@@ -19,6 +19,11 @@ parse-failure rate, and where a verifier scored both sides of a pair, how often 
 verifies and how often it verifies at least as well as the rejected one. Usage:
 
     python benchmarks/yield.py [--sets bundled,gsm8k,ifeval] [--limit 50] [--configs before,shared]
+    python benchmarks/yield.py --decode    # generation alone: N candidates batched vs one by one
+
+``--decode``: tokens/s of generation alone (the prompt's evaluation not counted), one thread,
+64 tokens per candidate (end-of-text ignored), N = 1, 4, 8: the N sequences of one batched
+decode vs N one-sequence decodes; medians of ``--repeat`` runs, taken in turn.
 
 Prints a table, then one JSON line: {"bench": "yield", "rows": [...], "headline": {...}}.
 """
@@ -156,6 +161,35 @@ def headline(rows: list[dict]) -> dict:
     return out
 
 
+def decode(repeat: int) -> dict:
+    from statistics import median
+
+    from agents.backends.llamacpp import LlamaCppGenerator
+    from agents.synthesis.prompting import render_completion
+
+    gen = LlamaCppGenerator(Settings())
+    default = load_objective(None)
+    prompt = next(read_prompts(ROOT / "examples" / "prompts.jsonl"))
+    tokens = gen._tokens(render_completion(prompt, default.synthesis))
+    d, out = gen._decoder, {}
+    for n in (1, 4, 8):
+        seq, bat = [], []
+        for _ in range(repeat):
+            d.decode_s = 0.0
+            for s in range(n):
+                d.generate(tokens, [s], 0.9, 0.95, 64, [], ignore_eos=True)
+            seq.append(64 * n / d.decode_s)
+            d.decode_s = 0.0
+            d.generate(tokens, list(range(n)), 0.9, 0.95, 64, [], ignore_eos=True)
+            bat.append(64 * n / d.decode_s)
+        out[n] = {"sequential_tok_s": round(median(seq), 1), "batched_tok_s": round(median(bat), 1),
+                  "ratio": round(median(bat) / median(seq), 2)}
+        print(f"N={n}: sequential {out[n]['sequential_tok_s']} tok/s, batched {out[n]['batched_tok_s']} tok/s, "
+              f"ratio {out[n]['ratio']}")
+    d.close()
+    return {"bench": "yield-decode", "prompt_tokens": len(tokens), "tokens_per_candidate": 64, "by_n": out}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sets", default="bundled,gsm8k,ifeval")
@@ -163,7 +197,12 @@ def main() -> None:
     ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help=f"some of {','.join(CONFIGS)}, in order")
     ap.add_argument("--objective", default=None, help="an objective YAML (default: the bundled default objective)")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--decode", action="store_true", help="generation alone: batched vs one by one")
+    ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
+    if args.decode:
+        print(json.dumps(decode(args.repeat)))
+        return
     for c in args.configs.split(","):
         if c not in CONFIGS:
             sys.exit(f"unknown configuration {c!r}; known: {', '.join(CONFIGS)}")
