@@ -155,3 +155,16 @@ def msgspec_replace(x, **kw):
     import msgspec
 
     return msgspec.structs.replace(x, **kw)
+
+
+def test_the_report_counts_on_and_off_policy_pairs_apart():
+    from types import SimpleNamespace
+
+    from streams import report_figures
+
+    _, _, [spin], _ = run(objective(reference=True), Policy())
+    _, _, [own], _ = run(objective(reference=False, max_candidates=12), Policy(right_from=6))
+    own = msgspec_replace(own, objective=spin.objective)
+    src = SimpleNamespace(records=[spin, own], judged=[], outcomes=[])
+    [row] = report_figures.counts(src, report_figures.edges([spin.created_at, own.created_at], 2))["by_objective"]
+    assert (row["pairs_on_policy"], row["pairs_off_policy"]) == (1, 1)
