@@ -171,7 +171,9 @@ class Outcome(Wire, tag="outcome.v1", kw_only=True):
 
     ``counts`` says what instantiation made and skipped: ``pairs``, ``desirable``,
     ``undesirable``, ``rankings``, ``rewards``, ``length_flagged``, ``length_dropped``,
-    ``kto_between`` (scores between the KTO thresholds); zero counts are left out."""
+    ``kto_between`` (scores between the KTO thresholds); what adaptive sampling added
+    (``extra_rounds``, ``extra_candidates``, ``extra_judge_calls``, ``extra_readings``,
+    ``agents.adaptive``); zero counts are left out."""
 
     prompt_id: str
     objective: str
