@@ -137,7 +137,6 @@ class LlamaCppGenerator:
         self._lock = asyncio.Lock()
         self._primed: list[int] = []  # the prefix the KV cache holds as evaluated on its own
         self._grammars: dict[str, Any] = {}
-        self.prompt_tokens_evaluated = 0  # prompt tokens evaluated (a benchmark's figure)
         self.share_prompt = True  # False: every call evaluates its prompt afresh (benchmarks/yield.py's "before")
         self.batched = True  # False: no batched decode (benchmarks/yield.py's configurations before "batched")
         self._ctx_tokens = settings.llamacpp_ctx
@@ -174,7 +173,6 @@ class LlamaCppGenerator:
         started = time.perf_counter()
         seeds = [req.seed + i for i in range(req.n)]
         outs = self._decoder.generate(tokens, seeds, req.temperature, req.top_p, req.max_tokens, list(req.stop))
-        self.prompt_tokens_evaluated += len(tokens) - 1 + req.n
         took = time.perf_counter() - started
         return [Generation(text=o.text, finish_reason=o.finish_reason, tokens_in=len(tokens),
                            tokens_out=len(o.tokens), latency_s=took, seed=s) for o, s in zip(outs, seeds)]
@@ -200,11 +198,9 @@ class LlamaCppGenerator:
         if self._primed != want or list(llm.input_ids[:len(want)]) != want or llm.n_tokens < len(want):
             llm.reset()
             llm.eval(want)
-            self.prompt_tokens_evaluated += len(want)
             self._primed = want
         llm._ctx.kv_cache_seq_rm(-1, len(want), -1)
         llm.n_tokens = len(want)
-        self.prompt_tokens_evaluated += len(tokens) - len(want)
 
     def _grammar(self, req: GenRequest) -> Any:
         source = req.grammar or (json.dumps(req.json_schema, sort_keys=True) if req.json_schema else None)
@@ -239,7 +235,6 @@ class LlamaCppGenerator:
                 else:
                     self._llm.reset()
                     self._primed = []
-                    self.prompt_tokens_evaluated += len(self._tokens(req.prompt))
                 resp = self._llm.create_completion(prompt=req.prompt, **kwargs)
                 choice = resp["choices"][0]
                 text = choice.get("text") or ""

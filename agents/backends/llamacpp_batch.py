@@ -12,7 +12,6 @@ Used by ``LlamaCppGenerator`` for completion requests with ``n > 1`` and no gram
 """
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass
 
 TOP_K, MIN_P = 40, 0.05
