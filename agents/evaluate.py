@@ -25,6 +25,7 @@ from typing import Mapping
 
 import msgspec
 
+from agents import adaptive
 from agents.evaluators import aggregate_set
 from agents.evaluators.base import Evaluator
 from agents.evaluators.bias import BiasGauges, family
@@ -104,17 +105,11 @@ async def score_all(cset: CandidateSet, evaluators: list[Evaluator]) -> list[lis
     return [tasks[i].result() if i in tasks else inline[i] for i in range(len(evaluators))]
 
 
-async def process(cset: CandidateSet, evaluators: Mapping[str, Evaluator]) -> list[Emit]:
+def judge_set(cset: CandidateSet, running: list[Evaluator], per_eval: list[list[Score]]) -> list[Judged]:
+    """Each candidate with its scores (one per running evaluator) and the ensemble's verdict."""
     spec = cset.objective.evaluation
-    running = []
-    for name in names_to_run(cset.objective):
-        evaluator = evaluators.get(name)
-        if evaluator is None:
-            raise Rejected(f"objective {cset.objective.ref} names unknown evaluator {name!r}", cset.prompt.id)
-        if evaluator.applies(cset.prompt):
-            running.append(evaluator)
     per_candidate: list[list[Score]] = [[] for _ in cset.candidates]
-    for evaluator, scores in zip(running, await score_all(cset, running), strict=True):
+    for evaluator, scores in zip(running, per_eval, strict=True):
         for bucket, score, cand in zip(per_candidate, scores, cset.candidates, strict=True):
             bucket.append(step_level(score, cand, evaluator))
     judges = judge_families(cset.objective)
@@ -123,8 +118,26 @@ async def process(cset: CandidateSet, evaluators: Mapping[str, Evaluator]) -> li
     for cand, scores, (verified, score) in zip(cset.candidates, per_candidate, aggregate_set(per_candidate, spec)):
         same = writer_family(cand, by_id) in judges if judges else None
         judged.append(Judged(candidate=cand, scores=scores, verified=verified, score=score, same_family=same))
+    return judged
+
+
+async def process(cset: CandidateSet, evaluators: Mapping[str, Evaluator], backends=None) -> list[Emit]:
+    """With ``backends``, a set that would make no pair draws more candidates first, where
+    its objective allows (``synthesis.max_candidates``, ``agents.adaptive``)."""
+    running = []
+    for name in names_to_run(cset.objective):
+        evaluator = evaluators.get(name)
+        if evaluator is None:
+            raise Rejected(f"objective {cset.objective.ref} names unknown evaluator {name!r}", cset.prompt.id)
+        if evaluator.applies(cset.prompt):
+            running.append(evaluator)
+    per_eval = await score_all(cset, running)
+    # a set `rejudge` re-published is judged as it was generated: no generator is called for it
+    grow_with = None if cset.rejudged_from else backends
+    cset, per_eval, extra = await adaptive.grow(cset, running, per_eval, grow_with, score_all,
+                                                lambda c, p: judge_set(c, running, p))
     out = JudgedSet(id=judged_id(cset.id), prompt=cset.prompt, objective=cset.objective,
-                    judged=judged, created_at=time.time(),
+                    judged=judge_set(cset, running, per_eval), created_at=time.time(), extra=dict(extra),
                     rejudged_from=judged_id(cset.rejudged_from) if cset.rejudged_from else None)
     return [Emit("judgments", cset.prompt.id, out)]
 
@@ -134,7 +147,7 @@ def bind(app, ctx) -> None:
     gauges = BiasGauges(ctx.metrics.registry)
 
     async def handler(cset: CandidateSet) -> list[Emit]:
-        emits = await process(cset, ctx.evaluators)
+        emits = await process(cset, ctx.evaluators, ctx.backends)
         for e in emits:
             if isinstance(e.value, JudgedSet):
                 gauges.observe(e.value)

@@ -117,7 +117,8 @@ def _no_pair_reason(ranked: list[Judged], spec: InstantiationSpec, skipped: Coun
 
 
 def _side(j: Judged) -> Side:
-    return Side(candidate_id=j.candidate.id, model=j.candidate.model, score=j.score, scores=j.scores)
+    return Side(candidate_id=j.candidate.id, model=j.candidate.model, score=j.score, scores=j.scores,
+                off_policy=j.candidate.off_policy)
 
 
 def _completion(j: Judged) -> list[Message]:
@@ -254,6 +255,7 @@ def supersede(jset: JudgedSet, records: list) -> tuple[list, list[Withdrawn]]:
 def process(jset: JudgedSet) -> list[Emit]:
     ref, pid = jset.objective.ref, jset.prompt.id
     records, counts, reason = instantiate_steps(jset)
+    counts.update({k: v for k, v in jset.extra.items() if v})  # adaptive sampling's extra calls
     records, withdrawn = supersede(jset, records)
     topic = "preferences-shadow" if jset.objective.status == "shadow" else "preferences"
     gone = [Emit(topic, pid, w) for w in withdrawn]
@@ -265,7 +267,7 @@ def process(jset: JudgedSet) -> list[Emit]:
         return gone + [Emit("outcomes", pid, outcome)]
     outcome = Outcome(prompt_id=pid, objective=ref, status="records", record_ids=[r.id for r in records],
                       candidates=len(jset.judged), reason=reason, created_at=time.time(), counts=dict(counts),
-                          rejudged_from=jset.rejudged_from)
+                      rejudged_from=jset.rejudged_from)
     return [Emit(topic, pid, r) for r in records] + gone + [Emit("outcomes", pid, outcome)]
 
 

@@ -28,13 +28,20 @@ from streams.runtime import Emit, Rejected
 
 logger = logging.getLogger(__name__)
 
+REFERENCE = "reference"
+
+
+def models(spec: SynthesisSpec) -> list[GeneratorSpec]:
+    """The generators that sample (a ``reference`` generator writes no sample)."""
+    return [g for g in spec.generators if g.backend != REFERENCE]
+
 
 def plan(spec: SynthesisSpec, n: int | None = None) -> list[GeneratorSpec]:
     """Which generator writes each of ``n`` candidates: explicit ``count``s first, the rest
     shared out by weight (largest remainder), in a stable order."""
     n = spec.candidates if n is None else n
-    out = [g for g in spec.generators if g.count is not None for _ in range(g.count)]
-    rest = [g for g in spec.generators if g.count is None]
+    out = [g for g in models(spec) if g.count is not None for _ in range(g.count)]
+    rest = [g for g in models(spec) if g.count is None]
     left = max(0, n - len(out))
     total = sum(g.weight for g in rest)
     if rest and left:
@@ -95,7 +102,7 @@ class Writer:
     async def samples(self, n: int, system: str | None = None, intent: str | None = None) -> list[Candidate]:
         planned = plan(self.spec, n)
         jobs = []
-        for gen in self.spec.generators:
+        for gen in models(self.spec):
             k = sum(1 for g in planned if g is gen)
             if k:
                 first = self.reserve(k)
@@ -122,7 +129,7 @@ async def revise(w: Writer) -> list[Candidate]:
     chain ``i`` has positions ``first + 2i`` (critique) and ``first + 2i + 1`` (revision)."""
     drafts = await w.samples(max(1, w.spec.candidates // 2), intent="draft")
     principles = w.objective.principles or ["The response is correct, helpful and follows the instructions."]
-    question, gen = last_user_text(w.prompt), w.spec.generators[0]
+    question, gen = last_user_text(w.prompt), models(w.spec)[0]
     model, first = w.backends.get(gen), w.reserve(2 * len(drafts))
 
     async def chain(i: int, draft: Candidate) -> Candidate:
@@ -187,7 +194,33 @@ def production_candidate(prompt: Prompt) -> Candidate | None:
     cid = str(prompt.metadata.get("production_response_id") or "c-" + stable_id(prompt.id, "production", text))
     return Candidate(id=cid, text=text, backend="production",
                      model=str(prompt.metadata.get("production_model") or "production"), strategy="production",
-                     sampling=Sampling(temperature=-1, top_p=-1, max_tokens=-1), intent="production")
+                     sampling=Sampling(temperature=-1, top_p=-1, max_tokens=-1), intent="production",
+                     off_policy=True)
+
+
+def reference_text(prompt: Prompt) -> str | None:
+    """The prompt's reference answer: ``metadata.reference`` (a GSM8K line's worked solution),
+    else a math verification's ``answer`` (a plain ``answer`` field). A production response
+    with positive feedback is a reference too, but it is in the set already (``production``)."""
+    ref = prompt.metadata.get("reference")
+    if isinstance(ref, str) and ref.strip():
+        return ref
+    v = prompt.verification
+    if v is not None and v.kind == "math" and v.answer:
+        return f"The answer is {v.answer}.\n#### {v.answer}"
+    return None
+
+
+def reference_candidate(prompt: Prompt, objective: ObjectiveSpec) -> Candidate | None:
+    """The reference answer as an off-policy candidate (``model: reference``), where the
+    objective names a ``reference`` generator and the prompt carries one."""
+    gen = next((g for g in objective.synthesis.generators if g.backend == REFERENCE), None)
+    text = reference_text(prompt) if gen is not None else None
+    if text is None:
+        return None
+    return Candidate(id="c-" + stable_id(prompt.id, objective.ref, REFERENCE, text), text=text, backend=REFERENCE,
+                     model=REFERENCE, strategy=REFERENCE, intent=REFERENCE, off_policy=True,
+                     sampling=Sampling(temperature=-1, top_p=-1, max_tokens=-1))
 
 
 async def process(curated: Curated, backends) -> list[Emit]:
@@ -195,12 +228,24 @@ async def process(curated: Curated, backends) -> list[Emit]:
     branch = objective.synthesis.branch != "off"
     strategy = branched if branch else STRATEGIES[objective.synthesis.strategy]
     candidates = await strategy(Writer(prompt, objective, backends))
-    prod = None if branch else production_candidate(prompt)
-    if prod is not None:
-        candidates.append(prod)
+    extra = [] if branch else [production_candidate(prompt), reference_candidate(prompt, objective)]
+    candidates += [c for c in extra if c is not None]
     cset = CandidateSet(id="s-" + stable_id(prompt.id, objective.ref, [c.id for c in candidates]),
                         prompt=prompt, objective=objective, candidates=candidates, created_at=time.time())
     return [Emit("candidates", prompt.id, cset)]
+
+
+def sampled_count(candidates: list[Candidate]) -> int:
+    """How many positions the samples of a set hold (candidates written by a generator)."""
+    return sum(1 for c in candidates if not c.off_policy and c.intent is None)
+
+
+async def more(cset: CandidateSet, backends, n: int) -> list[Candidate]:
+    """``n`` more samples for a samples/pool set, at the positions after those it holds: the
+    same seeds and candidate ids on every replay (adaptive sampling, ``agents.adaptive``)."""
+    w = Writer(cset.prompt, cset.objective, backends)
+    w.index = sampled_count(cset.candidates)
+    return await w.samples(n)
 
 
 def bind(app, ctx) -> None:

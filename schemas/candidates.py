@@ -29,6 +29,9 @@ class Candidate(Part, kw_only=True):
     intent: str | None = None
     parent: str | None = None  # the candidate this one was derived from
     critique: str | None = None  # revise: the critique the revision answers
+    # written by something other than the policy being sampled (a reference answer): its pairs
+    # are SPIN-style, the reference against the policy's own answer
+    off_policy: bool = False
 
 
 class CandidateSet(Wire, tag="candidates.v1", kw_only=True):

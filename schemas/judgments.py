@@ -68,6 +68,8 @@ class JudgedSet(Wire, tag="judged.v1", kw_only=True):
     supersedes: str | None = None
     late_labels: list[Feedback] = []
     superseded_records: list[RecordRef] = []
+    # what adaptive sampling added: extra_rounds, extra_candidates, extra_judge_calls
+    extra: dict[str, int] = {}
 
 
 def judged_id(set_id: str) -> str:

@@ -15,7 +15,9 @@ from schemas.base import Part, Wire
 class GeneratorSpec(Part, kw_only=True, omit_defaults=False):
     """One model that writes candidates, with its sampling parameters."""
 
-    backend: Literal["llamacpp", "openai", "vllm", "echo"] = "llamacpp"
+    # "reference": no model; the prompt's own reference answer (a GSM8K solution, a plain
+    # `answer`, a production response with positive feedback) joins as one off-policy candidate
+    backend: Literal["llamacpp", "openai", "vllm", "echo", "reference"] = "llamacpp"
     model: str = "gemma-3-270m"
     base_url: str | None = None
     temperature: float = 0.8
@@ -58,6 +60,10 @@ class SynthesisSpec(Part, kw_only=True, omit_defaults=False):
     # one. Candidates are the next assistant action (a tool call or a final answer) from the
     # prefix before that turn; records carry ``step``, the index of that turn.
     branch: Literal["off", "first", "last", "all"] = "off"
+    # adaptive sampling (samples/pool): a set that would make no pair (ties, or under the
+    # margin) draws `candidates` more samples at a time until it pairs or holds this many
+    # sampled candidates (None or <= `candidates`: off)
+    max_candidates: int | None = None
 
     def __post_init__(self) -> None:
         if self.branch != "off" and self.strategy not in ("samples", "pool"):
@@ -88,6 +94,13 @@ class JudgeSpec(Part, kw_only=True, omit_defaults=False):
     scale: int = 10
     max_tokens: int = 8
     retries: int = 1
+    # the backend enforces the answer's form: a GBNF grammar on llama.cpp, a JSON schema
+    # (`response_format`) on the OpenAI-compatible path; output that cannot be read is then rare
+    structured: bool = True
+    # one score per principle (combined by `principle_weights`, equal where empty) and a short
+    # reason, instead of one overall score
+    per_principle: bool = False
+    principle_weights: list[float] = []
 
 
 MAX_LATE_LABEL_DAYS = 30.0  # how far back a late label looks for its judged set
@@ -119,6 +132,9 @@ class EvaluationSpec(Part, kw_only=True, omit_defaults=False):
     # a human label (`feedback`) that arrives at most this many days after its set was judged
     # re-scores the set and supersedes its records (agents.relabel); 0 = late labels never count
     late_label_days: float = 7.0
+    # where the model judges disagree about a set's pair (no verifier decides it), the pointwise
+    # judge reads the set once more in its other form (per principle or not); the readings average
+    reread_disputed: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.late_label_days <= MAX_LATE_LABEL_DAYS:

@@ -21,6 +21,7 @@ class Side(Part, kw_only=True):
     model: str
     score: float
     scores: list[Score] = []
+    off_policy: bool = False  # the side was not sampled from the policy (``model: reference``)
 
 
 class PreferenceRecord(Wire, tag="preference.v1", kw_only=True):
@@ -51,6 +52,11 @@ class PreferenceRecord(Wire, tag="preference.v1", kw_only=True):
     rejudged_from: str | None = None  # `rejudge`: the judged set the candidates were first judged in
     supersedes: str | None = None  # a late label re-scored the set: the record this one replaces
 
+    @property
+    def off_policy(self) -> bool:
+        """A side was not sampled from the policy (a reference or production answer)."""
+        return self.chosen_side.off_policy or self.rejected_side.off_policy
+
     def trl(self) -> dict:
         """The line a trainer reads: TRL conversational preference format + provenance."""
         return {
@@ -65,6 +71,7 @@ class PreferenceRecord(Wire, tag="preference.v1", kw_only=True):
             "objective": self.objective,
             "model_chosen": self.chosen_side.model,
             "model_rejected": self.rejected_side.model,
+            **({"off_policy": True} if self.off_policy else {}),
             **({"step": self.step} if self.step is not None else {}),
             **({"difficulty": self.difficulty} if self.difficulty is not None else {}),
             **({"supersedes": self.supersedes} if self.supersedes is not None else {}),
@@ -186,7 +193,9 @@ class Outcome(Wire, tag="outcome.v1", kw_only=True):
 
     ``counts`` says what instantiation made and skipped: ``pairs``, ``desirable``,
     ``undesirable``, ``rankings``, ``rewards``, ``length_flagged``, ``length_dropped``,
-    ``kto_between`` (scores between the KTO thresholds); zero counts are left out."""
+    ``kto_between`` (scores between the KTO thresholds); what adaptive sampling added
+    (``extra_rounds``, ``extra_candidates``, ``extra_judge_calls``, ``extra_readings``,
+    ``agents.adaptive``); zero counts are left out."""
 
     prompt_id: str
     objective: str

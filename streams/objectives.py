@@ -141,8 +141,8 @@ def problems(spec: ObjectiveSpec, settings: Settings | None = None) -> list[str]
     syn = spec.synthesis
     if spec.instantiation.pairs == "best_vs_worst" and syn.candidates < 2:
         out.append(f"synthesis.candidates is {syn.candidates}; a pair needs at least 2")
-    if not syn.generators:
-        out.append("synthesis.generators is empty; name at least one model")
+    if not [g for g in syn.generators if g.backend != "reference"]:
+        out.append("synthesis.generators is empty of models (a reference generator samples nothing); name at least one model")
     if any(g.weight < 0 or (g.count or 0) < 0 for g in syn.generators):
         out.append("synthesis.generators: weights and counts must not be negative")
     try:

@@ -89,6 +89,7 @@ def _objective_row(src, ref: str) -> dict:
     return {"objective": ref, "first_seen": min(times) if times else None, "judged_sets": len(judged),
             "records": dict(Counter(r.kind for r in records)),
             "outcomes": dict(Counter(o.status for o in src.outcomes if o.objective == ref)),
+            "pairs_on_policy": sum(not p.off_policy for p in pairs), "pairs_off_policy": sum(p.off_policy for p in pairs),
             "mean_margin": _mean([p.margin for p in pairs]), "tie_rate": bias["tie_rate"],
             "length_margin_corr": bias["length_margin_corr"]}
 

@@ -88,10 +88,11 @@ def _counts(sec: dict) -> str:
     rows = [[e(r["objective"]), e(when(r["first_seen"])), num(r["judged_sets"]),
              e(", ".join(f"{k} {v}" for k, v in sorted(r["records"].items())) or "none"),
              e(", ".join(f"{k} {v}" for k, v in sorted(r["outcomes"].items())) or "none"),
-             num(r["mean_margin"]), num(r["tie_rate"]), num(r["length_margin_corr"])] for r in sec["by_objective"]]
+             num(r["pairs_on_policy"]), num(r["pairs_off_policy"]), num(r["mean_margin"]), num(r["tie_rate"]), num(r["length_margin_corr"])] for r in sec["by_objective"]]
     untimed = f"<p>{sec['untimed']} records carry no time and are left out of the chart.</p>" if sec["untimed"] else ""
     return (figure(charts.counts(sec), "records per time bin by kind and objective version", sec["note"]) + untimed
-            + table(["objective", "first seen", "judged sets", "records", "outcomes by status", "mean margin",
+            + table(["objective", "first seen", "judged sets", "records", "outcomes by status",
+                     "pairs on-policy", "pairs off-policy (reference, production)", "mean margin",
                      "tie rate", "r(length, margin)"], rows, text=(0, 1)))
 
 

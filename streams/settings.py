@@ -60,6 +60,9 @@ class Settings:
     model_dir: str | None = None
     llamacpp_threads: Count = 1
     llamacpp_ctx: Count = 2048
+    # a completion request's N candidates in one batched decode sharing the prompt's KV cache
+    # (agents/backends/llamacpp_batch.py); false: one after another
+    llamacpp_batched: bool = True
     openai_base_url: str | None = None
     openai_api_key: str | None = field(default=None, repr=False)  # sent only to openai_base_url's origin
     # model servers an objective may name (generators, judge, reward): comma-separated origins,

@@ -20,6 +20,13 @@ class GenRequest:
     max_tokens: int = 128
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    # structured output the backend enforces where it can: a GBNF grammar (llama.cpp; an
+    # OpenAI-compatible llama.cpp or vLLM server) and/or a JSON schema (``response_format``)
+    grammar: str | None = None
+    json_schema: dict | None = None
+    # the start of ``prompt`` that other requests share (a judge's rubric and question): a
+    # backend may keep its evaluation and start each such request from it
+    prefix: str | None = None
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):

@@ -2,12 +2,24 @@
 
 One ``llama_cpp.Llama`` is loaded per generator. It is not thread-safe, so every call runs
 in a worker thread under an ``asyncio.Lock``: one generation at a time, the event loop free.
+
+A completion prompt is evaluated once per request, not once per candidate: the KV cache is
+cut back to a *primed prefix* (the prompt but its last token, or the request's ``prefix``: a
+judge's rubric and question) that was evaluated on its own, and only the rest is evaluated
+before sampling. The logits a candidate samples from therefore depend only on the prompt,
+never on earlier calls, so the same seed gives the same text. Chat requests are evaluated
+afresh each time (``reset()``). ``GenRequest.grammar`` / ``json_schema`` constrain sampling.
+
+A completion request without a grammar (the candidates of a set) is decoded in one batch,
+its N sequences sharing the prompt's KV cells (``llamacpp_batch.BatchDecoder``, a second
+context over the same weights; ``PREFSTREAM_LLAMACPP_BATCHED=false`` turns it off).
 """
 from __future__ import annotations
 
 import asyncio
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import time
@@ -123,8 +135,21 @@ class LlamaCppGenerator:
                           f"replace {self.model_path} with a complete GGUF file (a truncated or "
                           "half-copied file does not load), or point PREFSTREAM_MODEL_PATH at one") from None
         self._lock = asyncio.Lock()
+        self._primed: list[int] = []  # the prefix the KV cache holds as evaluated on its own
+        self._grammars: dict[str, Any] = {}
+        self.share_prompt = True  # False: every call evaluates its prompt afresh (benchmarks/yield.py's "before")
+        self.batched = True  # False: no batched decode (benchmarks/yield.py's configurations before "batched")
+        self._ctx_tokens = settings.llamacpp_ctx
+        self._decoder = None
+        if settings.llamacpp_batched:
+            from agents.backends.llamacpp_batch import BatchDecoder
+
+            self._decoder = BatchDecoder(self._llm, settings.llamacpp_ctx, settings.llamacpp_threads)
 
     async def generate(self, req: GenRequest) -> list[Generation]:
+        if self._batchable(req):
+            async with self._lock:
+                return await asyncio.to_thread(self._batched, req)
         out = []
         for i in range(req.n):
             seed = None if req.seed is None else req.seed + i
@@ -132,23 +157,84 @@ class LlamaCppGenerator:
                 out.append(await asyncio.to_thread(self._one, req, seed))
         return out
 
+    def _batchable(self, req: GenRequest) -> bool:
+        """A completion request without a grammar, whose N continuations fit the context."""
+        d = self._decoder
+        return (d is not None and self.batched and self.share_prompt and req.prompt is not None and req.grammar is None
+                and req.json_schema is None and req.seed is not None and 0 < req.n <= d.n_seq_max
+                and len(req.prompt) + req.n * req.max_tokens < self._ctx_tokens)  # chars bound tokens
+
+    def _batched(self, req: GenRequest) -> list[Generation]:
+        assert req.prompt is not None and req.seed is not None and self._decoder is not None
+        tokens = self._tokens(req.prompt)
+        if len(tokens) + req.n * req.max_tokens >= self._ctx_tokens:
+            raise BackendError(f"the prompt ({len(tokens)} tokens) and {req.n} x {req.max_tokens} new tokens "
+                               f"do not fit the context ({self._ctx_tokens})", retryable=False)
+        started = time.perf_counter()
+        seeds = [req.seed + i for i in range(req.n)]
+        outs = self._decoder.generate(tokens, seeds, req.temperature, req.top_p, req.max_tokens, list(req.stop))
+        took = time.perf_counter() - started
+        return [Generation(text=o.text, finish_reason=o.finish_reason, tokens_in=len(tokens),
+                           tokens_out=len(o.tokens), latency_s=took, seed=s) for o, s in zip(outs, seeds)]
+
+    def _tokens(self, text: str) -> list[int]:
+        """``text`` as ``create_completion`` tokenizes a prompt (BOS, special tokens)."""
+        llm = self._llm
+        bos = [llm.token_bos()] if llm._model.add_bos_token() and llm.token_bos() != -1 else []
+        return bos + llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def _prime(self, req: GenRequest) -> None:
+        """Leave the KV cache holding exactly a prefix of the prompt evaluated on its own:
+        the request's ``prefix`` (where it tokenizes as the prompt's start), else the whole
+        prompt but its last token. ``create_completion`` then evaluates only the rest."""
+        assert req.prompt is not None
+        tokens = self._tokens(req.prompt)
+        want = tokens[:-1]
+        if req.prefix and req.prompt.startswith(req.prefix):
+            head = self._tokens(req.prefix)[:-1]  # the boundary token may merge with what follows
+            if tokens[:len(head)] == head:
+                want = head
+        llm = self._llm
+        if self._primed != want or list(llm.input_ids[:len(want)]) != want or llm.n_tokens < len(want):
+            llm.reset()
+            llm.eval(want)
+            self._primed = want
+        llm._ctx.kv_cache_seq_rm(-1, len(want), -1)
+        llm.n_tokens = len(want)
+
+    def _grammar(self, req: GenRequest) -> Any:
+        source = req.grammar or (json.dumps(req.json_schema, sort_keys=True) if req.json_schema else None)
+        if source is None:
+            return None
+        grammar = self._grammars.get(source)
+        if grammar is None:
+            from llama_cpp import LlamaGrammar
+
+            grammar = (LlamaGrammar.from_string(req.grammar, verbose=False) if req.grammar
+                       else LlamaGrammar.from_json_schema(source, verbose=False))
+            self._grammars[source] = grammar
+        return grammar
+
     def _one(self, req: GenRequest, seed: int | None) -> Generation:
         kwargs: dict[str, Any] = dict(
             max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
-            stop=list(req.stop) or None, seed=seed,
+            stop=list(req.stop) or None, seed=seed, grammar=self._grammar(req),
         )
         started = time.perf_counter()
-        # llama-cpp-python reuses a cached prompt prefix, and logits from a cache hit differ
-        # slightly from a fresh evaluation: the same seed would give different text depending
-        # on the previous call. Evaluating every prompt afresh keeps seeds reproducible.
-        self._llm.reset()
         try:
             if req.messages is not None:
+                self._llm.reset()  # a chat prompt is evaluated afresh (see the module's docstring)
+                self._primed = []
                 resp = self._llm.create_chat_completion(
                     messages=self._messages(req.messages), **kwargs)
                 choice = resp["choices"][0]
                 text = choice["message"].get("content") or ""
             else:
+                if self.share_prompt:
+                    self._prime(req)
+                else:
+                    self._llm.reset()
+                    self._primed = []
                 resp = self._llm.create_completion(prompt=req.prompt, **kwargs)
                 choice = resp["choices"][0]
                 text = choice.get("text") or ""
@@ -168,6 +254,9 @@ class LlamaCppGenerator:
 
     async def close(self) -> None:
         async with self._lock:
+            if self._decoder is not None:
+                self._decoder.close()
+                self._decoder = None
             close = getattr(self._llm, "close", None)
             if close is not None:
                 close()

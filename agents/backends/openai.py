@@ -126,6 +126,12 @@ class OpenAIGenerator:
             body["seed"] = seed
         if req.stop:
             body["stop"] = list(req.stop)
+        if req.json_schema is not None:  # OpenAI, vLLM and llama.cpp's server all read it
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "answer", "schema": req.json_schema}}
+        elif req.grammar is not None:  # GBNF: llama.cpp's server reads `grammar`, vLLM `guided_grammar`
+            body["grammar"] = req.grammar
+            body["guided_grammar"] = req.grammar
         return body
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:

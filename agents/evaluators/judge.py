@@ -9,6 +9,12 @@ Two ways of asking (``JudgeSpec.prompting``):
   small embedded *base* model; the first number it writes is the score.
 * ``chat``: the model's chat template, asked for ``{"score": n, "rationale": "..."}``.
 
+With ``JudgeSpec.per_principle`` the judge gives one score per principle (combined by
+``principle_weights``) and a one-line reason. With ``JudgeSpec.structured`` (the default) the
+backend enforces the answer's form: a GBNF grammar for the completion form, a JSON schema for
+the chat form. Every request names the prompt's shared start (``GenRequest.prefix``: the
+rubric, the examples and the question), so a backend can evaluate it once per set.
+
 Output that cannot be read is retried ``JudgeSpec.retries`` times, then recorded as
 ``value=None, error="parse_failure"``; a score is never guessed.
 """
@@ -33,12 +39,15 @@ DEFAULT_PRINCIPLES = [
     "Honest and harmless: no made-up claims, nothing dangerous.",
     "Clear and concise: easy to follow, no padding.",
 ]
-# (request, response, fraction of the scale) for the completion-form few-shot examples.
+# (request, response, fraction of the scale, reason) for the completion-form few-shot examples.
 EXAMPLES = [
-    ("What is 12 times 3?", "12 times 3 is 36.", 1.0),
-    ("Name a planet in our solar system.", "I like turtles. Turtles are slow.", 0.0),
-    ("Give two tips for sleeping well.", "Go to bed at the same time every day.", 0.5),
+    ("What is 12 times 3?", "12 times 3 is 36.", 1.0, "it answers correctly and briefly."),
+    ("Name a planet in our solar system.", "I like turtles. Turtles are slow.", 0.0,
+     "it does not answer the question."),
+    ("Give two tips for sleeping well.", "Go to bed at the same time every day.", 0.5,
+     "it gives one tip where two were asked for."),
 ]
+REASON_TOKENS = 32
 _TAG = re.compile(r"<\s*(/?)\s*(response|request)\b(\s*>)?", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _JSON_SCORE = re.compile(r'"score"\s*:\s*"?(-?\d+(?:\.\d+)?)', re.IGNORECASE)
@@ -60,9 +69,17 @@ def request_text(prompt: Prompt) -> str:
     return "\n".join(f"{m.role}: {m.content}" for m in turns)
 
 
-def _instructions(objective: ObjectiveSpec, scale: int) -> str:
-    principles = objective.principles or DEFAULT_PRINCIPLES
-    rubric = "\n".join(f"- {p}" for p in principles)
+def principles_of(objective: ObjectiveSpec) -> list[str]:
+    return list(objective.principles or DEFAULT_PRINCIPLES)
+
+
+def _instructions(objective: ObjectiveSpec, scale: int, per_principle: bool = False) -> str:
+    principles = principles_of(objective)
+    if per_principle:
+        rubric = "\n".join(f"{i}. {p}" for i, p in enumerate(principles, 1))
+        rubric += "\nGive one score per principle, in this order, then a one-line reason."
+    else:
+        rubric = "\n".join(f"- {p}" for p in principles)
     return (
         f"You rate an AI assistant's response to a user on a scale of 1 (worst) to {scale} "
         f"(best), by these principles:\n{rubric}\n"
@@ -77,21 +94,57 @@ def _block(request: str, response: str) -> str:
             f"<response>\n{defuse(response)}\n</response>\n")
 
 
-def completion_prompt(objective: ObjectiveSpec, request: str, response: str, scale: int) -> str:
-    """Few-shot completion text ending in ``Score (1-N):`` (for a base model)."""
-    parts = [_instructions(objective, scale)]
-    for req, resp, frac in EXAMPLES:
-        parts.append(f"{_block(req, resp)}Score (1-{scale}): {1 + round(frac * (scale - 1))}\n")
-    parts.append(f"{_block(request, response)}Score (1-{scale}):")
+def _cue(scale: int, per_principle: bool) -> str:
+    return f"Scores (1-{scale}):" if per_principle else f"Score (1-{scale}):"
+
+
+def completion_prompt(objective: ObjectiveSpec, request: str, response: str, scale: int,
+                      per_principle: bool = False) -> str:
+    """Few-shot completion text ending in ``Score (1-N):`` (for a base model); per principle,
+    ``Scores (1-N):``, each example answered ``Scores (1-N): 9 9 8\nReason: ...``."""
+    k, cue = len(principles_of(objective)), _cue(scale, per_principle)
+    parts = [_instructions(objective, scale, per_principle)]
+    for req, resp, frac, why in EXAMPLES:
+        n = 1 + round(frac * (scale - 1))
+        answer = f"{' '.join([str(n)] * k)}\nReason: {why}" if per_principle else str(n)
+        parts.append(f"{_block(req, resp)}{cue} {answer}\n")
+    parts.append(f"{_block(request, response)}{cue}")
     return "\n".join(parts)
 
 
+def shared_prefix(prompt: str) -> str:
+    """The part of a completion prompt every candidate of a set shares: up to the last
+    ``<response>`` tag (the response is defused, so it holds no such tag)."""
+    cut = prompt.rfind("<response>\n")
+    return prompt[:cut + len("<response>\n")] if cut >= 0 else ""
+
+
+def score_grammar(scale: int, k: int = 1, reason: bool = False) -> str:
+    """GBNF for what follows the cue: ``k`` integers 1..scale, then (``reason``) a line
+    ``Reason: ...``. The longer numbers are listed first."""
+    number = " | ".join(f'"{i}"' for i in range(scale, 0, -1))
+    body = " ".join(['" " n'] * k)
+    tail = ' "\\nReason: " [^\\n]+ "\\n"' if reason else ""
+    return f"root ::= {body}{tail}\nn ::= {number}\n"
+
+
+def json_schema(scale: int, k: int | None = None) -> dict:
+    """The chat form's answer: ``{"score", "rationale"}``, or with ``k`` principles
+    ``{"scores": [k integers], "rationale"}``."""
+    number = {"type": "integer", "minimum": 1, "maximum": scale}
+    scores = ({"scores": {"type": "array", "items": number, "minItems": k, "maxItems": k}} if k
+              else {"score": number})
+    return {"type": "object", "properties": {**scores, "rationale": {"type": "string", "maxLength": RATIONALE_CHARS}},
+            "required": [*scores, "rationale"], "additionalProperties": False}
+
+
 def chat_messages(objective: ObjectiveSpec, request: str, response: str,
-                  scale: int) -> list[Message]:
-    """Chat turns asking for ``{"score": n, "rationale": "..."}``."""
-    system = _instructions(objective, scale) + (
-        f'Answer with JSON only: {{"score": <integer 1-{scale}>, "rationale": "<one sentence>"}}'
-    )
+                  scale: int, per_principle: bool = False) -> list[Message]:
+    """Chat turns asking for ``{"score": n, "rationale": "..."}`` (per principle:
+    ``{"scores": [n, ...], "rationale": "..."}``)."""
+    form = (f'{{"scores": [<integer 1-{scale} per principle, in order>], "rationale": "<one sentence>"}}'
+            if per_principle else f'{{"score": <integer 1-{scale}>, "rationale": "<one sentence>"}}')
+    system = _instructions(objective, scale, per_principle) + f"Answer with JSON only: {form}"
     return [Message(role="system", content=system),
             Message(role="user", content=_block(request, response))]
 
@@ -122,6 +175,31 @@ def json_object(text: str) -> dict | None:
             return None
         return obj if isinstance(obj, dict) else None
     return None
+
+
+def parse_principles(text: str, scale: int, k: int) -> tuple[list[int] | None, str]:
+    """(one score per principle, reason) from ``" 9 8 7\nReason: ..."``; None unless the first
+    line holds exactly ``k`` integers in 1..scale."""
+    first, _, rest = text.partition("\n")
+    values = [_as_score(t, scale) for t in _NUMBER.findall(first)]
+    if len(values) != k or None in values:
+        return None, text
+    return values, rest.strip().removeprefix("Reason:").strip()
+
+
+def parse_chat_principles(text: str, scale: int, k: int) -> tuple[list[int] | None, str]:
+    obj = json_object(text)
+    scores = obj.get("scores") if obj is not None else None
+    if not isinstance(scores, list) or len(scores) != k:
+        return None, text
+    values = [_as_score(v, scale) for v in scores]
+    return (None if None in values else values), str(obj.get("rationale", ""))
+
+
+def combine(values: list[int], weights: list[float]) -> float:
+    """The weighted mean of per-principle scores (equal weights unless one per principle)."""
+    w = weights if len(weights) == len(values) and sum(weights) > 0 else [1.0] * len(values)
+    return sum(v * x for v, x in zip(values, w)) / sum(w)
 
 
 def parse_chat(text: str, scale: int) -> tuple[int | None, str]:
@@ -168,18 +246,29 @@ class PointwiseJudge(ModelJudge):
 
     def _request(self, spec: JudgeSpec, objective: ObjectiveSpec, request: str,
                  response: str, attempt: int) -> GenRequest:
-        common = dict(n=1, temperature=0.0, top_p=1.0, max_tokens=spec.max_tokens,
-                      seed=SEED + attempt)
+        k = len(principles_of(objective)) if spec.per_principle else None
+        tokens = max(spec.max_tokens, 3 * k + REASON_TOKENS) if k else spec.max_tokens
+        common = dict(n=1, temperature=0.0, top_p=1.0, max_tokens=tokens, seed=SEED + attempt)
         if spec.prompting == "chat":
-            return GenRequest(messages=chat_messages(objective, request, response, spec.scale),
-                              **common)
-        return GenRequest(prompt=completion_prompt(objective, request, response, spec.scale),
-                          stop=["\n"], **common)
+            return GenRequest(messages=chat_messages(objective, request, response, spec.scale, bool(k)),
+                              json_schema=json_schema(spec.scale, k) if spec.structured else None, **common)
+        text = completion_prompt(objective, request, response, spec.scale, bool(k))
+        grammar = score_grammar(spec.scale, k or 1, reason=bool(k)) if spec.structured else None
+        return GenRequest(prompt=text, stop=["\n\n", "\n<"] if k else ["\n"], grammar=grammar,
+                          prefix=shared_prefix(text) or None, **common)
 
-    def _parse(self, spec: JudgeSpec, text: str) -> tuple[int | None, str]:
-        if spec.prompting == "chat":
-            return parse_chat(text, spec.scale)
-        return parse_completion(text, spec.scale), text
+    def _parse(self, spec: JudgeSpec, objective: ObjectiveSpec, text: str) -> tuple[float | None, str]:
+        """(score on 1..scale, rationale); per principle, the weighted mean of the scores."""
+        if not spec.per_principle:
+            if spec.prompting == "chat":
+                return parse_chat(text, spec.scale)
+            return parse_completion(text, spec.scale), text
+        k = len(principles_of(objective))
+        parse = parse_chat_principles if spec.prompting == "chat" else parse_principles
+        values, reason = parse(text, spec.scale, k)
+        if values is None:
+            return None, reason
+        return combine(values, list(spec.principle_weights)), f"scores {' '.join(map(str, values))}: {reason}"
 
     async def _rate(self, gen: Any, spec: JudgeSpec, objective: ObjectiveSpec,
                     request: str, response: str) -> Score:
@@ -194,14 +283,15 @@ class PointwiseJudge(ModelJudge):
                 log.warning("judge backend failed: %s", e)
                 return self._score(None, text, error=str(e) or type(e).__name__)
             text = generations[0].text if generations else ""
-            value, rationale = self._parse(spec, text)
+            value, rationale = self._parse(spec, objective, text)
             if value is not None:
                 norm = (value - 1) / (spec.scale - 1) if spec.scale > 1 else 1.0
-                return self._score(norm, rationale.strip(), raw=value)
+                raw = value if isinstance(value, int) else round(value, 4)
+                return self._score(norm, rationale.strip(), raw=raw)
             log.info("judge output unreadable (attempt %d): %r", attempt + 1, text[:80])
         return self._score(None, text, error="parse_failure")
 
-    def _score(self, value: float | None, rationale: str, raw: int | None = None,
+    def _score(self, value: float | None, rationale: str, raw: float | None = None,
                error: str | None = None) -> Score:
         return Score(evaluator=self.name, kind=self.kind, value=value, raw=raw,
                      rationale=rationale[:RATIONALE_CHARS], error=error)

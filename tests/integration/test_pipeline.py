@@ -41,7 +41,9 @@ def test_gsm8k_and_ifeval_end_to_end(settings, data_dir, tmp_path):
     assert summary["pairs"] == len(pair_prompts)
     assert summary["pairs"] + summary["no_pair"] + summary["dead_letters"] == 40
     assert summary["dead_letters"] == 0
-    assert summary["candidates"] == 3 * 40
+    # 3 samples each, the reference answer beside them on the 20 GSM8K prompts, and where a set
+    # made no pair, more samples (adaptive sampling: 3 at a time up to max_candidates, 8)
+    assert 3 * 40 + 20 <= summary["candidates"] <= 8 * 40 + 20
     assert summary["objective"] == "default@1"
     assert json.loads((out / "summary.json").read_text()) == summary
 

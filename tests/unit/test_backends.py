@@ -342,6 +342,51 @@ def test_llamacpp_n_seeds_and_same_seed_same_text(backends):
 
 
 @pytest.mark.model
+def test_llamacpp_same_request_same_texts_whatever_ran_before(backends):
+    """A completion request's N candidates decode in one batch from the prompt's shared KV
+    cells: the same request (prompt, N, seeds) gives the same texts, whatever ran before it
+    (a judge prompt sharing a prefix, another prompt, a chat request)."""
+    gen = backends.get(GeneratorSpec())
+    prompt = "Question: Name a colour.\nAnswer:"
+    req = GenRequest(prompt=prompt, n=4, seed=7, max_tokens=16, temperature=1.0)
+
+    async def go():
+        first = await gen.generate(req)
+        await gen.generate(GenRequest(prompt="Question: Name a city.\nAnswer:", n=2, seed=3, max_tokens=16))
+        await gen.generate(GenRequest(prompt=prompt + " Blue.\nQuestion: Name a tree.\nAnswer:",
+                                      prefix=prompt, seed=1, max_tokens=8, grammar='root ::= " " [a-z]+'))
+        await gen.generate(GenRequest(messages=[Message(role="user", content="Hi")], seed=1, max_tokens=4))
+        return first, await gen.generate(req)
+
+    first, again = asyncio.run(go())
+    assert [g.text for g in again] == [g.text for g in first] and [g.seed for g in first] == [7, 8, 9, 10]
+    assert len({g.text for g in first}) > 1  # different seeds do sample differently
+    assert all(0 < g.tokens_out <= 16 and g.tokens_in > 0 for g in first)
+
+
+@pytest.mark.model
+def test_llamacpp_batched_and_one_by_one_stop_alike(backends):
+    """Stop strings end a batched candidate where they begin, as they end a sequential one."""
+    gen = backends.get(GeneratorSpec())
+    req = GenRequest(prompt="Question: Name a fruit.\nAnswer:", n=3, seed=5, max_tokens=48, stop=["\n"])
+    gens = asyncio.run(gen.generate(req))
+    assert all("\n" not in g.text for g in gens) and any(g.finish_reason == "stop" for g in gens)
+
+
+@pytest.mark.model
+def test_llamacpp_grammar_is_enforced(backends):
+    from agents.evaluators.judge import score_grammar
+
+    gen = backends.get(GeneratorSpec())
+    req = GenRequest(prompt="Write a poem about the sea:\n", seed=0, max_tokens=24, temperature=1.0,
+                     grammar=score_grammar(10, 3, reason=True))
+    [g] = asyncio.run(gen.generate(req))
+    scores, _, reason = g.text.partition("\nReason: ")
+    assert [1 <= int(x) <= 10 for x in scores.split()] == [True] * 3 and scores.startswith(" ")
+    assert "\n" not in reason.rstrip("\n")
+
+
+@pytest.mark.model
 def test_llamacpp_chat(backends):
     gen = backends.get(GeneratorSpec())
     req = GenRequest(messages=[Message(role="system", content="Answer in one word."),

@@ -169,3 +169,43 @@ def test_a_callable_works_as_backends():
     scores = asyncio.run(PointwiseJudge(lambda spec: gen).score(
         PROMPT, [_cand("4")], _objective()))
     assert scores[0].raw == 6
+
+
+def _principled(prompting: str = "completion", weights: list[float] | None = None, structured: bool = True):
+    judge = JudgeSpec(prompting=prompting, per_principle=True, principle_weights=weights or [],
+                      structured=structured)
+    return ObjectiveSpec(name="o", principles=["Correct.", "Follows the format.", "Concise."],
+                         evaluation=EvaluationSpec(judge=judge))
+
+
+def test_per_principle_scores_are_combined_by_weight_with_the_reason_kept():
+    scores, gen = _judge([" 10 4 7\nReason: right but long.\n"], _principled(weights=[2.0, 1.0, 1.0]))
+    s = scores[0]
+    assert s.raw == (2 * 10 + 4 + 7) / 4 and s.value == (s.raw - 1) / 9
+    assert "right but long." in s.rationale and "10 4 7" in s.rationale
+    req = gen.requests[0]
+    assert req.prompt.rstrip().endswith("Scores (1-10):") and "3. Concise." in req.prompt
+    assert req.grammar is not None and req.grammar.count('" " n') == 3 and "Reason" in req.grammar
+    assert req.prefix and req.prompt.startswith(req.prefix) and req.prefix.endswith("<response>\n")
+    assert req.max_tokens >= 3 * 3 + 8
+
+
+def test_per_principle_output_with_the_wrong_count_is_a_parse_failure():
+    scores, _ = _judge([" 10 4", " 10 4 7 9"], _principled())
+    assert scores[0].value is None and scores[0].error == "parse_failure"
+
+
+def test_chat_judge_asks_for_a_json_schema_and_reads_per_principle_scores():
+    scores, gen = _judge(['{"scores": [9, 9, 3], "rationale": "too long"}'], _principled("chat"))
+    assert scores[0].raw == 7 and scores[0].rationale.endswith("too long")
+    schema = gen.requests[0].json_schema
+    assert schema["properties"]["scores"]["minItems"] == 3 and schema["required"] == ["scores", "rationale"]
+    _, gen = _judge(['{"score": 5, "rationale": "ok"}'], _objective("chat"))
+    assert set(gen.requests[0].json_schema["required"]) == {"score", "rationale"}
+
+
+def test_structured_off_sends_no_grammar():
+    _, gen = _judge([" 10 4 7\nReason: x"], _principled(structured=False))
+    assert gen.requests[0].grammar is None and gen.requests[0].json_schema is None
+    _, gen = _judge([" 8"], _objective())
+    assert gen.requests[0].grammar is not None and "10" in gen.requests[0].grammar
