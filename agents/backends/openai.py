@@ -62,6 +62,7 @@ class OpenAIGenerator:
         self._sem = asyncio.Semaphore(max(1, settings.max_inflight))
         self._budget_s = settings.outage_budget_s
         self.ignores_n = False  # the server answered fewer choices than asked: ask one per request
+        self.schema_form = "json_schema"  # or "json_object": llama-cpp-python's server (see _response_format)
         self.breaker = CircuitBreaker(f"{model}@{self.base_url}", settings.breaker_threshold,
                                       settings.breaker_cooldown_s)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -126,13 +127,31 @@ class OpenAIGenerator:
             body["seed"] = seed
         if req.stop:
             body["stop"] = list(req.stop)
-        if req.json_schema is not None:  # OpenAI, vLLM and llama.cpp's server all read it
-            body["response_format"] = {"type": "json_schema",
-                                       "json_schema": {"name": "answer", "schema": req.json_schema}}
+        if req.json_schema is not None:
+            body["response_format"] = self._response_format(req.json_schema)
         elif req.grammar is not None:  # GBNF: llama.cpp's server reads `grammar`, vLLM `guided_grammar`
             body["grammar"] = req.grammar
             body["guided_grammar"] = req.grammar
         return body
+
+    def _response_format(self, schema: dict) -> dict[str, Any]:
+        """OpenAI's and vLLM's form, or llama-cpp-python's server's (``json_object`` with a
+        ``schema``; it refuses ``json_schema``) once this server has refused the first."""
+        if self.schema_form == "json_schema":
+            return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+        return {"type": "json_object", "schema": schema}
+
+    def _refused_schema_form(self, resp: httpx.Response, body: dict[str, Any]) -> bool:
+        """The server refused the ``json_schema`` response format: switch to the other form
+        (for this request and every later one) and say so; the request is tried again."""
+        fmt = body.get("response_format") or {}
+        if fmt.get("type") != "json_schema" or "response_format" not in resp.text:
+            return False
+        self.schema_form = "json_object"
+        body["response_format"] = self._response_format(fmt["json_schema"]["schema"])
+        log.info("model %s at %s refuses response_format json_schema; sending json_object with the schema",
+                 self.model, self.base_url)
+        return True
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """One logical request: retried on transient failures (waiting, with every other
@@ -153,6 +172,9 @@ class OpenAIGenerator:
             except httpx.TransportError as exc:  # timeouts and connection errors
                 last = f"{type(exc).__name__}: {exc}"
             else:
+                if resp.status_code >= 400 and self._refused_schema_form(resp, body):
+                    self.breaker.success(probe)  # the server is up; it wants the other form
+                    continue
                 if resp.status_code == 429 or resp.status_code >= 500:
                     last = f"HTTP {resp.status_code}: {resp.text[:ERROR_TEXT_CHARS]}"
                 elif resp.status_code >= 400:

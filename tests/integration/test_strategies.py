@@ -109,8 +109,10 @@ def test_model_server_outage_mid_run_loses_no_prompt(settings, tmp_path, data_di
     prompts = list(read_prompts(data_dir / "gsm8k" / "train_first1000.jsonl", limit=8))
     spec = objective("samples", [GeneratorSpec(backend="openai", model="m", base_url=server.base_url,
                                                max_tokens=16)])
+    # handed whole to the workers; the stage blocks while the server is away (30 s, then its
+    # restart on a busy machine): `run` must wait that out rather than stop at 60 s
     settings = settings.replace(max_inflight=1, allowed_endpoints=server.base_url, breaker_threshold=2,
-                                breaker_cooldown_s=1.0, retries=3)  # handed whole to the workers
+                                breaker_cooldown_s=1.0, retries=3, block_fail_s=300.0)
     outage = {}
 
     def take_server_away():

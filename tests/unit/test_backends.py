@@ -67,6 +67,35 @@ def test_500_twice_then_success_is_retried():
     assert g.text == " 4" and g.tokens_in == 7 and g.tokens_out == 2 and g.finish_reason == "stop"
 
 
+def test_a_server_refusing_the_json_schema_form_gets_llama_cpps_form_once_and_from_then_on():
+    """llama-cpp-python's server answers `response_format: json_schema` with a 500 (it takes
+    `json_object` with a `schema`); vLLM and OpenAI take `json_schema`."""
+    formats = []
+    schema = {"type": "object", "properties": {"score": {"type": "integer"}}, "required": ["score"]}
+
+    async def handler(request):
+        fmt = (await request.json())["response_format"]
+        formats.append(fmt["type"])
+        if fmt["type"] != "json_object" or fmt.get("schema") != schema:
+            return web.json_response({"error": {"message": "body.response_format.type: Input should be "
+                                                           "'text' or 'json_object'"}}, status=500)
+        return web.json_response(completion('{"score": 7}'))
+
+    async def go():
+        async with serve(handler) as url:
+            gen = OpenAIGenerator(FAST, model="m", base_url=url)
+            req = GenRequest(prompt="Rate it:", max_tokens=8, json_schema=schema)
+            try:
+                first, second = await gen.generate(req), await gen.generate(req)
+            finally:
+                await gen.close()
+            return first, second
+
+    first, second = asyncio.run(go())
+    assert first[0].text == second[0].text == '{"score": 7}'
+    assert formats == ["json_schema", "json_object", "json_object"]  # one refusal, then remembered
+
+
 def test_always_503_gives_a_retryable_error_after_all_attempts():
     calls = []
 
