@@ -151,12 +151,12 @@ async def publish_objective(settings: Settings, topics: Topics, spec: ObjectiveS
 
 
 async def drive(settings: Settings, topics: Topics, prompts: list[Prompt], sink: JsonlSink,
-                workers: list[subprocess.Popen], progress: bool = True) -> Ledger:
+                workers: list[subprocess.Popen], progress: bool = True, embedded: bool = False) -> Ledger:
     """Submit ``prompts`` and read until each has ended; a worker that exits meanwhile fails the run."""
     ledger = Ledger({p.id for p in prompts}, {p.id: p.objective for p in prompts})
     names = [topics.preferences.name, topics.outcomes.name, topics.deadletters.name, topics.judgments.name,
              topics.health.name]
-    watch = BlockWatch(settings, topics, workers)
+    watch = BlockWatch(settings, topics, workers, embedded)
     consumer = await reader(settings, names)
     prod = producer(settings)
     await prod.start()
@@ -207,8 +207,9 @@ class BlockWatch:
     """The newest health of each of this run's workers' stages (``health`` topic); raises
     ``RunError`` once a stage has been blocked for ``settings.block_fail_s``."""
 
-    def __init__(self, settings: Settings, topics: Topics, workers: list[subprocess.Popen]) -> None:
-        self.settings, self.topics = settings, topics
+    def __init__(self, settings: Settings, topics: Topics, workers: list[subprocess.Popen],
+                 embedded: bool = False) -> None:
+        self.settings, self.topics, self.embedded = settings, topics, embedded
         host = socket.gethostname()
         self.workers = {f"{host}:{w.pid}" for w in workers}
         self.states: dict[str, StageHealth] = {}
@@ -221,8 +222,8 @@ class BlockWatch:
         now = time.time()
         for h in self.states.values():
             if h.blocked and h.since is not None and now - h.since >= self.settings.block_fail_s:
-                kept = (f"they wait in {self.topics.prompts.name} on {self.settings.broker}" if self.settings.broker
-                        else "the embedded broker keeps them only while it runs: run again after the fix")
+                kept = ("the embedded broker keeps them only while it runs: run again after the fix" if self.embedded
+                        else f"they wait in {self.topics.prompts.name} on {self.settings.broker}")
                 raise RunError(f"stage {h.stage} has been blocked for {now - h.since:.0f}s ({h.reason}): "
                                f"{h.detail}. Fix: {h.fix}. Prompts not yet processed were not dead-lettered; "
                                f"{kept}")
