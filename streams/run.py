@@ -322,7 +322,7 @@ def run(settings: Settings, prompts: list[Prompt], spec: ObjectiveSpec, out_dir:
         asyncio.run(publish_objective(settings, topics, spec))
         prepare_models(settings, spec)
         workers = start_workers(settings, out_dir, env)
-        ledger = asyncio.run(drive(settings, topics, prompts, sink, workers, progress))
+        ledger = asyncio.run(drive(settings, topics, prompts, sink, workers, progress, embedded=broker is not None))
     finally:
         sink.close()
         stop_processes(workers)
