@@ -125,19 +125,18 @@ class Stage:
     async def outputs_when_ready(self, raw: Raw) -> list[Out]:
         """``outputs()``, tried again with back-off for as long as the environment blocks it
         (the stage is marked blocked meanwhile, and unblocked when it goes through)."""
-        from streams.health import RETRY_FIRST_S, RETRY_MAX_S
-
-        delay, first = RETRY_FIRST_S, True
+        delay: float | None = None  # the back-off, set at the first block (not on the usual path)
         while True:
             try:
-                outs = await self.outputs(raw, count=first)
+                outs = await self.outputs(raw, count=delay is None)
             except Blocked as b:
                 if self.health is None:
                     raise
+                from streams.health import RETRY_FIRST_S, RETRY_MAX_S
+
                 self.health.block(self.name, b)
-                first = False
+                delay = RETRY_FIRST_S if delay is None else min(RETRY_MAX_S, delay * 2)
                 await asyncio.sleep(delay)
-                delay = min(RETRY_MAX_S, delay * 2)
                 continue
             if self.blocked:
                 self.health.clear(self.name)
