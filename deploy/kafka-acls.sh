@@ -6,8 +6,12 @@
 # pipeline. So each role gets its own SASL user and only the writes it needs:
 #
 #   ADMIN   `prefstream objective apply/rollback` and the objective Job: creates the topics,
-#           writes objectives and objective-history (the control topics; nobody else may);
+#           writes objectives and objective-history, policies and policy-history (the control
+#           topics: which adapters the workers load; nobody else but TRAINER may);
+#           `prefstream policy publish/rollback`;
 #           `prefstream rejudge` (writes candidates)
+#   TRAINER `prefstream train`: writes policies and policy-history (new adapter versions), reads
+#           the records it trains on
 #   WORKER  the four agents (and relabel): reads every topic, writes only the pipeline's own topics
 #   INGEST  `prefstream ingest`: writes prompts and feedback
 #   TAP     `prefstream tap` and `submit`: reads the records, writes prompts
@@ -27,6 +31,7 @@ ADMIN=${ADMIN:-User:prefstream-admin}
 WORKER=${WORKER:-User:prefstream-worker}
 INGEST=${INGEST:-User:prefstream-ingest}
 TAP=${TAP:-User:prefstream-tap}
+TRAINER=${TRAINER:-User:prefstream-trainer}
 
 acl() { kafka-acls.sh --bootstrap-server "$BOOTSTRAP" --command-config "$CONFIG" --add "$@"; }
 
@@ -40,6 +45,13 @@ acl --deny-principal "$WORKER" --deny-principal "$INGEST" --deny-principal "$TAP
     --topic "$NS.objectives"
 acl --deny-principal "$WORKER" --deny-principal "$INGEST" --deny-principal "$TAP" --operation Write \
     --topic "$NS.objective-history"
+# policies: ADMIN (`prefstream policy`) and TRAINER (`prefstream train`) publish adapters
+for t in policies policy-history; do
+  acl --allow-principal "$ADMIN" --allow-principal "$TRAINER" --operation Write --operation Read --topic "$NS.$t"
+  acl --deny-principal "$WORKER" --deny-principal "$INGEST" --deny-principal "$TAP" --operation Write --topic "$NS.$t"
+done
+acl --allow-principal "$TRAINER" --operation Read --operation Describe --topic "$NS." --resource-pattern-type prefixed
+acl --allow-principal "$TRAINER" --operation Read --group "$NS" --resource-pattern-type prefixed
 
 # workers: read everything in the namespace, write the pipeline's topics, own their groups
 acl --allow-principal "$WORKER" --operation Read --operation Describe --topic "$NS." --resource-pattern-type prefixed

@@ -16,6 +16,7 @@ from schemas.objectives import (
     ObjectiveSpec,
     SynthesisSpec,
 )
+from schemas.policies import Policy
 from schemas.preferences import (RECORD_TYPES, AnyRecord, Outcome, PreferenceRecord, Ranked, RankingRecord,
                                  RewardRecord, Side, UnpairedRecord, Withdrawn)
 from schemas.prompts import Curated, Message, Prompt, Verification, prompt_id
@@ -24,7 +25,7 @@ __all__ = [
     "Candidate", "CandidateSet", "CurationSpec", "Curated", "DeadLetter", "EvaluationSpec", "EvaluatorSpec",
     "Feedback",
     "FewShot", "GeneratorSpec", "InstantiationSpec", "Judged", "JudgedSet", "JudgeSpec",
-    "Message", "ObjectiveSpec", "Outcome", "PreferenceRecord", "Prompt", "Sampling", "Score",
+    "Message", "ObjectiveSpec", "Outcome", "Policy", "PreferenceRecord", "Prompt", "Sampling", "Score",
     "Side", "StageHealth", "SynthesisSpec", "Verification", "prompt_id", "stable_id",
     "AnyRecord", "RECORD_TYPES", "Ranked", "RankingRecord", "RewardRecord", "UnpairedRecord", "Withdrawn", "RecordRef",
 ]

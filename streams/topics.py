@@ -7,8 +7,8 @@ from typing import Any
 
 import msgspec
 
-from schemas import (AnyRecord, CandidateSet, Curated, DeadLetter, Feedback, JudgedSet, ObjectiveSpec, Outcome, Prompt,
-                     StageHealth)
+from schemas import (AnyRecord, CandidateSet, Curated, DeadLetter, Feedback, JudgedSet, ObjectiveSpec, Outcome, Policy,
+                     Prompt, StageHealth)
 from schemas.stats import PromptStats
 
 
@@ -28,6 +28,10 @@ CURATED = TopicSpec("curated", Curated, key="prompt id")
 OBJECTIVES = TopicSpec("objectives", ObjectiveSpec, key="objective name", partitions=1, compacted=True)
 # every published version, never compacted: `objective history/show --version/rollback` read it
 OBJECTIVE_HISTORY = TopicSpec("objective-history", ObjectiveSpec, key="objective name", partitions=1)
+# LoRA adapters generators may name (`policy: NAME`): the newest per name, and every version kept
+# (`prefstream policy history/show/rollback`, the tap's staleness bound read it)
+POLICIES = TopicSpec("policies", Policy, key="policy name", partitions=1, compacted=True)
+POLICY_HISTORY = TopicSpec("policy-history", Policy, key="policy name", partitions=1)
 # `prefstream rejudge` re-judges stored candidate sets: they are kept as long as objectives may
 # reach back (PREFSTREAM_CANDIDATES_RETENTION_MS, 30 days by default)
 CANDIDATES = TopicSpec("candidates", CandidateSet, key="prompt id", retention="candidates_retention_ms")
@@ -47,7 +51,7 @@ HEALTH = TopicSpec("health", StageHealth, key="worker/stage", partitions=1, comp
 
 ALL: tuple[TopicSpec, ...] = (PROMPTS, CURATED, OBJECTIVES, CANDIDATES, JUDGMENTS, PREFERENCES,
                               OUTCOMES, DEADLETTERS, FEEDBACK, OBJECTIVE_HISTORY, PREFERENCES_SHADOW, PROMPT_STATS,
-                              HEALTH, LABELS)
+                              HEALTH, LABELS, POLICIES, POLICY_HISTORY)
 
 
 # what decoding bad bytes raises: invalid JSON or types (msgspec.DecodeError), invalid UTF-8

@@ -483,5 +483,8 @@ def test_kafka_acls_let_only_the_admin_write_the_objectives(tmp_path):
     for control in ("ns.objectives", "ns.objective-history"):
         assert writers[control] == {"User:admin"}
         assert denied[control] == {"User:worker", "User:ingest", "User:tap"}
+    for control in ("ns.policies", "ns.policy-history"):  # which adapters the workers load
+        assert writers[control] == {"User:admin", "User:prefstream-trainer"}
+        assert denied[control] == {"User:worker", "User:ingest", "User:tap"}
     assert {t for t, who in writers.items() if "User:ingest" in who} == {"ns.prompts", "ns.feedback"}
     assert "ns.objectives" not in {t for t, who in writers.items() if "User:worker" in who}

@@ -1,0 +1,126 @@
+"""Policies on a real broker: publish, list, show, history, rollback through the CLI; versions
+only go up; a missing file or a wrong sha256 is refused with the fix, and nothing is published."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+
+import pytest
+
+from schemas import Policy
+from streams.admin import create_topics
+from streams.cli import main
+from streams.policies import PolicyError, newest_policy, policy_history, publish_policy
+from streams.policy_registry import PolicyRegistry
+from streams.topics import from_settings
+from tests.conftest import settings_env
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.fixture
+def env(settings, monkeypatch):
+    for k, v in settings_env(settings).items():
+        if k.startswith("PREFSTREAM_"):
+            monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PREFSTREAM_LOG_LEVEL", "WARNING")
+    asyncio.run(create_topics(settings, from_settings(settings)))
+    return settings
+
+
+def adapter(tmp_path, name: str, data: bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return str(path)
+
+
+def test_publish_list_show_history_rollback(env, tmp_path, capsys):
+    a, b = adapter(tmp_path, "a.gguf", b"adapter one"), adapter(tmp_path, "b.gguf", b"adapter two")
+    rc, out, _ = cli(capsys, "policy", "publish", "tutor", "--base", "gemma", "--gguf", a, "--json")
+    assert rc == 0
+    v1 = json.loads(out)
+    assert (v1["version"], v1["sha256"], v1["parent"]) == (1, hashlib.sha256(b"adapter one").hexdigest(), None)
+    rc, out, _ = cli(capsys, "policy", "publish", "tutor", "--base", "gemma", "--gguf", b, "--note", "round 2",
+                     "--json")
+    assert rc == 0 and (json.loads(out)["version"], json.loads(out)["parent"]) == (2, 1)
+
+    rc, out, _ = cli(capsys, "policy", "list", "--json")
+    assert rc == 0 and [(p["name"], p["version"]) for p in json.loads(out)] == [("tutor", 2)]
+    rc, out, _ = cli(capsys, "policy", "show", "tutor@1")
+    assert rc == 0 and json.loads(out)["adapter_gguf"] == a
+
+    rc, out, _ = cli(capsys, "policy", "rollback", "tutor", "--to", "1", "--json")
+    assert rc == 0
+    v3 = json.loads(out)
+    assert (v3["version"], v3["adapter_gguf"], v3["sha256"], v3["parent"]) == (3, a, v1["sha256"], 1)
+    assert v3["adapter_name"] == "tutor-v1"  # the same adapter, under the name vLLM already serves it
+    rc, out, _ = cli(capsys, "policy", "history", "tutor", "--json")
+    assert rc == 0 and [p["version"] for p in json.loads(out)] == [1, 2, 3]
+    rc, out, _ = cli(capsys, "policy", "show", "tutor")
+    assert json.loads(out)["version"] == 3
+
+    rc, _, err = cli(capsys, "policy", "rollback", "tutor", "--to", "9")
+    assert rc == 2 and "no version 9" in err and "known versions: 1, 2, 3" in err
+
+
+def test_versions_only_go_up(env, tmp_path):
+    a = adapter(tmp_path, "a.gguf", b"x")
+    first = asyncio.run(publish_policy(env, Policy(name="p", base_model="m", adapter_gguf=a)))
+    second = asyncio.run(publish_policy(env, Policy(name="p", version=1, base_model="m", adapter_gguf=a)))
+    third = asyncio.run(publish_policy(env, Policy(name="p", version=50, base_model="m", adapter_gguf=a)))
+    assert [first.version, second.version, third.version] == [1, 2, 3]  # the version asked for is ignored
+    assert [p.version for p in asyncio.run(policy_history(env, "p"))] == [1, 2, 3]
+    assert asyncio.run(newest_policy(env, "p")).version == 3
+    assert asyncio.run(newest_policy(env, "nobody")) is None
+
+
+def test_refused_adapters_name_the_fix_and_publish_nothing(env, tmp_path, capsys):
+    rc, _, err = cli(capsys, "policy", "publish", "p", "--base", "m", "--gguf", str(tmp_path / "missing.gguf"))
+    assert rc == 2 and "does not exist" in err and "publish its path" in err
+    a = adapter(tmp_path, "a.gguf", b"x")
+    rc, _, err = cli(capsys, "policy", "publish", "p", "--base", "m", "--gguf", a, "--sha256", "0" * 64)
+    assert rc == 2 and hashlib.sha256(b"x").hexdigest() in err and "without --sha256" in err
+    rc, _, err = cli(capsys, "policy", "publish", "p", "--base", "m")
+    assert rc == 2 and "--gguf" in err
+    rc, _, err = cli(capsys, "policy", "publish", "p", "--base", "m", "--peft", str(tmp_path))
+    assert rc == 2 and "adapter_config.json" in err
+    rc, _, err = cli(capsys, "policy", "publish", "../p", "--base", "m", "--gguf", a)
+    assert rc == 2 and "letters, digits" in err
+    assert asyncio.run(policy_history(env)) == []
+
+
+def test_rollback_refuses_a_changed_file(env, tmp_path):
+    a = adapter(tmp_path, "a.gguf", b"x")
+    asyncio.run(publish_policy(env, Policy(name="p", base_model="m", adapter_gguf=a)))
+    (tmp_path / "a.gguf").write_bytes(b"overwritten")
+    from streams.policies import rollback_policy
+    with pytest.raises(PolicyError, match="changed since it was hashed"):
+        asyncio.run(rollback_policy(env, "p", 1))
+
+
+def test_registry_follows_new_versions(env, tmp_path):
+    a = adapter(tmp_path, "a.gguf", b"x")
+
+    async def go():
+        await publish_policy(env, Policy(name="p", base_model="m", adapter_gguf=a))
+        reg = PolicyRegistry()
+        task = asyncio.create_task(reg.follow(env, from_settings(env)))
+        try:
+            assert await reg.wait_ready(30)
+            assert reg.newest("p").version == 1
+            await publish_policy(env, Policy(name="p", base_model="m", adapter_gguf=a))
+            for _ in range(100):
+                if reg.newest("p").version == 2:
+                    break
+                await asyncio.sleep(0.1)
+            assert reg.newest("p").version == 2 and reg.get("p", 1).version == 1 and reg.get("p", 3) is None
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(go())
