@@ -150,7 +150,7 @@ async def load_lora_adapter(gen, policy: Policy) -> None:
     try:
         resp = await gen.post("/v1/load_lora_adapter", body)
     except httpx.TransportError as e:
-        raise Blocked("model_server", f"{gen.base_url}/v1/load_lora_adapter: {type(e).__name__}: {e}",
+        raise Blocked("backend_down", f"{gen.base_url}/v1/load_lora_adapter: {type(e).__name__}: {e}",
                       "start the model server or fix its URL; the stage resumes by itself") from None
     text = resp.text[:500]
     if resp.status_code < 300 or (resp.status_code == 400 and "already" in text.lower()):
@@ -162,7 +162,7 @@ async def load_lora_adapter(gen, policy: Policy) -> None:
                       f"(HTTP {resp.status_code} from /v1/load_lora_adapter: {text})",
                       "start vLLM with --enable-lora (and --max-lora-rank at least the adapter's rank) and "
                       "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, and check that lora_path is readable by the server")
-    raise Blocked("model_server", f"{gen.base_url}/v1/load_lora_adapter answered HTTP {resp.status_code}: {text}",
+    raise Blocked("backend_down", f"{gen.base_url}/v1/load_lora_adapter answered HTTP {resp.status_code}: {text}",
                   "check the model server's log; the stage resumes by itself")
 
 
