@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from agents.backends.base import GenRequest, Generation
+from agents.backends.base import BackendError, GenRequest, Generation
 from schemas import Policy
 from streams.policies import PolicyError, adapter_file, file_sha256
 from streams.runtime import Blocked
@@ -86,8 +86,9 @@ class LlamaCppPolicy:
             self._loading[policy.version] = pending
         try:
             lora = await asyncio.shield(pending)
-        except PolicyError as e:
-            raise Blocked("adapter_unavailable", str(e), UNAVAILABLE_FIX) from None
+        except (PolicyError, OSError) as e:  # OSError: the file unreadable (permissions, a vanished mount)
+            raise Blocked("adapter_unavailable", f"policy {policy.ref}: {e}" if isinstance(e, OSError) else str(e),
+                          UNAVAILABLE_FIX) from None
         finally:
             if pending.done():
                 self._loading.pop(policy.version, None)
@@ -139,7 +140,16 @@ class OpenAIPolicy:
         return gen
 
     async def generate(self, policy: Policy, req: GenRequest) -> list[Generation]:
-        return await (await self._ensure(policy)).generate(req)
+        gen = await self._ensure(policy)
+        try:
+            return await gen.generate(req)
+        except BackendError as e:
+            if e.status != 404:
+                raise
+            # the server forgot the adapter (restarted): load it again, once, rather than dead-letter
+            log.warning("%s answered 404 for adapter %s; loading it again", policy.served_name, policy.ref)
+            self._loaded.discard(policy.served_name)
+            return await (await self._ensure(policy)).generate(req)
 
 
 async def load_lora_adapter(gen, policy: Policy) -> None:
