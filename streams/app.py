@@ -1,4 +1,6 @@
-"""The faust app: one worker runs the agents it is asked for over the namespace's topics."""
+"""The worker: one process runs the stages of the pipeline table it is asked for, over the
+namespace's topics. It knows the table's shape (``streams.runtime.Pipeline``), not the stages:
+the commands hand it ``agents.pipeline.PIPELINE``."""
 from __future__ import annotations
 
 import asyncio
@@ -15,7 +17,6 @@ from faust.exceptions import ProducerSendError
 from streams.broker import free_port
 from streams.health import Health, publish_health
 from streams.metrics import Metrics
-from streams.objective_registry import ObjectiveRegistry
 from streams.runtime import Stage, Undeliverable
 from streams.security import faust_credentials
 from streams.settings import Settings
@@ -23,8 +24,6 @@ from streams.topics import Topic, Topics, from_settings
 
 logger = logging.getLogger(__name__)
 
-AGENTS = ("curate", "synthesize", "evaluate", "instantiate")
-GUARANTEES = ("at_least_once", "exactly_once")
 MAX_RETRY_S = 5.0
 
 
@@ -56,23 +55,27 @@ async def deliver(channel: faust.TopicT, key: bytes, value: bytes) -> None:
 
 @dataclass
 class Context:
-    """What the agent bindings share inside one worker."""
+    """What the stage bindings share inside one worker. The runtime fills the first part; the
+    pipeline's ``setup`` the models, evaluators and objectives its stages use."""
 
     settings: Settings
     topics: Topics
     metrics: Metrics
-    objectives: ObjectiveRegistry = None  # type: ignore[assignment]  # made from settings
+    objectives: Any = None  # agents.objectives.registry.ObjectiveRegistry
     backends: Any = None
     evaluators: Any = None
     channels: dict[str, faust.TopicT] = field(default_factory=dict)
     health: Any = None  # streams.health.Health: the stages blocked by their environment
     outbox: Any = None  # the batch runtime's (streams.outbox.Outbox), made with the first stage
 
-    def __post_init__(self) -> None:
-        if self.objectives is None:
-            self.objectives = ObjectiveRegistry(self.settings)
+    def bind(self, app: faust.App, decl: StageDecl) -> None:
+        """One row of the pipeline table: its handler on its input topic, with its concurrency."""
+        handler = decl.bind(app, self)
+        self.agent(app, decl.name, self.topics.of(decl.input), handler,
+                   concurrency=getattr(self.settings, decl.concurrency), outputs=decl.outputs)
 
-    def agent(self, app: faust.App, name: str, source: Topic, handler, concurrency: int = 1) -> None:
+    def agent(self, app: faust.App, name: str, source: Topic, handler, concurrency: int = 1,
+              outputs=None) -> None:
         """Bind ``handler`` on ``source``: a ``StageRunner`` taking batches with a consumer of its
         own, its outputs sent on faust's producer; under exactly-once a ``TxnStageRunner`` with
         transactional producers of its own."""
@@ -82,7 +85,7 @@ class Context:
                                   key_serializer="raw", partitions=t.partitions)
                 for t in self.topics
             })
-        stage = Stage(name, source, self.topics, self.metrics, self.metrics.instrument(handler), self.health)
+        stage = Stage(name, source, self.topics, self.metrics, self.metrics.instrument(handler), self.health, outputs)
         window = max(self.settings.batch_max_records, 2 * concurrency)
         if self.settings.processing_guarantee == "exactly_once":  # transactions of its own per partition
             from streams.txn import TxnStageRunner
@@ -116,13 +119,9 @@ def consumer_group(settings: Settings, agent: str) -> str:
     return f"{settings.group_id}.{agent}"
 
 
-def build_app(settings: Settings, agents: tuple[str, ...] = AGENTS) -> faust.App:
-    unknown = set(agents) - set(AGENTS)
-    if unknown:
-        raise ValueError(f"unknown agents {sorted(unknown)}; choose from {', '.join(AGENTS)}")
-    if settings.processing_guarantee not in GUARANTEES:
-        raise ValueError(f"PREFSTREAM_PROCESSING_GUARANTEE={settings.processing_guarantee!r}: choose "
-                         f"{' or '.join(GUARANTEES)} (exactly_once needs a broker with transactions)")
+def build_app(settings: Settings, pipeline: Pipeline, workers: tuple[str, ...] | None = None) -> faust.App:
+    """A worker running the stages of ``workers`` (all of the pipeline's by default)."""
+    stages = pipeline.of(pipeline.workers if workers is None else workers)
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     app = BatchApp(
@@ -158,26 +157,10 @@ def build_app(settings: Settings, agents: tuple[str, ...] = AGENTS) -> faust.App
     async def health() -> None:
         await publish_health(settings, ctx.topics, ctx.health)
 
-    if "curate" in agents:
-        @app.task
-        async def follow_objectives() -> None:
-            await ctx.objectives.follow(settings, ctx.topics)
-
-    bind_agents(app, ctx, agents)
+    pipeline.setup(app, ctx, tuple(dict.fromkeys(s.runs_in for s in stages)))
+    for decl in stages:
+        ctx.bind(app, decl)
     ctx.metrics.serve(settings.metrics_port, settings.metrics_host, ctx.health)
     app.prefstream = ctx  # for tests and the CLI
     return app
 
-
-def bind_agents(app: faust.App, ctx: Context, agents: tuple[str, ...]) -> None:
-    """The model backends and evaluators the agents need, then each agent's binding."""
-    import importlib
-
-    if {"synthesize", "evaluate"} & set(agents):
-        from agents.backends import Backends
-        from agents.evaluators import build_evaluators
-
-        ctx.backends = Backends(ctx.settings, metrics=ctx.metrics)
-        ctx.evaluators = build_evaluators(ctx.backends, ctx.settings)
-    for name in agents:
-        importlib.import_module(f"agents.{name}").bind(app, ctx)
