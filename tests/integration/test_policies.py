@@ -10,7 +10,7 @@ import pytest
 
 from schemas import Policy
 from streams.admin import create_topics
-from streams.cli import main
+from streams.commands.cli import main
 from streams.policies import PolicyError, newest_policy, policy_history, publish_policy
 from streams.policy_registry import PolicyRegistry
 from streams.topics import from_settings
@@ -168,7 +168,7 @@ def test_tap_skips_and_counts_records_over_the_policy_lag(env, tmp_path, capsys)
 
     _stream(env, tmp_path)
     out = tmp_path / "tap"
-    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "tap", "--out", str(out), "--max-policy-lag", "1"],
+    proc = subprocess.Popen([sys.executable, "-m", "streams.commands.cli", "tap", "--out", str(out), "--max-policy-lag", "1"],
                             cwd=ROOT, env=settings_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     path = out / "preferences.jsonl"
     try:
@@ -183,7 +183,7 @@ def test_tap_skips_and_counts_records_over_the_policy_lag(env, tmp_path, capsys)
 
 
 def test_dataset_rows_skip_records_over_the_policy_lag(env, tmp_path):
-    from streams.dataset import rows
+    from streams.commands.tap.dataset import rows
 
     _stream(env, tmp_path)
     stats: dict = {}

@@ -13,7 +13,7 @@ from agents.backends.base import GenRequest
 from schemas import EvaluationSpec, EvaluatorSpec, GeneratorSpec, ObjectiveSpec, Policy, SynthesisSpec
 from streams.admin import create_topics
 from streams.policies import file_sha256, publish_policy
-from streams.run import publish_objective
+from streams.commands.run import publish_objective
 from streams.runtime import Blocked
 from streams.settings import load
 from streams.topics import from_settings

@@ -24,7 +24,7 @@ import pytest
 from schemas import EvaluationSpec, EvaluatorSpec, GeneratorSpec, ObjectiveSpec, Policy, SynthesisSpec
 from streams.admin import create_topics
 from streams.policies import publish_policy
-from streams.run import publish_objective
+from streams.commands.run import publish_objective
 from streams.topics import from_settings
 from tests.integration.test_blocked import _prompts, _read, _status, _submit, _until
 

@@ -15,8 +15,8 @@ standard preference examples use: the prompt is ``"\\n\\nHuman: …\\n\\nAssista
 completion continues it (``" …"``). Every row also carries provenance: ``id`` (the record
 id, deterministic), ``prompt_id``, ``objective`` (name@version), ``source``, ``models`` and
 ``evaluators``; ``supersedes`` names the record a row replaces (a late label re-scored its set;
-the tap drops the replaced row, ``streams.supersede``); ``policy`` the policy version that wrote
-it (``name@version``, null for fixed models). Trainers drop columns they do not use.
+the tap drops the replaced row, ``streams.commands.tap.supersede``); ``policy`` the policy version
+that wrote it (``name@version``, null for fixed models). Trainers drop columns they do not use.
 
 In Parquet a turn holds ``role`` and ``content``; tool calls stay in the JSONL rows.
 
