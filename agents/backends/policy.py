@@ -45,6 +45,7 @@ class LoRA:
     ptr: Any
     scale: float = 1.0
     freed: bool = False
+    users: int = 0  # generations that hold it (it is never freed while one does)
 
     def __repr__(self) -> str:
         return f"LoRA({self.ref})"
@@ -93,11 +94,13 @@ class LlamaCppPolicy:
             if pending.done():
                 self._loading.pop(policy.version, None)
         self.loras[policy.version] = lora
-        await self._evict()
+        await self._evict(policy.version)
         return lora
 
-    async def _evict(self) -> None:
-        old = sorted(self.loras)[:-KEEP_LOADED]
+    async def _evict(self, wanted: int) -> None:
+        """Free the oldest versions beyond KEEP_LOADED, but never ``wanted`` (just loaded for a
+        prompt), the one the contexts apply, or one a generation holds."""
+        old = [v for v in sorted(self.loras)[:-KEEP_LOADED] if v != wanted]
         if not old:
             return
         import llama_cpp as C
@@ -105,7 +108,7 @@ class LlamaCppPolicy:
         async with self.base._lock:  # no generation runs; the active adapter stays
             for v in old:
                 lora = self.loras[v]
-                if lora is not self.base._lora:
+                if lora is not self.base._lora and not lora.users:
                     C.llama_adapter_lora_free(lora.ptr)
                     lora.freed = True
                     del self.loras[v]
@@ -113,8 +116,13 @@ class LlamaCppPolicy:
     async def generate(self, policy: Policy, req: GenRequest) -> list[Generation]:
         while True:
             lora = await self.lora(policy)
-            if not lora.freed:  # freed between loading and the lock: load again
-                return await self.base.generate(req, lora=lora)
+            if not lora.freed:  # freed between loading and here: load again
+                break
+        lora.users += 1
+        try:
+            return await self.base.generate(req, lora=lora)
+        finally:
+            lora.users -= 1
 
 
 class OpenAIPolicy:

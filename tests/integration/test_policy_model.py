@@ -57,13 +57,20 @@ def test_an_adapter_changes_generation_and_a_bad_one_blocks(adapters, tmp_path):
             v2 = [g.text for g in await owner.generate(_policy(b, 2), REQ)]
             again = [g.text for g in await base.generate(REQ)]  # the base model without the adapter
             v1_again = [g.text for g in await owner.generate(_policy(a, 1), REQ)]
-            return plain, v1, v2, again, v1_again
+            first = owner.loras[1]
+            await base.generate(REQ)
+            v3 = [g.text for g in await owner.generate(_policy(b, 3), REQ)]  # a third version: the oldest goes
+            evicted = (sorted(owner.loras), first.freed)
+            v1_reloaded = [g.text for g in await owner.generate(_policy(a, 1), REQ)]
+            return plain, v1, v2, again, v1_again, v3, evicted, v1_reloaded
         finally:
             await base.close()
 
-    plain, v1, v2, again, v1_again = asyncio.run(go())
+    plain, v1, v2, again, v1_again, v3, evicted, v1_reloaded = asyncio.run(go())
     assert v1 != plain and v2 != plain and v1 != v2  # same seeds, different weights, different text
     assert again == plain and v1_again == v1  # set per call: nothing leaks from one to the other
+    assert v3 == v2  # the same file under another version
+    assert evicted == ([2, 3], True) and v1_reloaded == v1  # freed when not in use, loaded again on demand
 
     outside = tmp_path / "outside.gguf"
     shutil.copy(a, outside)
