@@ -130,9 +130,9 @@ class ObjectiveRegistry:
         state = "has not read its objectives yet" if not self.ready.is_set() else (
             f"holds versions {', '.join(map(str, have))} of {name!r}" if have else f"holds no version of {name!r}")
         return Blocked("objective_unknown", f"a message names objective {ref}, which this worker {state}",
-                       f"publish it (prefstream objective apply FILE) or check that the worker reads this namespace's "
-                       f"{HISTORY} topic (prefstream objective history {name}); the stage goes on once the version "
-                       "is read")
+                       f"check that the worker reads this namespace's {HISTORY} topic (`prefstream objective history "
+                       f"{name}` lists what was published); {ref} must be published there (`prefstream objective "
+                       "apply FILE` publishes the next version); the stage goes on once it is read")
 
     async def follow(self, settings: Settings, topics: Topics) -> None:
         """Read the objectives and history topics from the start, forever; ``ready`` once
