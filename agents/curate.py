@@ -243,6 +243,7 @@ def process(prompt: Prompt, objectives: Mapping[str, ObjectiveSpec], default: st
 def bind(app, ctx) -> Handler:
     """The handler: prompts → curated. Waits until the objectives are read up to date,
     and briefly for a named objective not yet published."""
+    from agents.objectives.registry import sent_by_reference
 
     state = CurateState()
     try:
@@ -269,7 +270,7 @@ def bind(app, ctx) -> Handler:
                 continue
             for kind, n in e.value.scrubbed.items():
                 scrubbed.labels(kind).inc(n)
-        return emits
+        return sent_by_reference(emits)  # each curated message names its objective@version
 
     def decay(name: str) -> float:
         spec = ctx.objectives.specs.get(name)

@@ -143,13 +143,16 @@ async def process(cset: CandidateSet, evaluators: Mapping[str, Evaluator], backe
 
 def bind(app, ctx) -> Handler:
     """The handler: candidates → judgments (and the bias gauges)."""
+    from agents.objectives.registry import sent_by_reference
+
     gauges = BiasGauges(ctx.metrics.registry)
 
     async def handler(cset: CandidateSet) -> list[Emit]:
+        cset = await ctx.objectives.resolve(cset, ctx.settings.objective_wait_s)
         emits = await process(cset, ctx.evaluators, ctx.backends)
         for e in emits:
             if isinstance(e.value, JudgedSet):
                 gauges.observe(e.value)
-        return emits
+        return sent_by_reference(emits)
 
     return handler

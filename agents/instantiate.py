@@ -290,6 +290,7 @@ def bind(app, ctx) -> Handler:
     """The handler: judgments → preferences + prompt-stats + outcomes."""
 
     async def handler(jset: JudgedSet) -> list[Emit]:
+        jset = await ctx.objectives.resolve(jset, ctx.settings.objective_wait_s)
         *records, outcome = process(jset)
         if jset.supersedes:  # a re-scored set: its prompt was counted when first judged
             return [*records, outcome]

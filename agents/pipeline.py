@@ -15,15 +15,16 @@ from streams.topics import (CANDIDATES, CURATED, FEEDBACK, JUDGMENTS, LABELS, OU
 
 
 def setup(app, ctx, workers: tuple[str, ...]) -> None:
-    """What the workers' stages share: the objectives (followed by curate's worker), the
+    """What the workers' stages share: the objectives (followed by every worker: curate binds
+    prompts to the live versions, the others resolve the ``name@version`` a message names), the
     model backends, the policies and the evaluators (for synthesize and evaluate)."""
     from agents.objectives.registry import ObjectiveRegistry
 
     ctx.objectives = ObjectiveRegistry(ctx.settings)
-    if "curate" in workers:
-        @app.task
-        async def follow_objectives() -> None:
-            await ctx.objectives.follow(ctx.settings, ctx.topics)
+
+    @app.task
+    async def follow_objectives() -> None:
+        await ctx.objectives.follow(ctx.settings, ctx.topics)
 
     if {"synthesize", "evaluate"} & set(workers):
         from agents.backends import Backends

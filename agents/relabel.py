@@ -133,11 +133,15 @@ async def process(fb: Feedback, lookup: Lookup) -> list[Emit]:
 
 def bind(app, ctx) -> Handler:
     """The handler: feedback → labels + judgments (it runs in the evaluate worker)."""
+    from agents.objectives.registry import sent_by_reference
     from streams.lookup import JudgedLookup
 
-    lookup = JudgedLookup(ctx.settings, ctx.topics.judgments)
+    judged = JudgedLookup(ctx.settings, ctx.topics.judgments)
+
+    async def lookup(prompt_id: str, since: float) -> list[JudgedSet]:  # each with its objective's spec
+        return [await ctx.objectives.resolve(j, ctx.settings.objective_wait_s) for j in await judged(prompt_id, since)]
 
     async def handler(fb: Feedback) -> list[Emit]:
-        return await process(fb, lookup)
+        return sent_by_reference(await process(fb, lookup))
 
     return handler

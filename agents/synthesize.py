@@ -256,8 +256,10 @@ async def more(cset: CandidateSet, backends, n: int) -> list[Candidate]:
 
 def bind(app, ctx) -> Handler:
     """The handler: curated → candidates; the concurrency bounds prompts in flight."""
+    from agents.objectives.registry import sent_by_reference
 
     async def handler(curated: Curated) -> list[Emit]:
-        return await process(curated, ctx.backends)
+        curated = await ctx.objectives.resolve(curated, ctx.settings.objective_wait_s)
+        return sent_by_reference(await process(curated, ctx.backends))
 
     return handler

@@ -33,6 +33,7 @@ from agents.backends import Backends  # noqa: E402
 from agents.evaluators import build_evaluators  # noqa: E402
 from benchmarks.common import PARTITIONS, cpu_seconds, echo_objective, echo_settings, echo_workers, percentile  # noqa: E402
 from schemas import Message, Prompt  # noqa: E402
+from schemas.objectives import by_reference  # noqa: E402
 from streams.admin import producer, reader  # noqa: E402
 from streams.broker import EmbeddedBroker  # noqa: E402
 from streams.topics import Topics, from_settings  # noqa: E402
@@ -46,7 +47,8 @@ def make_prompts(n: int, tag: str) -> list[Prompt]:
 
 
 def hop_sizes(settings) -> list[int]:
-    """Encoded sizes of one prompt's messages at each hop, from the real stage functions."""
+    """Encoded sizes of one prompt's messages at each hop, from the real stage functions (as the
+    bindings send them: by objective reference)."""
     topics = Topics("sizes")
     spec = echo_objective()
     backends = Backends(settings)
@@ -55,8 +57,9 @@ def hop_sizes(settings) -> list[int]:
     [s] = asyncio.run(synthesize.process(c.value, backends))
     [j] = asyncio.run(evaluate.process(s.value, build_evaluators(backends)))
     out = instantiate.process(j.value)
-    sizes = [len(topics.prompts.codec.encode(p)), len(topics.curated.codec.encode(c.value)),
-             len(topics.candidates.codec.encode(s.value)), len(topics.judgments.codec.encode(j.value)),
+    sizes = [len(topics.prompts.codec.encode(p)), len(topics.curated.codec.encode(by_reference(c.value))),
+             len(topics.candidates.codec.encode(by_reference(s.value))),
+             len(topics.judgments.codec.encode(by_reference(j.value))),
              sum(len(topics.of(e.topic).codec.encode(e.value)) for e in out)]
     return sizes
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from schemas.base import Part, Wire
-from schemas.objectives import ObjectiveSpec
+from schemas.objectives import ObjectiveRef, ObjectiveSpec, bind_ref
 from schemas.prompts import Prompt
 
 
@@ -38,9 +38,13 @@ class Candidate(Part, kw_only=True):
 class CandidateSet(Wire, tag="candidates.v1", kw_only=True):
     id: str
     prompt: Prompt
-    objective: ObjectiveSpec
+    objective: ObjectiveSpec | None = None  # the spec once resolved, as in ``Curated``
     candidates: list[Candidate]
     created_at: float = 0.0
     # `prefstream rejudge`: the id of the stored set these candidates were first judged in
-    # (this set re-judges them under ``objective``, with no generator call)
+    # (this set re-judges them under ``objective_ref``, with no generator call)
     rejudged_from: str | None = None
+    objective_ref: ObjectiveRef = ""  # name@version, as in ``Curated``
+
+    def __post_init__(self) -> None:
+        bind_ref(self)

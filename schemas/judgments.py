@@ -4,7 +4,7 @@ from __future__ import annotations
 from schemas.base import Part, Wire
 from schemas.candidates import Candidate
 from schemas.feedback import Feedback
-from schemas.objectives import ObjectiveSpec
+from schemas.objectives import ObjectiveRef, ObjectiveSpec, bind_ref
 from schemas.prompts import Prompt
 
 
@@ -59,7 +59,7 @@ class Judged(Part, kw_only=True):
 class JudgedSet(Wire, tag="judged.v1", kw_only=True):
     id: str
     prompt: Prompt
-    objective: ObjectiveSpec
+    objective: ObjectiveSpec | None = None  # the spec once resolved, as in ``Curated``
     judged: list[Judged]
     created_at: float = 0.0
     rejudged_from: str | None = None  # `rejudge`: the judged set these candidates were first judged in
@@ -70,6 +70,10 @@ class JudgedSet(Wire, tag="judged.v1", kw_only=True):
     superseded_records: list[RecordRef] = []
     # what adaptive sampling added: extra_rounds, extra_candidates, extra_judge_calls
     extra: dict[str, int] = {}
+    objective_ref: ObjectiveRef = ""  # name@version, as in ``Curated``
+
+    def __post_init__(self) -> None:
+        bind_ref(self)
 
 
 def judged_id(set_id: str) -> str:

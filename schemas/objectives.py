@@ -5,7 +5,7 @@ exactly what it meant when it was published, whatever the defaults are by then.
 """
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 # each concept list once: the backends a model runs on, the PII kinds curate scrubs
 BackendName = Literal["llamacpp", "openai", "vllm", "echo"]
@@ -270,3 +270,36 @@ class ObjectiveSpec(Wire, tag="objective.v1", kw_only=True, omit_defaults=False)
     @property
     def ref(self) -> str:
         return f"{self.name}@{self.version}"
+
+
+# ``name@version``: how a message names the objective it is bound to (``Curated``, ``CandidateSet``,
+# ``JudgedSet``); "" where it still carries the whole spec (a message written before references)
+ObjectiveRef = Annotated[str, msgspec.Meta(pattern=r"^([^@\s]{1,64}@[0-9]{1,18})?$")]
+
+
+def parse_ref(ref: str) -> tuple[str, int]:
+    """``name@version`` → ``(name, version)``; ``ValueError`` for anything else."""
+    name, at, version = ref.rpartition("@")
+    if not at or not name or not version.isdigit():
+        raise ValueError(f"{ref!r} is not an objective reference NAME@VERSION")
+    return name, int(version)
+
+
+def bind_ref(msg: Any) -> None:
+    """``__post_init__`` of a message bound to an objective: where it carries the spec (in memory,
+    once resolved; on the wire only in messages written before references), the spec decides
+    ``objective_ref``; otherwise the reference is required."""
+    spec = msg.objective
+    if spec is not None:
+        if msg.objective_ref != spec.ref:
+            msgspec.structs.force_setattr(msg, "objective_ref", spec.ref)
+    elif not msg.objective_ref:
+        raise ValueError(f"a {type(msg).__name__} names its objective: objective_ref (NAME@VERSION) is missing")
+
+
+def by_reference(msg: Any) -> Any:
+    """``msg`` as it goes on the bus: a bound message names its objective and leaves the spec
+    out (every worker resolves the reference, ``agents.objectives.registry``); others as they are."""
+    if isinstance(getattr(msg, "objective", None), ObjectiveSpec):
+        return msgspec.structs.replace(msg, objective=None)
+    return msg

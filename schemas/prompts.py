@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from schemas.base import Part, Wire, stable_id
-from schemas.objectives import ObjectiveSpec
+from schemas.objectives import ObjectiveRef, ObjectiveSpec, bind_ref
 
 
 class Message(Part, kw_only=True):
@@ -55,14 +55,22 @@ def prompt_id(messages: list[Message], source: str) -> str:
 
 
 class Curated(Wire, tag="curated.v1", kw_only=True):
-    """A validated, scrubbed prompt bound to the objective spec that will process it.
+    """A validated, scrubbed prompt bound to the objective version that will process it.
 
-    The spec travels with the work, so every later stage applies the version that was
-    live when the prompt was consumed, and needs no lookup.
+    The message names that version (``objective_ref``, ``name@version``), so every later
+    stage applies the version that was live when the prompt was consumed: each resolves the
+    reference from every published version it holds (``agents.objectives.registry``), and
+    the reference travels on through candidates and judgments. ``objective`` is the spec:
+    in memory once resolved; on the bus only in messages written before references (those
+    are read as they are, by the spec they carry).
     """
 
     prompt: Prompt
-    objective: ObjectiveSpec
+    objective: ObjectiveSpec | None = None
     curated_at: float = 0.0
     scrubbed: dict[str, int] = {}  # PII and secrets replaced, per kind
+    objective_ref: ObjectiveRef = ""
+
+    def __post_init__(self) -> None:
+        bind_ref(self)
 

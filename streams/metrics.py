@@ -167,7 +167,7 @@ class Metrics:
 
 def objective_of(value: Any) -> tuple[str | None, int | None]:
     """(name, version) of the objective a message was made under."""
-    obj = getattr(value, "objective", None)
+    obj = getattr(value, "objective_ref", None) or getattr(value, "objective", None)  # a bound message: its ref
     if isinstance(obj, ObjectiveSpec):
         return obj.name, obj.version
     if isinstance(obj, str) and obj:

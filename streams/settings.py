@@ -86,7 +86,9 @@ class Settings:
     default_objective: str = "default"
     # how long the `candidates` topic keeps sets (ms; -1 forever): how far back `rejudge` reaches
     candidates_retention_ms: Annotated[int, Meta(ge=-1)] = 30 * 86_400_000
-    objective_wait_s: NonNegativeFloat = 30.0  # how long curate waits for an unknown objective to appear
+    # how long a stage waits for an objective it does not hold: curate for a name a prompt names
+    # (then dead-letters it), the later stages for the version a message names (then block)
+    objective_wait_s: NonNegativeFloat = 30.0
     # `prefstream run` stops (exit 2, naming the cause and the fix) once a stage has been
     # blocked by its environment this long; a long-running worker waits for the fix instead
     block_fail_s: Seconds = 60.0

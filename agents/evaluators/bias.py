@@ -33,6 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from agents.evaluators.base import MODEL_JUDGES
 from schemas import JudgedSet
+from schemas.objectives import parse_ref
 
 FIGURES = ("swap_consistency", "length_diff_mean", "length_margin_corr", "tie_rate",
            "parse_failure_rate", "same_family_rate")
@@ -179,7 +180,7 @@ def by_version(judged: Iterable[JudgedSet]) -> dict[str, BiasTracker]:
     out: dict[str, BiasTracker] = {}
     for jset in judged:
         if jset.supersedes is None:
-            out.setdefault(jset.objective.ref, BiasTracker()).add(jset)
+            out.setdefault(jset.objective_ref, BiasTracker()).add(jset)
     return out
 
 
@@ -201,7 +202,7 @@ class BiasGauges:
         registry.register(self)
 
     def observe(self, jset: JudgedSet) -> None:
-        key = (jset.objective.name, jset.objective.version)
+        key = parse_ref(jset.objective_ref)
         with self.lock:
             for tracker in (self.trackers.setdefault(key[0], BiasTracker()),
                             self.versions.setdefault(key, BiasTracker())):

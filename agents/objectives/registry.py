@@ -1,50 +1,73 @@
-"""A worker's live objectives: name → newest valid spec, read from the ``objectives`` topic
-by a background reader for as long as the worker runs (``agents.objectives`` writes them)."""
+"""A worker's objectives: the live spec per name (what curate binds prompts to) and every
+published version (what the later stages resolve a message's ``name@version`` to), read
+from the ``objectives`` and ``objective-history`` topics by a background reader for as long
+as the worker runs (``agents.objectives`` writes them)."""
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TypeVar
 
+import msgspec
+
+from agents.objectives import HISTORY, IDLE_POLLS, caught_up, problems
 from schemas import ObjectiveSpec
+from schemas.objectives import by_reference
 from streams import endpoints
-from agents.objectives import IDLE_POLLS, caught_up, problems
+from streams.runtime import Blocked, Emit, Rejected
 from streams.settings import Settings
-from streams.topics import Topics
+from streams.topics import MALFORMED, Topics
 
 logger = logging.getLogger(__name__)
 
+Bound = TypeVar("Bound")  # Curated | CandidateSet | JudgedSet
+
 
 class ObjectiveRegistry:
-    """name → newest valid ObjectiveSpec, kept current by a background reader.
+    """name → newest valid ObjectiveSpec (``specs``) and ``name@version`` → every valid
+    version published (``versions``), kept current by a background reader.
 
     Valid by this worker's ``settings``: a spec naming a model server they do not allow is
-    ignored (logged with the reason) and the previous version stays live.
+    ignored (logged with the reason) and the previous version stays live; a message bound
+    to it is refused (``refused``).
 
-    ``ready`` is set once the reader has caught up with the topic as it was when it
+    ``ready`` is set once the reader has caught up with the topics as they were when it
     started, so a worker started after several versions never acts on an old one."""
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings  # the worker's: decides which model servers a spec may name
         self.specs: dict[str, ObjectiveSpec] = {}
+        self.versions: dict[str, ObjectiveSpec] = {}
+        self.refused: dict[str, str] = {}  # name@version → why this worker will not run it
         self.ready = asyncio.Event()
         self._changed = asyncio.Condition()
 
     def get(self, name: str) -> ObjectiveSpec | None:
         return self.specs.get(name)
 
-    async def update(self, spec: ObjectiveSpec) -> None:
+    async def update(self, spec: ObjectiveSpec, live: bool = True) -> None:
+        """Take one published version; ``live``: read from the ``objectives`` topic (else the
+        history), so it may become the live version of its name."""
         old = self.specs.get(spec.name)
+        found = self._problems(spec)
+        if found:
+            self.refused[spec.ref] = "; ".join(found)
+            if live:  # said where it would have gone live (the history holds it too)
+                logger.error("objective %s ignored, %s stays live: %s", spec.ref, old.ref if old else "nothing",
+                             self.refused[spec.ref])
+        else:
+            self.versions[spec.ref] = spec
+            if live and (old is None or spec.version >= old.version):
+                self.specs[spec.name] = spec
+                logger.info("objective %s now live", spec.ref)
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _problems(self, spec: ObjectiveSpec) -> list[str]:
         found = problems(spec)
         if self.settings is not None:
             found += endpoints.problems(spec, self.settings)
-        if found:
-            logger.error("objective %s ignored, %s stays live: %s", spec.ref, old.ref if old else "nothing",
-                         "; ".join(found))
-        elif old is None or spec.version >= old.version:
-            self.specs[spec.name] = spec
-            logger.info("objective %s now live", spec.ref)
-        async with self._changed:
-            self._changed.notify_all()
+        return found
 
     async def wait_ready(self, timeout: float) -> bool:
         if self.ready.is_set():  # the usual case: no timer, no task per prompt
@@ -55,32 +78,94 @@ class ObjectiveRegistry:
         except asyncio.TimeoutError:
             return False
 
+    async def _wait(self, known, timeout: float) -> bool:
+        """Whether ``known()`` holds within ``timeout`` (checked at every update)."""
+        async def wait() -> None:
+            async with self._changed:
+                await self._changed.wait_for(known)
+
+        try:
+            await asyncio.wait_for(wait(), max(0.0, timeout))
+            return True
+        except asyncio.TimeoutError:
+            return known()
+
     async def wait_for(self, name: str, timeout: float) -> ObjectiveSpec | None:
         """The newest spec of ``name`` once caught up, waiting up to ``timeout`` for it."""
         deadline = asyncio.get_running_loop().time() + timeout
         await self.wait_ready(timeout)
+        await self._wait(lambda: name in self.specs, deadline - asyncio.get_running_loop().time())
+        return self.specs.get(name)
 
-        async def _wait() -> ObjectiveSpec:
-            async with self._changed:
-                await self._changed.wait_for(lambda: name in self.specs)
-            return self.specs[name]
+    async def resolve(self, msg: Bound, timeout: float) -> Bound:
+        """``msg`` with the spec of the version it names attached (``objective``), for the
+        stage's ``process()``. A message that carries its spec (written before references)
+        keeps it, checked as a published version is. A version not read yet is waited for up
+        to ``timeout``, then the stage is blocked (``objective_unknown``) until it is: never
+        another version instead. A version this worker refused is the message's fault
+        (``Rejected``)."""
+        if msg.objective is not None:
+            found = self._problems(msg.objective)
+            if found:
+                raise Rejected(f"objective {msg.objective_ref} cannot run on this worker: {'; '.join(found)}",
+                               msg.prompt.id)
+            return msg
+        ref = msg.objective_ref
+        spec = self.versions.get(ref)
+        if spec is None:
+            deadline = asyncio.get_running_loop().time() + timeout
+            await self.wait_ready(timeout)
+            known = lambda: ref in self.versions or ref in self.refused  # noqa: E731
+            await self._wait(known, deadline - asyncio.get_running_loop().time())
+            spec = self.versions.get(ref)
+        if spec is None:
+            if ref in self.refused:
+                raise Rejected(f"objective {ref} cannot run on this worker: {self.refused[ref]}", msg.prompt.id)
+            raise self.unknown(ref)
+        return msgspec.structs.replace(msg, objective=spec)
 
-        try:
-            return await asyncio.wait_for(_wait(), max(0.0, deadline - asyncio.get_running_loop().time()))
-        except asyncio.TimeoutError:
-            return self.specs.get(name)
+    def unknown(self, ref: str) -> Blocked:
+        name = ref.rpartition("@")[0]
+        have = sorted(spec.version for spec in self.versions.values() if spec.name == name)
+        state = "has not read its objectives yet" if not self.ready.is_set() else (
+            f"holds versions {', '.join(map(str, have))} of {name!r}" if have else f"holds no version of {name!r}")
+        return Blocked("objective_unknown", f"a message names objective {ref}, which this worker {state}",
+                       f"check that the worker reads this namespace's {HISTORY} topic (`prefstream objective history "
+                       f"{name}` lists what was published); {ref} must be published there (`prefstream objective "
+                       "apply FILE` publishes the next version); the stage goes on once it is read")
 
     async def follow(self, settings: Settings, topics: Topics) -> None:
-        """Read the objectives topic from the start, forever; ``ready`` once caught up."""
-        from streams.admin import follow
+        """Read the objectives and history topics from the start, forever; ``ready`` once
+        caught up with both."""
+        from streams.admin import reader
 
+        sources = {t.name: t for t in (topics.objectives, getattr(topics, HISTORY))}
+        consumer = await reader(settings, list(sources))
         ends: dict = {}
+        try:
+            idle = 0
+            while True:
+                batch = await consumer.getmany(timeout_ms=500)
+                idle = 0 if batch else idle + 1
+                for msgs in batch.values():
+                    for m in msgs:
+                        topic = sources[m.topic]
+                        try:
+                            spec = topic.codec.decode(m.value)
+                        except MALFORMED as e:
+                            logger.error("bad objective at %s[%d]@%d: %s", m.topic, m.partition, m.offset, e)
+                            continue
+                        await self.update(spec, live=topic is topics.objectives)
+                if not ends:  # what there was to read when the reader started
+                    ends.update(await consumer.end_offsets(list(consumer.assignment())))
+                if not self.ready.is_set() and (idle >= IDLE_POLLS or await caught_up(consumer, ends)):
+                    self.ready.set()
+                    logger.info("objectives caught up: %s", ", ".join(s.ref for s in self.specs.values()) or "none")
+        finally:
+            await consumer.stop()
 
-        async def after_poll(consumer, idle: int) -> None:
-            if not ends:  # what there was to read when the reader started
-                ends.update(await consumer.end_offsets(list(consumer.assignment())))
-            if not self.ready.is_set() and (idle >= IDLE_POLLS or await caught_up(consumer, ends)):
-                self.ready.set()
-                logger.info("objectives caught up: %s", ", ".join(s.ref for s in self.specs.values()) or "none")
 
-        await follow(settings, topics.objectives, self.update, after_poll)
+def sent_by_reference(emits: list[Emit]) -> list[Emit]:
+    """A stage's outputs as they go on the bus: a message bound to an objective names it
+    (``objective_ref``) and leaves the spec out (``schemas.objectives.by_reference``)."""
+    return [Emit(e.topic, e.key, by_reference(e.value)) for e in emits]

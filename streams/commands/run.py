@@ -251,7 +251,7 @@ def _consume(topics: Topics, msg, ledger: Ledger, sink: JsonlSink, watch: BlockW
             watch.add(value)
     elif isinstance(value, JudgedSet) and value.prompt.id in ledger.expected:
         ledger.judged.setdefault(value.id, value)
-        if ledger.named.get(value.prompt.id) in (None, value.objective.name):
+        if ledger.named.get(value.prompt.id) in (None, value.objective_ref.rpartition("@")[0]):
             ledger.bias.add(value)
 
 

@@ -50,6 +50,6 @@ def test_a_worker_keeps_the_allowed_version_when_a_forged_one_names_another_serv
     worker = workers.start(s, agents="curate")
     prompt = Prompt(id="p-endpoint-1", messages=[Message(role="user", content="Say hi.")], objective="ep")
     cur = asyncio.run(_curated(s, topics, prompt))
-    assert cur.objective.version == 1 and cur.objective.synthesis.generators[0].base_url == ALLOWED + "/v1"
+    assert cur.objective_ref == "ep@1" and cur.objective is None  # the version naming the allowed server
     log = Path(worker.log_path).read_text()
     assert "objective ep@2 ignored, ep@1 stays live" in log and "PREFSTREAM_ALLOWED_ENDPOINTS" in log

@@ -27,7 +27,8 @@ import yaml
 
 from agents import curate
 from agents.evaluators import aggregate
-from schemas import Message, ObjectiveSpec, Prompt, Verification
+from schemas import Curated, Message, ObjectiveSpec, Prompt, Verification
+from schemas.objectives import parse_ref
 from streams.admin import create_topics, producer, reader
 from streams.commands.cli import main
 from agents.objectives.registry import ObjectiveRegistry
@@ -59,7 +60,7 @@ EXPECT = {
     "A": {"M": ("records", 1.0), "I2": ("records", 0.5), "I1": ("records", 1.0)},
     "B": {"M": ("no_pair", "only 0 of 2"), "I2": ("no_pair", "below the objective's 0.75"), "I1": ("records", 1.0)},
 }
-WATCHED = ["curated", "judgments", "outcomes", "preferences", "preferences-shadow", "deadletters"]
+WATCHED = ["curated", "judgments", "outcomes", "preferences", "preferences-shadow", "deadletters", "health"]
 
 
 def write(tmp_path, fname: str, *parts: dict) -> str:
@@ -80,6 +81,11 @@ def prompt(i: int, objective: str = "echo", tag: str = "") -> tuple[Prompt, str]
 
 def kind_of(pid: str) -> str:
     return pid.rsplit("-", 1)[1]
+
+
+def version(msg) -> int:
+    """The objective version a curated, candidate or judged set names."""
+    return parse_ref(msg.objective_ref)[1]
 
 
 def cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -179,11 +185,11 @@ def check_rules(col: Collector, pids, versions: dict[int, ObjectiveSpec], rules:
     """Every outcome, record and judged set of ``pids`` obeys the rules of its version."""
     outcomes = col.outcomes()
     records = {r.id: r for r in col.get("preferences")}
-    judged = {j.prompt.id: j for j in col.get("judgments") if j.objective.name == "echo"}
+    judged = {j.prompt.id: j for j in col.get("judgments") if parse_ref(j.objective_ref)[0] == "echo"}
     for pid in pids:
         o, j = outcomes[pid], judged[pid]
         v = int(o.objective.split("@")[1])
-        assert j.objective.version == v and content(j.objective) == content(versions[v]), pid
+        assert j.objective_ref == f"echo@{v}" and j.objective is None, pid  # by reference on the bus
         for cand in j.judged:  # scores weighed with this version's evaluator weights
             assert cand.score == aggregate(cand.scores, versions[v].evaluation)[1], (pid, v)
         status, detail = EXPECT[rules[v]][kind_of(pid)]
@@ -233,15 +239,15 @@ def test_apply_and_rollback_take_effect_at_the_next_prompt_without_restarting(en
     # before the switch every record says v1; the switch happens once, at a message boundary
     assert {o.objective for o in ended_before_v2.values()} == {"echo@1"}
     order = sorted(curated.values(), key=lambda c: c.curated_at)
-    assert [c.objective.version for c in order] == sorted(c.objective.version for c in order)
-    assert {c.objective.version for c in order} == {1, 2, 3}
-    first = {v: min(c.curated_at for c in order if c.objective.version == v) for v in (2, 3)}
+    assert [version(c) for c in order] == sorted(version(c) for c in order)
+    assert {version(c) for c in order} == {1, 2, 3}
+    first = {v: min(c.curated_at for c in order if version(c) == v) for v in (2, 3)}
     for pid, at_ in sent.items():  # sent after the worker switched: the newer version
-        v = curated[pid].objective.version
+        v = version(curated[pid])
         assert v >= 2 or at_ < first[2], pid
         assert v == 3 or at_ < first[3], pid
     outcomes = col.outcomes()
-    assert all(outcomes[pid].objective == curated[pid].objective.ref for pid in sent)
+    assert all(outcomes[pid].objective == curated[pid].objective_ref for pid in sent)
     v1, v2 = load_objective(v1_file), load_objective(v2_file)
     check_rules(col, sent, {1: v1, 2: v2, 3: v1}, {1: "A", 2: "B", 3: "A"})
 
@@ -279,8 +285,8 @@ def test_new_worker_sees_only_the_newest_version_and_a_shadow_runs_on_its_sample
     col.join(10)
 
     curated = col.get("curated")
-    assert {c.objective.ref for c in curated if c.objective.name == "echo"} == {"echo@3"}
-    assert {c.prompt.id for c in curated if c.objective.name == "echo-shadow"} == sampled
+    assert {c.objective_ref for c in curated if c.objective_ref.startswith("echo@")} == {"echo@3"}
+    assert {c.prompt.id for c in curated if c.objective_ref.startswith("echo-shadow@")} == sampled
     assert {o.objective for o in col.outcomes().values()} == {"echo@3"}
     assert {r.objective for r in col.get("preferences")} == {"echo@3"}
     shadow_records = col.get("preferences-shadow")
@@ -341,15 +347,70 @@ def test_cli_apply_unchanged_invalid_rollback_and_a_late_reader(env, capsys, tmp
     assert shown[3].pop("version") == 3 and shown[1].pop("version") == 1 and shown[1] == shown[3]
     assert yaml.safe_load(cli(capsys, "objective", "show", "echo")[1])["version"] == 3
 
-    async def late_reader() -> ObjectiveSpec | None:
+    async def late_reader() -> tuple[ObjectiveSpec | None, list[str]]:
         reg = ObjectiveRegistry()
         task = asyncio.create_task(reg.follow(settings, from_settings(settings)))
         try:
-            return await reg.wait_for("echo", 20)  # the first answer is already the newest
+            return await reg.wait_for("echo", 20), sorted(reg.versions)  # the first answer is already the newest
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    seen = asyncio.run(late_reader())
+    seen, versions = asyncio.run(late_reader())
     assert seen is not None and seen.version == 3
+    assert versions == ["echo@1", "echo@2", "echo@3"]  # and every version, to resolve references by
     assert content(seen) == content(msgspec.structs.replace(load_objective(v1), version=3))
+
+
+def test_a_version_published_after_the_worker_read_the_history_is_waited_for_never_guessed(env, workers, capsys,
+                                                                                          tmp_path):
+    """A curated set naming echo@2 reaches a worker that holds only echo@1: the stage blocks
+    (``objective_unknown``) instead of applying echo@1 or dead-lettering the set, and the set is
+    judged by echo@2's rules once echo@2 is published; a set naming echo@1 after that is still
+    judged by echo@1's, not the newest."""
+    settings = env
+    assert cli(capsys, "objective", "apply", write(tmp_path, "v1.yaml", RULES_A))[0] == 0
+    worker = workers.start(settings, agents="synthesize,evaluate,instantiate", PREFSTREAM_METRICS_PORT="0",
+                           PREFSTREAM_OBJECTIVE_WAIT_S="0.5")
+    col = Collector(settings)
+    col.start()
+    topic = from_settings(settings).curated
+
+    def send(pid_tag: str, ref: str) -> str:
+        pr, kind = prompt(0, tag=pid_tag)  # kind M: a pair under RULES_A, no pair under RULES_B
+        cur = Curated(prompt=pr, objective_ref=ref)
+
+        async def go():
+            p = producer(settings)
+            await p.start()
+            await p.send_and_wait(topic.name, topic.codec.encode(cur), key=pr.id.encode())
+            await p.stop()
+
+        asyncio.run(go())
+        return pr.id
+
+    first = send("first", "echo@1")
+    col.wait_until(lambda: first in col.outcomes(), 120, "the first set's outcome", worker)
+    early = send("early", "echo@2")  # echo@2 is not published yet
+
+    def blocked() -> bool:
+        return any(h.stage == "synthesize" and h.blocked and h.reason == "objective_unknown" and "echo@2" in h.detail
+                   for h in col.get("health"))
+
+    col.wait_until(blocked, 60, "synthesize blocked on echo@2", worker)
+    assert early not in col.outcomes()
+    assert cli(capsys, "objective", "apply", write(tmp_path, "v2.yaml", RULES_B))[0] == 0
+    col.wait_until(lambda: early in col.outcomes(), 60, "the waiting set's outcome", worker)
+    late_v1 = send("late", "echo@1")
+    col.wait_until(lambda: late_v1 in col.outcomes(), 60, "the late echo@1 set's outcome", worker)
+    col.wait_until(lambda: not [h for h in col.get("health") if h.stage == "synthesize"][-1].blocked, 30,
+                   "synthesize unblocked", worker)
+    col.halt.set()
+    col.join(10)
+
+    outcomes = col.outcomes()
+    assert (outcomes[early].objective, outcomes[early].status) == ("echo@2", "no_pair")
+    assert "only 0 of 2" in outcomes[early].reason  # echo@2's rules: math weighs 0
+    for pid in (first, late_v1):
+        assert (outcomes[pid].objective, outcomes[pid].status) == ("echo@1", "records")
+    assert not [d for d in col.get("deadletters") if d.prompt_id in (first, early, late_v1)]

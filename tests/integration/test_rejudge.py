@@ -115,7 +115,7 @@ def test_rejudge_applies_the_new_weights_without_generating_and_twice_adds_nothi
         assert abs(r.score_chosen - _score(r.chosen_side, w)) < 1e-9
         assert abs(r.score_rejected - _score(r.rejected_side, w)) < 1e-9
         assert r.margin >= 0.05 and len(r.chosen[0].content) < len(r.rejected[0].content)
-    judged_v2 = [v for v in values if isinstance(v, JudgedSet) and v.objective.ref == "rj@2"]
+    judged_v2 = [v for v in values if isinstance(v, JudgedSet) and v.objective_ref == "rj@2"]
     assert len(judged_v2) == N and all(j.rejudged_from for j in judged_v2)
 
     before = {t: len(asyncio.run(read_all(settings, [getattr(topics, t)]))) for t in ("candidates", "preferences")}

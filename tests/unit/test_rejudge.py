@@ -10,23 +10,29 @@ from streams.commands.rejudge import parse_since
 from streams.commands.objectives.rejudge import rejudged_id, select
 
 
-def cset(sid: str, pid: str, name: str = "o", version: int = 1, at: float = 100.0) -> CandidateSet:
+def cset(sid: str, pid: str, name: str = "o", version: int = 1, at: float = 100.0, old: bool = False) -> CandidateSet:
+    """A stored set, naming its objective@version (``old``: carrying the whole spec, as sets did
+    before references)."""
     c = Candidate(id="c1", text="x", backend="echo", model="echo", sampling=Sampling(temperature=1, top_p=1,
                                                                                       max_tokens=4))
+    ref = f"{name}@{version}"
+    bound = dict(objective=ObjectiveSpec(name=name, version=version)) if old else dict(objective_ref=ref)
     return CandidateSet(id=sid, prompt=Prompt(id=pid, messages=[Message(role="user", content="q")]),
-                        objective=ObjectiveSpec(name=name, version=version), candidates=[c, c], created_at=at)
+                        candidates=[c, c], created_at=at, **bound)
 
 
 V2 = ObjectiveSpec(name="o", version=2)
 
 
 def test_select_binds_the_new_spec_names_the_first_set_and_skips_what_was_done():
-    stored = [(cset("s-a", "p1"), 100.0), (cset("s-b", "p2"), 200.0), (cset("s-c", "p3", name="other"), 100.0),
-              (cset("s-d", "p4", version=2), 100.0)]
+    stored = [(cset("s-a", "p1"), 100.0), (cset("s-b", "p2", old=True), 200.0),
+              (cset("s-c", "p3", name="other"), 100.0), (cset("s-d", "p4", version=2), 100.0)]
     sel = select(stored, V2, "o@1")
     assert sorted(c.rejudged_from for c in sel.new) == ["s-a", "s-b"]
     new = sel.new[0]
-    assert new.objective == V2 and new.id == rejudged_id(new.rejudged_from, "o@2") and new.candidates
+    assert new.objective_ref == "o@2" and new.id == rejudged_id(new.rejudged_from, "o@2") and new.candidates
+    # bound by reference, whether the stored set carried the spec or not: the workers resolve o@2
+    assert all(c.objective is None and c.objective_ref == "o@2" for c in sel.new)
     # re-published sets are stored too: a second selection publishes nothing, and a set re-judged
     # before (to another version) counts as its first set
     again = select(stored + [(c, 300.0) for c in sel.new], V2, "o@1")

@@ -3,7 +3,8 @@
 
 The ``candidates`` topic keeps every candidate set (``PREFSTREAM_CANDIDATES_RETENTION_MS``,
 30 days by default). ``rejudge`` picks sets from it, and re-publishes each to ``candidates``
-bound to the new spec, with ``rejudged_from`` naming the set first made; the workers'
+bound to the new version (by reference, ``name@version``: the workers hold every published
+version), with ``rejudged_from`` naming the set first made; the workers'
 evaluate → instantiate stages do the rest, as for any set. The new set's id hashes the first
 set's id and the new objective@version, so the judged set and the records it makes have
 deterministic ids: a set already re-judged under that version is not published again, and a
@@ -20,6 +21,7 @@ import msgspec
 
 from schemas import CandidateSet, ObjectiveSpec, Outcome, PreferenceRecord, stable_id
 from schemas.judgments import judged_id
+from schemas.objectives import parse_ref
 from streams.commands.objectives.compare import parse_side
 
 logger = logging.getLogger(__name__)
@@ -45,11 +47,12 @@ def rejudged_id(origin: str, ref: str) -> str:
 
 def _matches(cset: CandidateSet, at: float, target: ObjectiveSpec, source: str | None, since: float | None,
              prompt_ids: set[str] | None) -> bool:
+    have_name, have_version = parse_ref(cset.objective_ref)
     if source is not None:
         name, version = parse_side(source)
-        if cset.objective.name != name or (version is not None and cset.objective.version != version):
+        if have_name != name or (version is not None and have_version != version):
             return False
-    elif cset.objective.name != target.name:
+    elif have_name != target.name:
         return False
     if since is not None and max(at, cset.created_at) < since:
         return False
@@ -65,19 +68,19 @@ def select(stored: list[tuple[CandidateSet, float]], target: ObjectiveSpec, sour
     existing = {c.id for c, _ in stored}
     picked: dict[str, CandidateSet] = {}
     for cset, at in stored:
-        if cset.objective.ref == target.ref or not _matches(cset, at, target, source, since, prompt_ids):
+        if cset.objective_ref == target.ref or not _matches(cset, at, target, source, since, prompt_ids):
             continue
         origin = cset.rejudged_from or cset.id
         if origin not in picked or (cset.rejudged_from is None and picked[origin].rejudged_from is not None):
             picked[origin] = cset
     for origin, cset in picked.items():
         new_id = rejudged_id(origin, target.ref)
-        sel.from_refs[origin] = cset.objective.ref
+        sel.from_refs[origin] = cset.objective_ref
         if new_id in existing:
             sel.done.append(origin)
             continue
-        sel.new.append(msgspec.structs.replace(cset, id=new_id, objective=target, rejudged_from=origin,
-                                               created_at=time.time()))
+        sel.new.append(msgspec.structs.replace(cset, id=new_id, objective=None, objective_ref=target.ref,
+                                               rejudged_from=origin, created_at=time.time()))
     return sel
 
 

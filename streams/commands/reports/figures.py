@@ -66,7 +66,7 @@ def counts(src, edges: list[float]) -> dict:
             untimed += 1
         else:
             row[i] += 1
-    refs = sorted({j.objective.ref for j in src.judged} | {r.objective for r in src.records}
+    refs = sorted({j.objective_ref for j in src.judged} | {r.objective for r in src.records}
                   | {o.objective for o in src.outcomes}, key=_version_key)
     return {
         "edges": edges, "untimed": untimed,
@@ -78,7 +78,7 @@ def counts(src, edges: list[float]) -> dict:
 
 
 def _objective_row(src, ref: str) -> dict:
-    judged = [j for j in src.judged if j.objective.ref == ref]
+    judged = [j for j in src.judged if j.objective_ref == ref]
     records = [r for r in src.records if r.objective == ref]
     pairs = [r for r in records if r.kind == "pair"]
     tracker = BiasTracker()

@@ -53,7 +53,7 @@ class Sources:
             rname, _, rversion = ref.partition("@")
             return rname == name and (not version or not rversion or rversion == version)
 
-        judged = [j for j in self.judged if hit(j.objective.ref)]
+        judged = [j for j in self.judged if hit(j.objective_ref)]
         records = [r for r in self.records if hit(r.objective)]
         outcomes = [o for o in self.outcomes if hit(o.objective)]
         pids = {j.prompt.id for j in judged} | {r.prompt_id for r in records} | {o.prompt_id for o in outcomes}
