@@ -29,7 +29,7 @@ def setup(app, ctx, workers: tuple[str, ...]) -> None:
     if {"synthesize", "evaluate"} & set(workers):
         from agents.backends import Backends
         from agents.evaluators import build_evaluators
-        from streams.policy_registry import PolicyRegistry
+        from streams.policies.registry import PolicyRegistry
 
         # generators naming a policy take its newest version (evaluate: adaptive sampling's draws)
         ctx.policies = PolicyRegistry()

@@ -109,3 +109,35 @@ async def follow(settings: Settings, topic: Topic, handle: Callable[[Any], Any],
                 await after_poll(consumer, idle)
     finally:
         await consumer.stop()
+
+
+IDLE_POLLS = 4  # empty 0.5 s polls after which a reader takes a topic as read to its end
+
+
+async def read_all(settings: Settings, sources: list[Topic]) -> list[tuple[Topic, Any, float]]:
+    """Every decodable record of ``sources`` as ``(topic, value, time)``, in offset order per
+    partition, up to the end offsets seen at the start (or until the broker has nothing
+    more for two seconds, where a broker reports an end offset it never serves)."""
+    consumer = await reader(settings, [t.name for t in sources])
+    by_name = {t.name: t for t in sources}
+    out: list[tuple[Topic, Any, float]] = []
+    try:
+        ends = await consumer.end_offsets(list(consumer.assignment()))
+        idle = 0
+        while not await caught_up(consumer, ends) and idle < IDLE_POLLS:
+            batch = await consumer.getmany(timeout_ms=500)
+            idle = 0 if batch else idle + 1
+            for msgs in batch.values():
+                for m in msgs:
+                    t = by_name[m.topic]
+                    try:
+                        out.append((t, t.codec.decode(m.value), m.timestamp / 1000))
+                    except MALFORMED as e:
+                        logger.error("undecodable record at %s[%d]@%d: %s", m.topic, m.partition, m.offset, e)
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def caught_up(consumer, ends: dict) -> bool:
+    return all([await consumer.position(tp) >= end for tp, end in ends.items()])

@@ -67,7 +67,7 @@ class Context:
     channels: dict[str, faust.TopicT] = field(default_factory=dict)
     health: Any = None  # streams.health.Health: the stages blocked by their environment
     outbox: Any = None  # the batch runtime's (streams.outbox.Outbox), made with the first stage
-    policies: Any = None  # streams.policy_registry.PolicyRegistry: the versions of every policy
+    policies: Any = None  # streams.policies.registry.PolicyRegistry: the versions of every policy
 
     def bind(self, app: faust.App, decl: StageDecl) -> None:
         """One row of the pipeline table: its handler on its input topic, with its concurrency."""

@@ -26,7 +26,7 @@ class ModelSpec(Protocol):
 class Backends:
     def __init__(self, settings: Settings, metrics=None, policies=None) -> None:
         self._settings = settings
-        # streams.policy_registry.PolicyRegistry: the versions generators naming a policy take
+        # streams.policies.registry.PolicyRegistry: the versions generators naming a policy take
         self.policies = policies
         self._metrics = metrics  # streams.metrics.Metrics: each generator is wrapped to record calls
         self._cache: dict[tuple[str, str, str | None], Generator] = {}

@@ -10,7 +10,8 @@ from typing import TypeVar
 
 import msgspec
 
-from agents.objectives import HISTORY, IDLE_POLLS, caught_up, problems
+from agents.objectives import HISTORY, problems
+from streams.admin import IDLE_POLLS, caught_up
 from schemas import ObjectiveSpec
 from schemas.objectives import by_reference
 from streams import endpoints

@@ -1,6 +1,6 @@
 """Which version of each policy a prompt's generators use (``GeneratorSpec.policy``).
 
-At each prompt the newest version the worker knows is taken (``streams.policy_registry``);
+At each prompt the newest version the worker knows is taken (``streams.policies.registry``);
 adaptive sampling's later draws for a set are pinned to the version its first candidates
 carry, so a set never mixes versions of one policy.
 """

@@ -94,7 +94,7 @@ async def _wait(settings, topics, sel, timeout: float, progress: bool, since: fl
     from tqdm import tqdm
 
     from schemas import DeadLetter, Outcome
-    from agents.objectives import read_all
+    from streams.admin import read_all
     from streams.commands.objectives.rejudge import failed, progress as done_of
 
     deadline = time.monotonic() + timeout
@@ -113,7 +113,8 @@ async def _wait(settings, topics, sel, timeout: float, progress: bool, since: fl
 def cmd_rejudge(args) -> int:
     from streams.commands.objective import _setup
     from streams.commands.objectives.compare import render
-    from agents.objectives import read_all, read_store
+    from agents.objectives import read_store
+    from streams.admin import read_all
     from streams.commands.objectives.rejudge import select, summaries
 
     if sum(x is not None for x in (args.source, args.since, args.prompts)) > 1:

@@ -17,7 +17,8 @@ from schemas import (EvaluationSpec, EvaluatorSpec, GeneratorSpec, Instantiation
                      ObjectiveSpec, Outcome, Prompt, SynthesisSpec)
 from streams.admin import create_topics, producer
 from streams.broker import free_port
-from agents.objectives import apply, read_all
+from agents.objectives import apply
+from streams.admin import read_all
 from streams.commands.run import publish_objective
 from streams.topics import from_settings
 from tests.conftest import ROOT, settings_env

@@ -16,7 +16,8 @@ from schemas.feedback import feedback_id
 from streams.admin import create_topics, producer
 from streams.commands.tap.dataset import rows
 from streams.commands.tap.formats import get
-from agents.objectives import apply, read_all
+from agents.objectives import apply
+from streams.admin import read_all
 from streams.commands.objectives.rejudge import select
 from streams.commands.run import publish_objective
 from streams.commands.tap.follow import tap

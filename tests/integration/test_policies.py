@@ -12,7 +12,7 @@ from schemas import Policy
 from streams.admin import create_topics
 from streams.commands.cli import main
 from streams.policies import PolicyError, newest_policy, policy_history, publish_policy
-from streams.policy_registry import PolicyRegistry
+from streams.policies.registry import PolicyRegistry
 from streams.topics import from_settings
 from tests.conftest import settings_env
 

@@ -18,7 +18,7 @@ from agents.objectives import problems
 from streams.policies import PolicyError, adapter_file
 from streams.runtime import Blocked
 from streams.settings import load
-from streams.staleness import Staleness, policy_refs
+from streams.policies.staleness import Staleness, policy_refs
 
 PROMPT = Prompt(id="p1", messages=[Message(role="user", content="What is 2+3?")])
 

@@ -104,10 +104,10 @@ def records(settings: Settings, kinds: tuple[str, ...] | None = None, follow: bo
     """Preference records (``PreferenceRecord``, ``UnpairedRecord``, …) from the topic, each
     id once. Without ``follow`` it stops at the first idle second; with it, after
     ``idle_timeout_s`` idle seconds (``None``: never). ``max_policy_lag``: records more than
-    that many versions behind their policy's newest are skipped (``streams.staleness``), and
+    that many versions behind their policy's newest are skipped (``streams.policies.staleness``), and
     counted in ``stats`` (``skipped_stale``, ``skipped_by_policy``) as they are."""
-    from streams.policy_registry import PolicyRegistry
-    from streams.staleness import from_registry
+    from streams.policies.registry import PolicyRegistry
+    from streams.policies.staleness import from_registry
 
     topics = topics or from_settings(settings)
     topic = topics.preferences_shadow if shadow else topics.preferences

@@ -132,9 +132,9 @@ async def tap(settings: Settings, topics: Topics, out_dir: str, stop: asyncio.Ev
     """Follow the preferences topic into ``out_dir`` until ``stop`` is set (or ``limit`` new
     records are written): ``preferences.jsonl`` with no ``fmt``, else ``fmt``'s shards. Returns
     the number of records written by this call. ``max_policy_lag``: records more than that many
-    versions behind their policy's newest are skipped (``streams.staleness``); ``stats`` gets
+    versions behind their policy's newest are skipped (``streams.policies.staleness``); ``stats`` gets
     the counts (``skipped_stale``, ``skipped_by_policy``)."""
-    from streams.staleness import following
+    from streams.policies.staleness import following
 
     async with following(settings, topics, max_policy_lag) as bound:
         written = await _tap(settings, topics, out_dir, stop, fmt, rotation, limit, bound)

@@ -80,7 +80,7 @@ async def following(settings, topics, max_lag: int | None, wait_s: float = 30.0)
     """A ``Staleness`` whose newest versions a ``PolicyRegistry`` reads in the background for as
     long as the block runs (caught up first, so early records are judged against every version
     published so far). ``max_lag`` None: no reader, nothing skipped."""
-    from streams.policy_registry import PolicyRegistry
+    from streams.policies.registry import PolicyRegistry
 
     registry = PolicyRegistry()
     if max_lag is None:
