@@ -91,4 +91,8 @@ def test_the_pipeline_table_is_what_the_workers_bind_and_the_readme_shows():
         assert decl.input not in decl.outputs and decl.process.__module__ == decl.bind.__module__
     assert PIPELINE.workers == ("curate", "synthesize", "evaluate", "instantiate")
     assert [d.name for d in PIPELINE.of(("evaluate",))] == ["evaluate", "relabel"]
-    assert markdown(PIPELINE.table()) in (ROOT / "README.md").read_text(), "README's table: prefstream pipeline --markdown"
+    readme = (ROOT / "README.md").read_text()
+    assert markdown(PIPELINE.table()) in readme, "README's table: prefstream pipeline --markdown"
+    diagram = readme[readme.index("### The shape"):readme.index("| stage | worker |")]
+    for decl in PIPELINE.stages:  # the drawing above it names every stage and every topic of its row
+        assert f"[{decl.name}]" in diagram and all(t.short in diagram for t in (decl.input, *decl.outputs)), decl.name
