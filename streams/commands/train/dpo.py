@@ -97,8 +97,19 @@ def with_adapter(base: Base, hyper: Hyper, adapter_dir: str | None = None):
     return get_peft_model(base.model, config)
 
 
+def _drop_ref(model) -> None:
+    """TRL makes its reference a frozen copy ("ref") of the adapter as it is when training
+    starts: each round's reference is the policy that generated the round's pairs (iterative
+    DPO). The copy goes after the round, so the next round copies afresh and only "default" is saved."""
+    if "ref" in getattr(model, "peft_config", {}):
+        model.set_adapter("default")
+        model.delete_adapter("ref")
+    for name, param in model.named_parameters():
+        param.requires_grad = "lora_" in name
+
+
 def train(model, tokenizer, rows: list[dict], hyper: Hyper, workdir: str | os.PathLike) -> dict:
-    """One DPO pass over ``rows`` (TRL's conversational preference format); returns the steps
+    """One DPO round against the adapter as it is now (``_drop_ref``): one pass over ``rows`` (TRL's conversational preference format); returns the steps
     run and the mean loss."""
     import datasets
     from trl import DPOConfig, DPOTrainer
@@ -109,7 +120,9 @@ def train(model, tokenizer, rows: list[dict], hyper: Hyper, workdir: str | os.Pa
         max_steps=hyper.max_steps or -1, learning_rate=hyper.lr, beta=hyper.beta, max_length=hyper.max_length,
         report_to=[], use_cpu=True, save_strategy="no", logging_steps=1, seed=hyper.seed,
         lr_scheduler_type="constant", disable_tqdm=True, dataloader_num_workers=0)
+    _drop_ref(model)
     trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
     result = trainer.train()
+    _drop_ref(model)
     model.eval()
     return {"steps": int(result.global_step), "loss": float(result.training_loss)}
