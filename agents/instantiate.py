@@ -28,6 +28,7 @@ from agents.trajectory import parse_action, step_of
 from agents.utility import difficulty, pass_rate, prompt_stats
 from schemas import (InstantiationSpec, Judged, JudgedSet, Message, Outcome, PreferenceRecord, Ranked,
                      RankingRecord, RewardRecord, Side, UnpairedRecord, Withdrawn, stable_id)
+from schemas.policies import parse_ref
 from streams.runtime import Emit
 
 logger = logging.getLogger(__name__)
@@ -118,7 +119,18 @@ def _no_pair_reason(ranked: list[Judged], spec: InstantiationSpec, skipped: Coun
 
 def _side(j: Judged) -> Side:
     return Side(candidate_id=j.candidate.id, model=j.candidate.model, score=j.score, scores=j.scores,
-                off_policy=j.candidate.off_policy)
+                off_policy=j.candidate.off_policy, policy=j.candidate.policy)
+
+
+def record_policy(judged: list[Judged]) -> str | None:
+    """The policy a record is from: the first side's that has one, or an older version of that
+    policy where another side has one (a record is as stale as its stalest side); None where no
+    side was written by a policy (a pair of a policy and a fixed model or reference: the policy's)."""
+    refs = [parse_ref(j.candidate.policy) for j in judged if j.candidate.policy]
+    if not refs:
+        return None
+    name = refs[0][0]
+    return f"{name}@{min(v for n, v in refs if n == name)}"
 
 
 def _completion(j: Judged) -> list[Message]:
@@ -143,6 +155,7 @@ def pair_record(jset: JudgedSet, chosen: Judged, rejected: Judged, flagged: bool
         score_chosen=chosen.score, score_rejected=rejected.score, margin=round(chosen.score - rejected.score, 6),
         chosen_side=_side(chosen), rejected_side=_side(rejected), pairing=jset.objective.instantiation.pairs,
         length_chosen=length_of(chosen), length_rejected=length_of(rejected), length_flagged=flagged,
+        policy=record_policy([chosen, rejected]),
     )
 
 
@@ -161,7 +174,7 @@ def unpaired_records(jset: JudgedSet, ranked: list[Judged]) -> tuple[list[Unpair
             continue
         counts["desirable" if label else "undesirable"] += 1
         out.append(UnpairedRecord(**_common(jset, "unpaired", j.candidate.id, label), completion=_completion(j),
-                                  label=label, side=_side(j)))
+                                  label=label, side=_side(j), policy=j.candidate.policy))
     return out, counts
 
 
@@ -176,12 +189,13 @@ def ranking_record(jset: JudgedSet, ranked: list[Judged]) -> RankingRecord | Non
         if i == 0 or unique[i - 1].score - j.score > EPS:
             rank_no = i + 1
         items.append(Ranked(rank=rank_no, completion=_completion(j), side=_side(j)))
-    return RankingRecord(**_common(jset, "ranking", [j.candidate.id for j in unique]), ranked=items)
+    return RankingRecord(**_common(jset, "ranking", [j.candidate.id for j in unique]), ranked=items,
+                         policy=record_policy(unique))
 
 
 def reward_records(jset: JudgedSet, ranked: list[Judged]) -> list[RewardRecord]:
     return [RewardRecord(**_common(jset, "reward", j.candidate.id), completion=_completion(j), reward=j.score,
-                         side=_side(j)) for j in _unique(ranked)]
+                         side=_side(j), policy=j.candidate.policy) for j in _unique(ranked)]
 
 
 def instantiate(jset: JudgedSet) -> tuple[list, Counter, str]:

@@ -18,6 +18,7 @@ import time
 import msgspec
 
 from agents.backends.base import GenRequest, Generation
+from agents.synthesis import policies
 from agents.synthesis.perturb import perturb
 from agents.synthesis.prompting import (chat_messages, contrastive_prompts, critique_prompt, last_user_text,
                                         render_completion, revision_prompt)
@@ -91,13 +92,15 @@ class Writer:
         """A candidate; its id depends on where it was asked for, never on the text, so a
         replay yields the same ids even from a non-deterministic server."""
         seed = g.seed
+        ref = self.backends.ref(gen) if isinstance(self.backends, policies.PolicyView) else None
+        # a policy's version is part of the id (a fixed model's ids are as they were)
         cid = "c-" + stable_id(self.prompt.id, self.objective.ref, gen.backend, gen.model, pos, seed,
-                               extra.get("intent"))
+                               extra.get("intent"), *([ref] if ref else []))
         return Candidate(id=cid, text=g.text, backend=gen.backend, model=gen.model, strategy=self.spec.strategy,
                          sampling=Sampling(temperature=gen.temperature, top_p=gen.top_p,
                                            max_tokens=gen.max_tokens, seed=seed),
                          finish_reason=g.finish_reason, tokens_in=g.tokens_in, tokens_out=g.tokens_out,
-                         latency_s=g.latency_s, **extra)
+                         latency_s=g.latency_s, policy=ref, **extra)
 
     async def samples(self, n: int, system: str | None = None, intent: str | None = None) -> list[Candidate]:
         planned = plan(self.spec, n)
@@ -153,7 +156,8 @@ async def perturbed(w: Writer) -> list[Candidate]:
             continue
         name, text = hit
         out.append(Candidate(id="c-" + stable_id(c.id, name), text=text, backend="perturb", model=f"perturb:{name}",
-                             sampling=c.sampling, strategy="perturb", intent="perturbed", parent=c.id))
+                             sampling=c.sampling, strategy="perturb", intent="perturbed", parent=c.id,
+                             policy=c.policy))
     return out
 
 
@@ -227,7 +231,7 @@ async def process(curated: Curated, backends) -> list[Emit]:
     prompt, objective = curated.prompt, curated.objective
     branch = objective.synthesis.branch != "off"
     strategy = branched if branch else STRATEGIES[objective.synthesis.strategy]
-    candidates = await strategy(Writer(prompt, objective, backends))
+    candidates = await strategy(Writer(prompt, objective, await policies.bind(objective.synthesis, backends)))
     extra = [] if branch else [production_candidate(prompt), reference_candidate(prompt, objective)]
     candidates += [c for c in extra if c is not None]
     cset = CandidateSet(id="s-" + stable_id(prompt.id, objective.ref, [c.id for c in candidates]),
@@ -243,7 +247,8 @@ def sampled_count(candidates: list[Candidate]) -> int:
 async def more(cset: CandidateSet, backends, n: int) -> list[Candidate]:
     """``n`` more samples for a samples/pool set, at the positions after those it holds: the
     same seeds and candidate ids on every replay (adaptive sampling, ``agents.adaptive``)."""
-    w = Writer(cset.prompt, cset.objective, backends)
+    w = Writer(cset.prompt, cset.objective, await policies.bind(cset.objective.synthesis, backends,
+                                                                policies.pins(cset)))
     w.index = sampled_count(cset.candidates)
     return await w.samples(n)
 

@@ -32,6 +32,7 @@ class Candidate(Part, kw_only=True):
     # written by something other than the policy being sampled (a reference answer): its pairs
     # are SPIN-style, the reference against the policy's own answer
     off_policy: bool = False
+    policy: str | None = None  # "name@version" where the generator follows a policy (GeneratorSpec.policy)
 
 
 class CandidateSet(Wire, tag="candidates.v1", kw_only=True):

@@ -25,6 +25,10 @@ class GeneratorSpec(Part, kw_only=True, omit_defaults=False):
     max_tokens: int = 128
     weight: float = 1.0
     count: int | None = None
+    # a published policy (`prefstream policy publish NAME`): its newest version's LoRA adapter over
+    # `model` (llamacpp: the GGUF file; openai: the adapter vLLM loads and serves), taken at each
+    # prompt; candidates and records carry `policy: NAME@VERSION`. None: the fixed model.
+    policy: str | None = None
 
 
 class FewShot(Part, kw_only=True, omit_defaults=False):

@@ -22,6 +22,7 @@ class Side(Part, kw_only=True):
     score: float
     scores: list[Score] = []
     off_policy: bool = False  # the side was not sampled from the policy (``model: reference``)
+    policy: str | None = None  # "name@version": the policy version that wrote this side, where one did
 
 
 class PreferenceRecord(Wire, tag="preference.v1", kw_only=True):
@@ -51,6 +52,9 @@ class PreferenceRecord(Wire, tag="preference.v1", kw_only=True):
     difficulty: str | None = None  # "easy" | "medium" | "hard" from the verifiers' pass rate
     rejudged_from: str | None = None  # `rejudge`: the judged set the candidates were first judged in
     supersedes: str | None = None  # a late label re-scored the set: the record this one replaces
+    # "name@version" of the policy that wrote the record's sides; where sides differ, the oldest version
+    # of the first side's policy (a pair of policy and fixed model: the policy side's). None: no policy
+    policy: str | None = None
 
     @property
     def off_policy(self) -> bool:
@@ -75,6 +79,7 @@ class PreferenceRecord(Wire, tag="preference.v1", kw_only=True):
             **({"step": self.step} if self.step is not None else {}),
             **({"difficulty": self.difficulty} if self.difficulty is not None else {}),
             **({"supersedes": self.supersedes} if self.supersedes is not None else {}),
+            **({"policy": self.policy} if self.policy else {}),
         }
 
 
@@ -95,6 +100,9 @@ class UnpairedRecord(Wire, tag="preference.unpaired.v1", kw_only=True):
     difficulty: str | None = None
     rejudged_from: str | None = None  # `rejudge`: the judged set the candidates were first judged in
     supersedes: str | None = None  # a late label re-scored the set: the record this one replaces
+    # "name@version" of the policy that wrote the record's sides; where sides differ, the oldest version
+    # of the first side's policy (a pair of policy and fixed model: the policy side's). None: no policy
+    policy: str | None = None
 
 
 class Ranked(Part, kw_only=True):
@@ -120,6 +128,9 @@ class RankingRecord(Wire, tag="preference.ranking.v1", kw_only=True):
     difficulty: str | None = None
     rejudged_from: str | None = None  # `rejudge`: the judged set the candidates were first judged in
     supersedes: str | None = None  # a late label re-scored the set: the record this one replaces
+    # "name@version" of the policy that wrote the record's sides; where sides differ, the oldest version
+    # of the first side's policy (a pair of policy and fixed model: the policy side's). None: no policy
+    policy: str | None = None
 
 
 class RewardRecord(Wire, tag="preference.reward.v1", kw_only=True):
@@ -139,6 +150,9 @@ class RewardRecord(Wire, tag="preference.reward.v1", kw_only=True):
     difficulty: str | None = None
     rejudged_from: str | None = None  # `rejudge`: the judged set the candidates were first judged in
     supersedes: str | None = None  # a late label re-scored the set: the record this one replaces
+    # "name@version" of the policy that wrote the record's sides; where sides differ, the oldest version
+    # of the first side's policy (a pair of policy and fixed model: the policy side's). None: no policy
+    policy: str | None = None
 
 
 class Withdrawn(Wire, tag="preference.withdrawn.v1", kw_only=True):

@@ -67,10 +67,15 @@ class Context:
     channels: dict[str, faust.TopicT] = field(default_factory=dict)
     health: Any = None  # streams.health.Health: the stages blocked by their environment
     outbox: Any = None  # the batch runtime's (streams.outbox.Outbox), made with the first stage
+    policies: Any = None  # streams.policy_registry.PolicyRegistry: the versions of every policy
 
     def __post_init__(self) -> None:
         if self.objectives is None:
             self.objectives = ObjectiveRegistry(self.settings)
+        if self.policies is None:
+            from streams.policy_registry import PolicyRegistry
+
+            self.policies = PolicyRegistry()
 
     def agent(self, app: faust.App, name: str, source: Topic, handler, concurrency: int = 1) -> None:
         """Bind ``handler`` on ``source``: a ``StageRunner`` taking batches with a consumer of its
@@ -163,6 +168,11 @@ def build_app(settings: Settings, agents: tuple[str, ...] = AGENTS) -> faust.App
         async def follow_objectives() -> None:
             await ctx.objectives.follow(settings, ctx.topics)
 
+    if {"synthesize", "evaluate"} & set(agents):  # generators naming a policy (evaluate: adaptive sampling)
+        @app.task
+        async def follow_policies() -> None:
+            await ctx.policies.follow(settings, ctx.topics)
+
     bind_agents(app, ctx, agents)
     ctx.metrics.serve(settings.metrics_port, settings.metrics_host, ctx.health)
     app.prefstream = ctx  # for tests and the CLI
@@ -177,7 +187,7 @@ def bind_agents(app: faust.App, ctx: Context, agents: tuple[str, ...]) -> None:
         from agents.backends import Backends
         from agents.evaluators import build_evaluators
 
-        ctx.backends = Backends(ctx.settings, metrics=ctx.metrics)
+        ctx.backends = Backends(ctx.settings, metrics=ctx.metrics, policies=ctx.policies)
         ctx.evaluators = build_evaluators(ctx.backends, ctx.settings)
     for name in agents:
         importlib.import_module(f"agents.{name}").bind(app, ctx)

@@ -121,6 +121,12 @@ def _format(name: str | None, style: str):
         raise CliError(str(e)) from None
 
 
+def _lag(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: K is a whole number of versions, 0 or more")
+    return int(text)
+
+
 def cmd_tap(args) -> int:
     from streams.tap import Rotation, tap
     from streams.topics import from_settings
@@ -130,12 +136,14 @@ def cmd_tap(args) -> int:
     fmt = _format(args.format, args.style)
     rotation = Rotation(max_bytes=int(args.rotate_mb * (1 << 20)), max_seconds=args.rotate_s)
     stop = asyncio.Event()
+    stats: dict = {}
 
     async def go() -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        return await tap(settings, from_settings(settings), args.out, stop, fmt=fmt, rotation=rotation)
+        return await tap(settings, from_settings(settings), args.out, stop, fmt=fmt, rotation=rotation,
+                         max_policy_lag=args.max_policy_lag, stats=stats)
 
     from streams.commands import CliError
     from streams.formats import FormatError
@@ -146,6 +154,9 @@ def cmd_tap(args) -> int:
         raise CliError(str(e)) from None
     where = Path(args.out) / ("preferences.jsonl" if fmt is None else "")
     print(f"wrote {n} new records to {where}")
+    if args.max_policy_lag is not None:
+        print(f"skipped {stats.get('skipped_stale', 0)} records more than {args.max_policy_lag} versions behind their "
+              f"policy's newest: {json.dumps(stats.get('skipped_by_policy', {}))}")
     return 0
 
 
@@ -262,6 +273,9 @@ def parser() -> argparse.ArgumentParser:
                    help="TRL's conversational (chat turns) or standard (plain text) rows")
     t.add_argument("--rotate-mb", type=float, default=64.0, help="commit a shard at this many MB of JSONL")
     t.add_argument("--rotate-s", type=float, default=60.0, help="commit a shard this many seconds after its first row")
+    t.add_argument("--max-policy-lag", type=_lag, metavar="K",
+                   help="skip (and count) records whose policy is more than K versions behind its newest published "
+                        "version (0: the newest only); records with no policy are always kept")
     t.set_defaults(fn=cmd_tap)
 
     b = sub.add_parser("broker", help="run the embedded broker (Tansu) in the foreground")

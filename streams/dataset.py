@@ -42,9 +42,10 @@ CAUGHT_UP_S = 1.0  # an idle second: what was on the topic at the start has been
 class _Reader(threading.Thread):
     """Decodes the topic into ``self.out`` until ``self.halt`` is set."""
 
-    def __init__(self, settings: Settings, topic, maxsize: int) -> None:
+    def __init__(self, settings: Settings, topic, maxsize: int, policies=None, topics: Topics | None = None) -> None:
         super().__init__(daemon=True, name="prefstream-dataset-reader")
         self.settings, self.topic = settings, topic
+        self.policies, self.topics = policies, topics  # a PolicyRegistry this thread keeps current
         self.out: queue.Queue = queue.Queue(maxsize)
         self.halt = threading.Event()
         self.error: BaseException | None = None
@@ -68,6 +69,14 @@ class _Reader(threading.Thread):
         return False
 
     async def _read(self) -> None:
+        follow = None
+        if self.policies is not None:  # caught up before any record is judged against it
+            follow = asyncio.create_task(self.policies.follow(self.settings, self.topics))
+            ready = asyncio.create_task(self.policies.ready.wait())
+            await asyncio.wait([follow, ready], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+            ready.cancel()
+            if follow.done():
+                follow.result()
         consumer = await reader(self.settings, [self.topic.name])
         self.ready.set()
         try:
@@ -84,19 +93,44 @@ class _Reader(threading.Thread):
                             return
         finally:
             await consumer.stop()
+            if follow is not None:
+                follow.cancel()
+                await asyncio.gather(follow, return_exceptions=True)
 
 
 def records(settings: Settings, kinds: tuple[str, ...] | None = None, follow: bool = True,
             idle_timeout_s: float | None = None, topics: Topics | None = None, shadow: bool = False,
-            maxsize: int = 1000) -> Iterator:
+            maxsize: int = 1000, max_policy_lag: int | None = None, stats: dict | None = None) -> Iterator:
     """Preference records (``PreferenceRecord``, ``UnpairedRecord``, …) from the topic, each
     id once. Without ``follow`` it stops at the first idle second; with it, after
-    ``idle_timeout_s`` idle seconds (``None``: never)."""
+    ``idle_timeout_s`` idle seconds (``None``: never). ``max_policy_lag``: records more than
+    that many versions behind their policy's newest are skipped (``streams.staleness``), and
+    counted in ``stats`` (``skipped_stale``, ``skipped_by_policy``) as they are."""
+    from streams.policy_registry import PolicyRegistry
+    from streams.staleness import from_registry
+
     topics = topics or from_settings(settings)
     topic = topics.preferences_shadow if shadow else topics.preferences
     limit = idle_timeout_s if follow else 1.0
-    worker = _Reader(settings, topic, maxsize)
+    registry = PolicyRegistry() if max_policy_lag is not None else None
+    bound = from_registry(max_policy_lag, registry)
+    worker = _Reader(settings, topic, maxsize, registry, topics)
     worker.start()
+    inner = _records(worker, kinds, limit)
+    try:
+        for record in inner:
+            if bound.keep(record):
+                yield record
+            elif stats is not None:
+                stats.update(bound.summary())
+    finally:
+        inner.close()  # stops the reader thread
+        if bound.skipped:
+            logger.info("skipped %d records more than %d versions behind their policy's newest: %s",
+                        bound.skipped, max_policy_lag, dict(bound.by_policy))
+
+
+def _records(worker: _Reader, kinds: tuple[str, ...] | None, limit: float | None) -> Iterator:
     seen: set[str] = set()
     backlog: dict[str, object] | None = {}  # what was on the topic at the start, until caught up
     gone: set[str] = set()  # superseded ids

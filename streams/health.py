@@ -25,7 +25,9 @@ logger = logging.getLogger(__name__)
 
 # the values of the ``reason`` label (a Blocked with another reason is exported as "environment")
 REASONS = ("no_objective", "model_missing", "model_load", "backend_down", "sandbox_unavailable", "os_error",
-           "disk_full", "out_of_memory", "environment")
+           "disk_full", "out_of_memory", "environment",
+           # a generator following a policy (agents.backends.policy, agents.synthesis.policies)
+           "policy_unknown", "adapter_unavailable", "adapter_unsupported")
 RETRY_FIRST_S = 1.0  # a blocked record is tried again after 1 s, 2 s, 4 s, … at most RETRY_MAX_S
 RETRY_MAX_S = 10.0
 REPUBLISH_S = 5.0  # a worker re-publishes its stages' health this often (a stale entry: a gone worker)

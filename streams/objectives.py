@@ -145,6 +145,7 @@ def problems(spec: ObjectiveSpec, settings: Settings | None = None) -> list[str]
         out.append("synthesis.generators is empty of models (a reference generator samples nothing); name at least one model")
     if any(g.weight < 0 or (g.count or 0) < 0 for g in syn.generators):
         out.append("synthesis.generators: weights and counts must not be negative")
+    out += policy_problems(syn)
     try:
         validate_evaluation(spec.evaluation)
     except ValueError as e:
@@ -155,6 +156,20 @@ def problems(spec: ObjectiveSpec, settings: Settings | None = None) -> list[str]
     if settings is not None:
         out += _unconfigured(spec, settings)
         out += _over_maxima(spec, settings)
+    return out
+
+
+def policy_problems(syn) -> list[str]:
+    """Generators naming a policy: a valid name, on a backend that loads adapters."""
+    out = []
+    for i, g in enumerate(syn.generators):
+        if g.policy is None:
+            continue
+        if not NAME.fullmatch(g.policy):
+            out.append(f"synthesis.generators[{i}].policy {g.policy!r} must be 1-64 letters, digits, '.', '_' or '-'")
+        if g.backend not in ("llamacpp", "openai"):
+            out.append(f"synthesis.generators[{i}]: the {g.backend} backend cannot follow policy {g.policy!r}; "
+                       "use llamacpp (GGUF LoRA) or openai (vLLM with --enable-lora)")
     return out
 
 

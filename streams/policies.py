@@ -141,3 +141,22 @@ async def rollback_policy(settings: Settings, name: str, to: int) -> Policy:
     again = msgspec.structs.replace(old, adapter_name=old.served_name, parent=to,
                                     note=f"rollback to v{to}" + (f": {old.note}" if old.note else ""))
     return await publish_policy(settings, again)
+
+
+def adapter_file(policy: Policy, settings: Settings) -> Path:
+    """The GGUF LoRA file a llamacpp worker may load for ``policy``: inside PREFSTREAM_POLICY_DIR
+    or PREFSTREAM_MODEL_DIR (a relative name is taken in the first set), links and ``..``
+    resolved, so a message cannot make a worker open any other file. ``PolicyError`` otherwise."""
+    if not policy.adapter_gguf:
+        raise PolicyError(f"policy {policy.ref} has no GGUF adapter for llama.cpp; publish one with --gguf")
+    roots = [Path(d).resolve() for d in (settings.policy_dir, settings.model_dir) if d]
+    if not roots:
+        raise PolicyError(f"policy {policy.ref} names the adapter {policy.adapter_gguf!r}, but neither "
+                          "PREFSTREAM_POLICY_DIR nor PREFSTREAM_MODEL_DIR is set: set PREFSTREAM_POLICY_DIR to "
+                          "the directory the adapters are written to")
+    path = (roots[0] / policy.adapter_gguf).resolve()  # an absolute name replaces the root
+    if not any(path.is_relative_to(r) for r in roots):
+        raise PolicyError(f"policy {policy.ref} names the adapter {policy.adapter_gguf!r}, outside "
+                          f"PREFSTREAM_POLICY_DIR / PREFSTREAM_MODEL_DIR ({', '.join(map(str, roots))}): publish "
+                          "an adapter inside one, or point PREFSTREAM_POLICY_DIR at its directory")
+    return path

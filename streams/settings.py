@@ -58,6 +58,9 @@ class Settings:
     # the one directory whose GGUF files an objective may name as a llamacpp model (`model:
     # x.gguf`); unset: objectives name no model files (the bundled model or model_path only)
     model_dir: str | None = None
+    # the directory whose GGUF LoRA files a published policy may name for the llamacpp backend
+    # (besides model_dir); unset and no model_dir: llamacpp workers load no policy adapters
+    policy_dir: str | None = None
     llamacpp_threads: Count = 1
     llamacpp_ctx: Count = 2048
     # a completion request's N candidates in one batched decode sharing the prompt's KV cache

@@ -127,12 +127,26 @@ class Sinks:
 
 
 async def tap(settings: Settings, topics: Topics, out_dir: str, stop: asyncio.Event | None = None,
-              fmt: Format | None = None, rotation: Rotation = Rotation(), limit: int | None = None) -> int:
+              fmt: Format | None = None, rotation: Rotation = Rotation(), limit: int | None = None,
+              max_policy_lag: int | None = None, stats: dict | None = None) -> int:
     """Follow the preferences topic into ``out_dir`` until ``stop`` is set (or ``limit`` new
     records are written): ``preferences.jsonl`` with no ``fmt``, else ``fmt``'s shards. Returns
-    the number of records written by this call."""
+    the number of records written by this call. ``max_policy_lag``: records more than that many
+    versions behind their policy's newest are skipped (``streams.staleness``); ``stats`` gets
+    the counts (``skipped_stale``, ``skipped_by_policy``)."""
+    from streams.staleness import following
+
+    async with following(settings, topics, max_policy_lag) as bound:
+        written = await _tap(settings, topics, out_dir, stop, fmt, rotation, limit, bound)
+    if stats is not None:
+        stats.update(bound.summary())
+    return written
+
+
+async def _tap(settings, topics, out_dir, stop, fmt, rotation, limit, bound) -> int:
     name = topics.preferences.name
     sink = JsonlSink(out_dir) if fmt is None else DatasetSink(out_dir, fmt, rotation, topic=name)
+    kind = "pair" if fmt is None else fmt.kind
     codec = topics.preferences.codec
     consumer = await reader(settings, [name])
     written = 0
@@ -146,6 +160,10 @@ async def tap(settings: Settings, topics: Topics, out_dir: str, stop: asyncio.Ev
                         record = codec.decode(msg.value)
                     except MALFORMED as e:
                         logger.error("undecodable record at %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, e)
+                        continue
+                    if getattr(record, "kind", None) == kind and not bound.keep(record):
+                        if (old := target(record)) is not None:  # what it replaces goes all the same
+                            sink.drop(old)
                         continue
                     written += sink.write(record)
             sink.flush()

@@ -141,21 +141,49 @@ class LlamaCppGenerator:
         self.batched = True  # False: no batched decode (benchmarks/yield.py's configurations before "batched")
         self._ctx_tokens = settings.llamacpp_ctx
         self._decoder = None
+        self._lora: Any = None  # the adapter the contexts apply (agents.backends.policy)
         if settings.llamacpp_batched:
             from agents.backends.llamacpp_batch import BatchDecoder
 
             self._decoder = BatchDecoder(self._llm, settings.llamacpp_ctx, settings.llamacpp_threads)
 
-    async def generate(self, req: GenRequest) -> list[Generation]:
+    async def generate(self, req: GenRequest, lora: Any = None) -> list[Generation]:
+        """``lora``: a loaded adapter (``agents.backends.policy.LoRA``) applied to these
+        generations, or None for the base model; set under the lock, before each call."""
         if self._batchable(req):
             async with self._lock:
-                return await asyncio.to_thread(self._batched, req)
+                return await asyncio.to_thread(self._with, lora, self._batched, req)
         out = []
         for i in range(req.n):
             seed = None if req.seed is None else req.seed + i
             async with self._lock:
-                out.append(await asyncio.to_thread(self._one, req, seed))
+                out.append(await asyncio.to_thread(self._with, lora, self._one, req, seed))
         return out
+
+    def _with(self, lora: Any, fn, *args):
+        if lora is not self._lora:
+            self._use_lora(lora)
+        return fn(*args)
+
+    def _use_lora(self, lora: Any) -> None:
+        """Apply ``lora`` (None: none) on both contexts; what the KV cache holds was computed
+        under the previous one, so it is dropped."""
+        import ctypes
+
+        import llama_cpp as C
+
+        ctxs = [self._llm._ctx.ctx] + ([self._decoder.ctx] if self._decoder is not None else [])
+        for ctx in ctxs:
+            if lora is None:
+                rc = C.llama_set_adapters_lora(ctx, None, 0, None)
+            else:
+                rc = C.llama_set_adapters_lora(ctx, (C.llama_adapter_lora_p_ctypes * 1)(lora.ptr), 1,
+                                               (ctypes.c_float * 1)(lora.scale))
+            if rc != 0:
+                raise BackendError(f"llama.cpp could not apply the adapter {lora} ({rc})", retryable=False)
+        self._lora = lora
+        self._llm.reset()
+        self._primed = []
 
     def _batchable(self, req: GenRequest) -> bool:
         """A completion request without a grammar, whose N continuations fit the context."""

@@ -202,6 +202,11 @@ class OpenAIGenerator:
             retryable=True,
         )
 
+    async def post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        """One plain POST to this server (with its key), no retries: the caller reads the answer
+        (``agents.backends.policy`` loads LoRA adapters with it)."""
+        return await self._client.post(path, json=body)
+
     async def close(self) -> None:
         await self._client.aclose()
 

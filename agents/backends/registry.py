@@ -23,10 +23,13 @@ class ModelSpec(Protocol):
 
 
 class Backends:
-    def __init__(self, settings: Settings, metrics=None) -> None:
+    def __init__(self, settings: Settings, metrics=None, policies=None) -> None:
         self._settings = settings
+        # streams.policy_registry.PolicyRegistry: the versions generators naming a policy take
+        self.policies = policies
         self._metrics = metrics  # streams.metrics.Metrics: each generator is wrapped to record calls
         self._cache: dict[tuple[str, str, str | None], Generator] = {}
+        self._policies: dict[tuple, object] = {}  # (backend, model, base URL, policy) → agents.backends.policy
         self._endpoints = Endpoints(settings)
 
     def get(self, spec: ModelSpec) -> Generator:
@@ -36,20 +39,47 @@ class Backends:
         key = (spec.backend, spec.model, base_url)
         gen = self._cache.get(key)
         if gen is None:
-            try:
-                gen = self._build(spec.backend, spec.model, base_url)
-            except (Blocked, BackendError):
-                raise
-            except Exception as exc:  # noqa: BLE001 - a backend that cannot be built: the worker's environment
-                raise Blocked("model_load", f"cannot start the {spec.backend} backend for {spec.model}: {exc}",
-                              "install what the error names, or fix the model's path or settings; the stage "
-                              "resumes by itself") from exc
-            if self._metrics is not None:
-                from streams.metrics import MeteredGenerator
-
-                gen = MeteredGenerator(gen, self._metrics)
+            gen = self._metered(self._built(spec.backend, spec.model, base_url))
             self._cache[key] = gen
         return gen
+
+    def _built(self, backend: str, model: str, base_url: str | None) -> Generator:
+        try:
+            return self._build(backend, model, base_url)
+        except (Blocked, BackendError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a backend that cannot be built: the worker's environment
+            raise Blocked("model_load", f"cannot start the {backend} backend for {model}: {exc}",
+                          "install what the error names, or fix the model's path or settings; the stage "
+                          "resumes by itself") from exc
+
+    def _metered(self, gen):
+        if self._metrics is None:
+            return gen
+        from streams.metrics import MeteredGenerator
+
+        return MeteredGenerator(gen, self._metrics)
+
+    def policy(self, spec: ModelSpec, policy) -> Generator:
+        """The generator for ``spec`` (naming ``policy: NAME``) at ``policy``'s version
+        (``agents.backends.policy``): a llamacpp base of its own per policy, or the openai
+        server's adapter ``policy.served_name``."""
+        from agents.backends import policy as p
+
+        key = (spec.backend, spec.model, spec.base_url, f"policy:{policy.name}")
+        owner = self._policies.get(key)
+        if owner is None:
+            if spec.backend == "llamacpp":
+                base = self._built("llamacpp", spec.model, None)
+                self._cache[key[:2] + (f"policy:{policy.name}",)] = base  # closed with the rest
+                owner = p.LlamaCppPolicy(base, self._settings)
+            elif spec.backend == "openai":
+                owner = p.OpenAIPolicy(lambda served: self.get(p.Served("openai", served, spec.base_url)))
+            else:
+                raise BackendError(f"the {spec.backend} backend cannot load a policy's adapter; use llamacpp or "
+                                   "openai", retryable=False)
+            self._policies[key] = owner
+        return self._metered(p.Bound(owner, policy))
 
     def _base_url(self, spec: ModelSpec) -> str:
         url = spec.base_url or self._settings.openai_base_url
