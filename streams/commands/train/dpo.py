@@ -1,8 +1,8 @@
 """DPO with LoRA on CPU: TRL's ``DPOTrainer`` over a peft model whose reference is the same
 model with the adapter switched off (no second copy in memory).
 
-The base model is a GGUF file (the bundled Gemma 3 270M: transformers dequantizes it to fp32)
-or a transformers model directory. A GGUF-loaded model carries a "quantized with GGUF" config
+The base model is a GGUF file (the bundled Gemma 3 270M: transformers dequantizes it to fp32,
+and its tokenizer is rebuilt to match llama.cpp's: ``tokenizer``) or a transformers directory. A GGUF-loaded model carries a "quantized with GGUF" config
 that ``Trainer`` refuses; it is dequantized already, so the marks are dropped.
 """
 from __future__ import annotations
@@ -11,6 +11,8 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from streams.commands.train.tokenizer import gemma_tokenizer_from_gguf
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +55,8 @@ def load_base(path: str) -> Base:
     if p.suffix == ".gguf":
         kw = {"gguf_file": p.name}
         model = AutoModelForCausalLM.from_pretrained(str(p.parent), dtype=torch.float32, **kw)
-        tokenizer = AutoTokenizer.from_pretrained(str(p.parent), **kw)
+        tokenizer = gemma_tokenizer_from_gguf(p) if gguf_arch(p).startswith("gemma") else \
+            AutoTokenizer.from_pretrained(str(p.parent), **kw)
         drop_gguf_quantization(model)
         arch = gguf_arch(p)
     else:

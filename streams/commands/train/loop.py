@@ -39,49 +39,81 @@ class Job:
     idle_s: float | None = None  # stop when the stream has nothing new for this long (None: wait)
 
 
-async def run(settings: Settings, job: Job, stop: asyncio.Event | None = None) -> list[Policy]:
-    """Returns the policies published by this call."""
-    from peft import get_peft_model_state_dict
+class Trainer:
+    """One policy's trainer: ``open`` (model, adapter and stream position from the state),
+    ``round`` as many times as wanted, ``close``."""
 
+    def __init__(self, settings: Settings, job: Job) -> None:
+        self.settings, self.job = settings, job
+        self.state = State.load(job.out)
+        self.base = self.model = self.follower = None
+
+    async def open(self) -> list[Policy]:
+        """Returns the pending version it published (a crash came between save and publish)."""
+        self.base = await asyncio.to_thread(dpo.load_base, self.job.base)
+        peft_dir = str(Path(self.state.adapter) / "peft") if self.state.adapter else None
+        self.model = await asyncio.to_thread(dpo.with_adapter, self.base, self.job.hyper, peft_dir)
+        published = await _publish(self.settings, self.job, self.state, resumed=True) if self.state.pending else []
+        self.follower = Follower(self.settings, from_settings(self.settings), self.job.objective, self.state.offsets)
+        await self.follower.start()
+        return published
+
+    async def close(self) -> None:
+        if self.follower is not None:
+            await self.follower.stop()
+
+    async def round(self) -> tuple[Policy | None, dict]:
+        """Trains on up to ``every`` new pairs and publishes the adapter; (None, {}) when the
+        stream had none (``idle_s``)."""
+        records = await self.follower.take(self.job.every, set(self.state.trained), self.job.idle_s)
+        if not records:
+            return None, {}
+        stats = await asyncio.to_thread(dpo.train, self.model, self.base.tokenizer, [r.trl() for r in records],
+                                        self.job.hyper, self.job.out / "work")
+        policy = await self.publish([r.id for r in records], stats)
+        logger.info("round %d: %d records, %d steps, loss %.4f → %s", self.state.round, len(records),
+                    stats["steps"], stats["loss"], policy.ref)
+        return policy, {"records": len(records), **stats}
+
+    async def publish(self, ids: list[str], stats: dict) -> Policy:
+        """The adapter as it is now (round 0 before any training: the base model's zero LoRA)
+        saved in both formats, the state saved, then published."""
+        from peft import get_peft_model_state_dict
+
+        state, job = self.state, self.job
+        state.round += 1 if ids else 0
+        rdir = job.out / "rounds" / f"{state.round:06d}"
+        await asyncio.to_thread(export.write_peft, self.model, rdir / "peft")
+        sha = await asyncio.to_thread(export.write_gguf_lora, get_peft_model_state_dict(self.model),
+                                      rdir / "adapter.gguf", job.hyper.alpha, self.base.arch)
+        _write_json(rdir / "trained.json", {"ids": ids, "offsets": self.follower.offsets, "epoch": state.epoch,
+                                            **stats})
+        state.offsets, state.adapter, state.sha256 = dict(self.follower.offsets), str(rdir), sha
+        state.trained += ids
+        state.steps += stats.get("steps", 0)
+        state.pending, state.version = True, None
+        state.save(job.out)
+        return (await _publish(self.settings, job, state, records=len(ids), steps=stats.get("steps", 0)))[0]
+
+
+async def run(settings: Settings, job: Job, stop: asyncio.Event | None = None) -> list[Policy]:
+    """``prefstream train``: rounds until ``stop``, ``job.rounds`` or an idle stream; returns
+    the policies published by this call."""
     stop = stop or asyncio.Event()
-    state = State.load(job.out)
-    base = await asyncio.to_thread(dpo.load_base, job.base)
-    peft_dir = str(Path(state.adapter) / "peft") if state.adapter else None
-    model = await asyncio.to_thread(dpo.with_adapter, base, job.hyper, peft_dir)
-    published: list[Policy] = []
-    if state.pending:
-        published += await _publish(settings, job, state, resumed=True)
-    follower = Follower(settings, from_settings(settings), job.objective, state.offsets)
-    await follower.start()
+    trainer = Trainer(settings, job)
+    published = await trainer.open()
     done = 0
     try:
         while not stop.is_set() and (job.rounds is None or done < job.rounds):
-            records = await follower.take(job.every, set(state.trained), job.idle_s)
-            if not records:
+            policy, stats = await trainer.round()
+            if policy is None:
                 break
-            rows = [r.trl() for r in records]
-            stats = await asyncio.to_thread(dpo.train, model, base.tokenizer, rows, job.hyper, job.out / "work")
-            state.round += 1
-            rdir = job.out / "rounds" / f"{state.round:06d}"
-            adapter = get_peft_model_state_dict(model)
-            await asyncio.to_thread(export.write_peft, model, rdir / "peft")
-            sha = await asyncio.to_thread(export.write_gguf_lora, adapter, rdir / "adapter.gguf",
-                                          job.hyper.alpha, base.arch)
-            _write_json(rdir / "trained.json", {"ids": [r.id for r in records], "offsets": follower.offsets,
-                                                "epoch": state.epoch, **stats})
-            state.offsets, state.adapter, state.sha256 = dict(follower.offsets), str(rdir), sha
-            state.trained += [r.id for r in records]
-            state.steps += stats["steps"]
-            state.pending, state.version = True, None
-            state.save(job.out)
-            published += await _publish(settings, job, state, records=len(records), steps=stats["steps"])
-            logger.info("round %d: %d records, %d steps, loss %.4f → %s", state.round, len(records),
-                        stats["steps"], stats["loss"], published[-1].ref if published else "-")
+            published.append(policy)
             done += 1
-            if len(records) < job.every and job.idle_s is not None:
+            if stats["records"] < job.every and job.idle_s is not None:
                 break  # the stream went idle mid-round
     finally:
-        await follower.stop()
+        await trainer.close()
     return published
 
 
@@ -90,8 +122,8 @@ async def _publish(settings: Settings, job: Job, state: State, records: int | No
     from streams.policies import newest_policy, publish_policy
 
     rdir = Path(state.adapter)
-    newest = await newest_policy(settings, job.policy)
-    if resumed and newest is not None and newest.sha256 == state.sha256:
+    newest = await newest_policy(settings, job.policy) if resumed else None
+    if newest is not None and newest.sha256 == state.sha256:
         policy = newest  # published before the crash; only the state did not say so
     else:
         trained = json.loads((rdir / "trained.json").read_text())
@@ -106,7 +138,7 @@ async def _publish(settings: Settings, job: Job, state: State, records: int | No
             note=f"prefstream train --objective {job.objective}"))
     state.pending, state.version = False, policy.version
     state.save(job.out)
-    return [policy] if policy is not newest else []
+    return [policy]
 
 
 def _write_json(path: Path, data: dict) -> None:
