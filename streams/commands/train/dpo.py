@@ -21,7 +21,7 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 # the user's by the workers; here it is written as a user turn); for a GGUF without a template
 GEMMA_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<start_of_turn>"
-    "{{ 'model' if m['role'] == 'assistant' else 'user' }}\n{{ m['content'] | trim }}<end_of_turn>\n"
+    "{{ 'model' if m['role'] == 'assistant' else 'user' }}\n{{ m['content'] }}<end_of_turn>\n"
     "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
 
 
@@ -115,6 +115,7 @@ def train(model, tokenizer, rows: list[dict], hyper: Hyper, workdir: str | os.Pa
     """One DPO round against the adapter as it is now (``_drop_ref``): one pass over ``rows`` (TRL's conversational preference format); returns the steps
     run and the mean loss."""
     import datasets
+    from transformers.trainer_callback import PrinterCallback
     from trl import DPOConfig, DPOTrainer
 
     data = datasets.Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
@@ -125,6 +126,7 @@ def train(model, tokenizer, rows: list[dict], hyper: Hyper, workdir: str | os.Pa
         lr_scheduler_type="constant", disable_tqdm=True, dataloader_num_workers=0)
     _drop_ref(model)
     trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    trainer.remove_callback(PrinterCallback)  # the loop logs each round itself
     result = trainer.train()
     _drop_ref(model)
     model.eval()
