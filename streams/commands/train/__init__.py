@@ -33,6 +33,8 @@ def register(sub) -> None:
     p.add_argument("--rounds", type=int, default=None, help="stop after this many rounds (default: follow)")
     p.add_argument("--until-idle", type=float, default=None, metavar="S",
                    help="stop when no new pair came for S seconds (default: wait)")
+    p.add_argument("--max-policy-lag", type=int, default=None, metavar="K",
+                   help="skip pairs made by a version of --policy more than K behind the newest it published")
     p.add_argument("--base", default=None, help="the base model: a GGUF file or a transformers directory "
                    "(default: PREFSTREAM_MODEL_PATH, else the bundled Gemma 3 270M)")
     p.add_argument("--out", default=None, help="adapters and state (default: .prefstream/train/POLICY)")
@@ -45,6 +47,8 @@ def job_from_args(args, settings):
 
     if args.every < 1 or args.rank < 1 or args.batch < 1:
         raise CliError("--every, --rank and --batch must be at least 1")
+    if args.max_policy_lag is not None and args.max_policy_lag < 0:
+        raise CliError("--max-policy-lag must be 0 (only the newest version's pairs) or more")
     base, name = args.base or settings.model_path, None
     if base is None:
         from agents.backends.llamacpp import bundled_model_path
@@ -57,7 +61,7 @@ def job_from_args(args, settings):
     out = Path(args.out or Path(".prefstream") / "train" / args.policy)
     return Job(objective=args.objective, policy=args.policy, out=out, base=str(base),
                base_name=name or str(Path(base).resolve()), every=args.every, hyper=hyper, rounds=args.rounds,
-               idle_s=args.until_idle)
+               idle_s=args.until_idle, max_policy_lag=args.max_policy_lag)
 
 
 def main(args) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -29,10 +30,12 @@ class Follower:
     """Reads pair records of ``objective`` from ``offsets`` on (partition → next offset;
     the start of the topic for a partition not named)."""
 
-    def __init__(self, settings: Settings, topics: Topics, objective: str, offsets: dict[int, int]) -> None:
+    def __init__(self, settings: Settings, topics: Topics, objective: str, offsets: dict[int, int],
+                 keep: Callable[[object], bool] = lambda record: True) -> None:
         self.settings, self.objective = settings, objective
         self.topic = topics.preferences
         self.offsets = dict(offsets)
+        self.keep = keep  # e.g. the staleness bound (``streams.staleness``): False skips a record
         self.consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:
@@ -94,7 +97,7 @@ class Follower:
             return None
         if getattr(record, "kind", None) != "pair" or objective_name(record.objective) != self.objective:
             return None
-        return record
+        return record if self.keep(record) else None
 
 
 async def _sleep(s: float) -> None:

@@ -21,6 +21,7 @@ from streams.commands.train import dpo, export
 from streams.commands.train.follow import Follower
 from streams.commands.train.state import State
 from streams.settings import Settings
+from streams.staleness import Staleness
 from streams.topics import from_settings
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class Job:
     hyper: dpo.Hyper = dpo.Hyper()
     rounds: int | None = None  # stop after this many rounds this run (None: follow forever)
     idle_s: float | None = None  # stop when the stream has nothing new for this long (None: wait)
+    max_policy_lag: int | None = None  # skip pairs made by a version more than this behind our newest
 
 
 class Trainer:
@@ -54,7 +56,10 @@ class Trainer:
         peft_dir = str(Path(self.state.adapter) / "peft") if self.state.adapter else None
         self.model = await asyncio.to_thread(dpo.with_adapter, self.base, self.job.hyper, peft_dir)
         published = await _publish(self.settings, self.job, self.state, resumed=True) if self.state.pending else []
-        self.follower = Follower(self.settings, from_settings(self.settings), self.job.objective, self.state.offsets)
+        self.staleness = Staleness(self.job.max_policy_lag,
+                                   lambda name: self.state.version if name == self.job.policy else None)
+        self.follower = Follower(self.settings, from_settings(self.settings), self.job.objective, self.state.offsets,
+                                 keep=self.staleness.keep)
         await self.follower.start()
         return published
 
@@ -70,6 +75,7 @@ class Trainer:
             return None, {}
         stats = await asyncio.to_thread(dpo.train, self.model, self.base.tokenizer, [r.trl() for r in records],
                                         self.job.hyper, self.job.out / "work")
+        stats["skipped_stale"] = self.staleness.skipped
         policy = await self.publish([r.id for r in records], stats)
         logger.info("round %d: %d records, %d steps, loss %.4f → %s", self.state.round, len(records),
                     stats["steps"], stats["loss"], policy.ref)
@@ -130,6 +136,7 @@ async def _publish(settings: Settings, job: Job, state: State, records: int | No
         provenance = {"records": len(trained["ids"]) if records is None else records,
                       "steps": trained["steps"] if steps is None else steps,
                       "records_total": len(state.trained), "steps_total": state.steps, "round": state.round,
+                      "skipped_stale": int(trained.get("skipped_stale", 0)),
                       "epoch": state.epoch,
                       **{f"preferences/{p}": o for p, o in sorted(state.offsets.items())}}
         policy = await publish_policy(settings, Policy(
