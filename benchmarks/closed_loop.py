@@ -158,8 +158,7 @@ async def loop(args) -> dict:
 
         await create_topics(settings, from_settings(settings))
         trainer = Trainer(settings, job)
-        await trainer.open()
-        policy = await trainer.publish([], {"steps": 0})  # v1: the zero adapter, i.e. the base model
+        [policy] = await trainer.open()  # v1: the zero adapter, i.e. the base model
         heldout = HeldOut(base, trainer.base.tokenizer, held, args.max_tokens)
         kinds = [p.verification.kind for p in held]
         base_passes = await asyncio.to_thread(heldout.passes, policy.adapter_gguf)

@@ -56,7 +56,7 @@ def test_train_resumes_after_kill9_without_training_a_record_twice(settings, tmp
     proc = start(settings, base, out, log)
     try:
         deadline = time.monotonic() + 240
-        while State.load(out).version is None:  # the first version is published
+        while State.load(out).round < 1 or State.load(out).version is None:  # the first trained version
             assert proc.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.2)
@@ -66,7 +66,7 @@ def test_train_resumes_after_kill9_without_training_a_record_twice(settings, tmp
         if proc.poll() is None:
             proc.kill()
     killed_at = State.load(out)
-    assert killed_at.version >= 1 and len(killed_at.trained) < 20
+    assert killed_at.version >= 2 and len(killed_at.trained) < 20
 
     again = start(settings, base, out, log)
     assert again.wait(300) == 0, log.read_text()[-3000:]
@@ -74,8 +74,9 @@ def test_train_resumes_after_kill9_without_training_a_record_twice(settings, tmp
     history = asyncio.run(policy_history(settings, "tutor"))
     versions = [p.version for p in history]
     assert versions == sorted(set(versions)) and versions[0] == 1
+    assert history[0].trained_on["records"] == 0  # v1: the untrained adapter (the base model)
     trained = []
-    for p in history:
+    for p in history[1:]:
         assert sha256(p.adapter_gguf) == p.sha256
         assert (Path(p.adapter_peft) / "adapter_config.json").is_file()
         ids = json.loads((Path(p.adapter_gguf).parent / "trained.json").read_text())["ids"]

@@ -20,6 +20,7 @@ from schemas import Policy
 from streams.commands.train import dpo, export
 from streams.commands.train.follow import Follower
 from streams.commands.train.state import State
+from streams.policies import newest_policy
 from streams.settings import Settings
 from streams.staleness import Staleness
 from streams.topics import from_settings
@@ -51,7 +52,8 @@ class Trainer:
         self.base = self.model = self.follower = None
 
     async def open(self) -> list[Policy]:
-        """Returns the pending version it published (a crash came between save and publish)."""
+        """Returns what it published: a pending version (a crash came between save and
+        publish), or version 1, the untrained adapter, where the policy has none yet."""
         self.base = await asyncio.to_thread(dpo.load_base, self.job.base)
         peft_dir = str(Path(self.state.adapter) / "peft") if self.state.adapter else None
         self.model = await asyncio.to_thread(dpo.with_adapter, self.base, self.job.hyper, peft_dir)
@@ -61,6 +63,9 @@ class Trainer:
         self.follower = Follower(self.settings, from_settings(self.settings), self.job.objective, self.state.offsets,
                                  keep=self.staleness.keep)
         await self.follower.start()
+        if self.state.adapter is None and await newest_policy(self.settings, self.job.policy) is None:
+            # version 1 is the base model (a zero LoRA): generators naming the policy can start
+            published.append(await self.publish([], {"steps": 0}))
         return published
 
     async def close(self) -> None:
@@ -125,7 +130,7 @@ async def run(settings: Settings, job: Job, stop: asyncio.Event | None = None) -
 
 async def _publish(settings: Settings, job: Job, state: State, records: int | None = None,
                    steps: int | None = None, resumed: bool = False) -> list[Policy]:
-    from streams.policies import newest_policy, publish_policy
+    from streams.policies import publish_policy
 
     rdir = Path(state.adapter)
     newest = await newest_policy(settings, job.policy) if resumed else None
