@@ -33,9 +33,10 @@ from agents.pii import phone_regions, scrub
 from agents.utility import REPLAY_MEMORY, Budget, Clusters, FamilyUtility, follow, tags_family
 from schemas import Curated, ObjectiveSpec, Outcome, Prompt
 from schemas.objectives import UtilitySpec
-from streams.runtime import Blocked, Emit, Rejected
-from streams.series import Counter as Counter_
+from streams.runtime import Blocked, Emit, Handler, Rejected
+from streams.series import LoopCounter
 from streams.settings import SettingsError
+from streams.topics import CURATED, OUTCOMES
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def validate(prompt: Prompt, trajectory_ok: bool = False) -> None:
         raise Rejected("ifeval verification needs one kwargs entry per instruction id", prompt.id)
 
 
-def sampled(prompt_id: str, fraction: float) -> bool:
+def in_sample(prompt_id: str, fraction: float) -> bool:
     """Whether a prompt falls in a ``fraction`` sample: a hash of its id alone, so the same
     prompts are picked on every worker and replay, and every objective sampling 10% sees
     the same 10% (their records can be compared)."""
@@ -89,7 +90,7 @@ def matches(spec: ObjectiveSpec, prompt: Prompt) -> bool:
         return False
     if r.sources and prompt.source not in r.sources:
         return False
-    return r.fraction is None or sampled(prompt.id, r.fraction)
+    return r.fraction is None or in_sample(prompt.id, r.fraction)
 
 
 def named(prompt: Prompt, objectives: Mapping[str, ObjectiveSpec], default: str) -> str | None:
@@ -176,7 +177,7 @@ class CurateState:
                 return None, dup.reason, "duplicate"
         family = None
         if u.budget is not None:
-            family = self.family(prompt, spec, text)
+            family = self.prompt_family(prompt, spec, text)
             budget = self.budgets.setdefault(spec.name, Budget(u.burst))
             budget.burst = u.burst
             if not budget.admit(self.families.is_low(spec.name, family, u), u.budget):
@@ -188,7 +189,7 @@ class CurateState:
             index.add(prompt.id, found)
         return family, None, None
 
-    def family(self, prompt: Prompt, spec: ObjectiveSpec, text: str) -> str:
+    def prompt_family(self, prompt: Prompt, spec: ObjectiveSpec, text: str) -> str:
         u = spec.curation.utility
         if u.family == "source":
             return f"source:{prompt.source}"
@@ -233,14 +234,14 @@ def process(prompt: Prompt, objectives: Mapping[str, ObjectiveSpec], default: st
         clean, counts = scrub_prompt(prompt, list(spec.curation.pii), regions)
         clean, dropped = screen(clean, spec, state)
         if dropped is not None:
-            out.append(Emit("outcomes", prompt.id, dropped))
+            out.append(Emit(OUTCOMES, prompt.id, dropped))
             continue
-        out.append(Emit("curated", prompt.id, Curated(prompt=clean, objective=spec, curated_at=now, scrubbed=counts)))
+        out.append(Emit(CURATED, prompt.id, Curated(prompt=clean, objective=spec, curated_at=now, scrubbed=counts)))
     return out
 
 
-def bind(app, ctx) -> None:
-    """The faust agent: prompts → curated. Waits until the objectives are read up to date,
+def bind(app, ctx) -> Handler:
+    """The handler: prompts → curated. Waits until the objectives are read up to date,
     and briefly for a named objective not yet published."""
 
     state = CurateState()
@@ -278,8 +279,8 @@ def bind(app, ctx) -> None:
     async def follow_prompt_stats() -> None:
         await follow(ctx.settings, ctx.topics, state.families, decay)
 
-    scrubbed = Counter_("prefstream_pii_scrubbed_total", "Personal data and secrets replaced in prompts",
+    scrubbed = LoopCounter("prefstream_pii_scrubbed_total", "Personal data and secrets replaced in prompts",
                         ["kind"], registry=ctx.metrics.registry)
-    dropped = Counter_("prefstream_curation_dropped_total", "Prompts curate dropped for an objective, by reason "
+    dropped = LoopCounter("prefstream_curation_dropped_total", "Prompts curate dropped for an objective, by reason "
                        "(duplicate, low_utility)", ["reason"], registry=ctx.metrics.registry)
-    ctx.agent(app, "curate", ctx.topics.prompts, handler, concurrency=ctx.settings.agent_concurrency)
+    return handler

@@ -27,17 +27,16 @@ import msgspec
 
 from agents import adaptive
 from agents.evaluators import aggregate_set
-from agents.evaluators.base import Evaluator
-from agents.evaluators.bias import BiasGauges, family
-from agents.trajectory import parse_action, step_of
+from agents.evaluators.base import MODEL_JUDGES, OPINION_KINDS, Evaluator
+from agents.evaluators.bias import BiasGauges, model_family
+from agents.synthesis.trajectory import parse_action, step_of
 from schemas import Candidate, CandidateSet, Judged, JudgedSet, ObjectiveSpec, Score
 from schemas.judgments import judged_id
-from streams.runtime import Emit, Rejected
+from streams.runtime import Emit, Handler, Rejected
+from streams.topics import JUDGMENTS
 
 logger = logging.getLogger(__name__)
 
-MODEL_JUDGES = ("judge", "pairwise")
-WAITING_KINDS = ("judge", "reward", "human")  # evaluators that wait on a model server or a feed
 STEP_AWARE = ("outcome", "process")  # the verifiers that judge a trajectory step (agents.evaluators.trajectory)
 
 
@@ -47,16 +46,16 @@ def judge_families(objective: ObjectiveSpec) -> set[str]:
     out = set()
     for e in spec.evaluators:
         if e.name in MODEL_JUDGES:
-            out.add(family(spec.judge.model))
+            out.add(model_family(spec.judge.model))
         elif e.name == "reward" and e.params.get("model"):
-            out.add(family(str(e.params["model"])))
+            out.add(model_family(str(e.params["model"])))
     return out
 
 
 def writer_family(cand: Candidate, by_id: Mapping[str, Candidate]) -> str:
     """The family of the model that wrote ``cand`` (a perturbed copy: its original's)."""
     parent = by_id.get(cand.parent) if cand.parent else None
-    return family((parent or cand).model)
+    return model_family((parent or cand).model)
 
 
 def step_level(score: Score, cand: Candidate, evaluator: Evaluator) -> Score:
@@ -79,7 +78,7 @@ def names_to_run(objective: ObjectiveSpec) -> list[str]:
 def waits(evaluator: Evaluator) -> bool:
     """Whether scoring waits on something outside this process (a model server, the feedback
     feed, a sandbox): an evaluator says so with ``waits``, else its kind does."""
-    return getattr(evaluator, "waits", evaluator.kind in WAITING_KINDS)
+    return getattr(evaluator, "waits", evaluator.kind in OPINION_KINDS)
 
 
 async def score_all(cset: CandidateSet, evaluators: list[Evaluator]) -> list[list[Score]]:
@@ -139,11 +138,11 @@ async def process(cset: CandidateSet, evaluators: Mapping[str, Evaluator], backe
     out = JudgedSet(id=judged_id(cset.id), prompt=cset.prompt, objective=cset.objective,
                     judged=judge_set(cset, running, per_eval), created_at=time.time(), extra=dict(extra),
                     rejudged_from=judged_id(cset.rejudged_from) if cset.rejudged_from else None)
-    return [Emit("judgments", cset.prompt.id, out)]
+    return [Emit(JUDGMENTS, cset.prompt.id, out)]
 
 
-def bind(app, ctx) -> None:
-    """The faust agent: candidates → judgments (and the bias gauges); and the ``relabel`` stage."""
+def bind(app, ctx) -> Handler:
+    """The handler: candidates → judgments (and the bias gauges)."""
     gauges = BiasGauges(ctx.metrics.registry)
 
     async def handler(cset: CandidateSet) -> list[Emit]:
@@ -153,7 +152,4 @@ def bind(app, ctx) -> None:
                 gauges.observe(e.value)
         return emits
 
-    ctx.agent(app, "evaluate", ctx.topics.candidates, handler, concurrency=ctx.settings.max_inflight)
-    from agents import relabel
-
-    relabel.bind(app, ctx)  # late human labels re-score judged sets (feedback → labels + judgments)
+    return handler

@@ -24,12 +24,13 @@ from collections import Counter
 
 import msgspec
 
-from agents.trajectory import parse_action, step_of
+from agents.synthesis.trajectory import parse_action, step_of
 from agents.utility import difficulty, pass_rate, prompt_stats
 from schemas import (InstantiationSpec, Judged, JudgedSet, Message, Outcome, PreferenceRecord, Ranked,
                      RankingRecord, RewardRecord, Side, UnpairedRecord, Withdrawn, stable_id)
 from schemas.policies import parse_ref
-from streams.runtime import Emit
+from streams.runtime import Emit, Handler
+from streams.topics import OUTCOMES, PREFERENCES, PREFERENCES_SHADOW, PROMPT_STATS
 
 logger = logging.getLogger(__name__)
 
@@ -271,28 +272,28 @@ def process(jset: JudgedSet) -> list[Emit]:
     records, counts, reason = instantiate_steps(jset)
     counts.update({k: v for k, v in jset.extra.items() if v})  # adaptive sampling's extra calls
     records, withdrawn = supersede(jset, records)
-    topic = "preferences-shadow" if jset.objective.status == "shadow" else "preferences"
+    topic = PREFERENCES_SHADOW if jset.objective.status == "shadow" else PREFERENCES
     gone = [Emit(topic, pid, w) for w in withdrawn]
     if not records:
         reason = reason or f"no records: the objective's instantiation made none ({dict(counts) or 'nothing on'})"
         outcome = Outcome(prompt_id=pid, objective=ref, status="no_pair", candidates=len(jset.judged),
                           reason=reason, created_at=time.time(), counts=dict(counts),
                           rejudged_from=jset.rejudged_from)
-        return gone + [Emit("outcomes", pid, outcome)]
+        return gone + [Emit(OUTCOMES, pid, outcome)]
     outcome = Outcome(prompt_id=pid, objective=ref, status="records", record_ids=[r.id for r in records],
                       candidates=len(jset.judged), reason=reason, created_at=time.time(), counts=dict(counts),
                       rejudged_from=jset.rejudged_from)
-    return [Emit(topic, pid, r) for r in records] + gone + [Emit("outcomes", pid, outcome)]
+    return [Emit(topic, pid, r) for r in records] + gone + [Emit(OUTCOMES, pid, outcome)]
 
 
-def bind(app, ctx) -> None:
-    """The faust agent: judgments → preferences + prompt-stats + outcomes."""
+def bind(app, ctx) -> Handler:
+    """The handler: judgments → preferences + prompt-stats + outcomes."""
 
     async def handler(jset: JudgedSet) -> list[Emit]:
         *records, outcome = process(jset)
         if jset.supersedes:  # a re-scored set: its prompt was counted when first judged
             return [*records, outcome]
-        stats = Emit("prompt-stats", jset.prompt.id, prompt_stats(jset, outcome.value))
+        stats = Emit(PROMPT_STATS, jset.prompt.id, prompt_stats(jset, outcome.value))
         return [*records, stats, outcome]
 
-    ctx.agent(app, "instantiate", ctx.topics.judgments, handler, concurrency=ctx.settings.agent_concurrency)
+    return handler

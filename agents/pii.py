@@ -13,13 +13,14 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from typing import Callable
+from typing import Callable, get_args
 
 from agents.pii_net import Spans, ibans, ips, mask, phone_forms, phone_regions, phones
+from schemas.objectives import PiiKind
 
 __all__ = ["KINDS", "find", "luhn", "phone_regions", "scrub"]
 
-KINDS = ("email", "secret", "iban", "card", "ip", "phone")
+KINDS = get_args(PiiKind)  # declared once, in the objective schema
 
 # letters of the scripts written with spaces between words (Latin, Greek, Cyrillic): an
 # address may use them (IDN); CJK text runs into an address with no space, so it ends one
@@ -41,7 +42,7 @@ KNOWN_SECRETS = re.compile(
 TOKEN = re.compile(r"(?<![A-Za-z0-9_\-+/=])[A-Za-z0-9_\-+/=]{24,}(?![A-Za-z0-9_\-+/=])")
 # CARD begins with its first digit and looks behind it (``\d(?<![\d-]\d)`` is
 # ``(?<![\d-])\d``): a pattern that begins with a character class lets the regex engine skip
-# to the next digit, one that begins with a look-behind is tried at every position (3-5x slower)
+# to the next digit, one that begins with a look-behind is tried at every position (slower: benchmarks/text.py)
 CARD = re.compile(r"\d(?<![\d-]\d)(?:[ -]?\d){12,18}(?![\d-])")
 ISSUERS = "123456"  # a card scheme's major industry identifier (not 7-9: fuel, health, national)
 

@@ -32,7 +32,8 @@ from agents.evaluators.human import candidate_keys, label_values
 from agents.instantiate import instantiate_steps
 from schemas import Feedback, JudgedSet, RecordRef, Score, stable_id
 from schemas.objectives import MAX_LATE_LABEL_DAYS
-from streams.runtime import Emit
+from streams.runtime import Emit, Handler
+from streams.topics import JUDGMENTS, LABELS
 
 logger = logging.getLogger(__name__)
 
@@ -122,16 +123,16 @@ def is_late(jset: JudgedSet, first_judged: float, fb: Feedback, at: float) -> bo
 
 async def process(fb: Feedback, lookup: Lookup) -> list[Emit]:
     at = fb.created_at or time.time()
-    out = [Emit("labels", label_key(fb), fb)]
+    out = [Emit(LABELS, label_key(fb), fb)]
     for jset, first in heads(await lookup(fb.prompt_id, at - MAX_LATE_LABEL_DAYS * DAY)):
         if is_late(jset, first.created_at, fb, at) and (new := rescore(jset, fb, first)) is not None:
             logger.info("late label %s re-scored %s (%s) as %s", fb.id, jset.id, jset.objective.ref, new.id)
-            out.append(Emit("judgments", fb.prompt_id, new))
+            out.append(Emit(JUDGMENTS, fb.prompt_id, new))
     return out
 
 
-def bind(app, ctx) -> None:
-    """The stage (bound by the evaluate agent's binding): feedback → labels + judgments."""
+def bind(app, ctx) -> Handler:
+    """The handler: feedback → labels + judgments (it runs in the evaluate worker)."""
     from streams.lookup import JudgedLookup
 
     lookup = JudgedLookup(ctx.settings, ctx.topics.judgments)
@@ -139,4 +140,4 @@ def bind(app, ctx) -> None:
     async def handler(fb: Feedback) -> list[Emit]:
         return await process(fb, lookup)
 
-    ctx.agent(app, "relabel", ctx.topics.feedback, handler, concurrency=ctx.settings.max_inflight)
+    return handler

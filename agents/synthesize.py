@@ -22,10 +22,11 @@ from agents.synthesis import policies
 from agents.synthesis.perturb import perturb
 from agents.synthesis.prompting import (chat_messages, contrastive_prompts, critique_prompt, last_user_text,
                                         render_completion, revision_prompt)
-from agents.trajectory import STEP, branch_steps
+from agents.synthesis.trajectory import STEP, branch_steps
 from schemas import (Candidate, CandidateSet, Curated, GeneratorSpec, ObjectiveSpec, Prompt, Sampling,
                      SynthesisSpec, stable_id)
-from streams.runtime import Emit, Rejected
+from streams.runtime import Emit, Handler, Rejected
+from streams.topics import CANDIDATES
 
 logger = logging.getLogger(__name__)
 
@@ -161,11 +162,11 @@ async def perturbed(w: Writer) -> list[Candidate]:
     return out
 
 
-async def sampled(w: Writer) -> list[Candidate]:
+async def samples(w: Writer) -> list[Candidate]:
     return await w.samples(w.spec.candidates)
 
 
-STRATEGIES = {"samples": sampled, "pool": sampled, "contrastive": contrastive, "revise": revise,
+STRATEGIES = {"samples": samples, "pool": samples, "contrastive": contrastive, "revise": revise,
               "perturb": perturbed}
 
 
@@ -186,7 +187,7 @@ async def branched(w: Writer) -> list[Candidate]:
         at = Writer(msgspec.structs.replace(full, messages=full.messages[:step]), w.objective, w.backends)
         at.index, at.intent = w.reserve(block), f"{STEP}{step}"
         writers.append(at)
-    per_step = await asyncio.gather(*(sampled(at) for at in writers))
+    per_step = await asyncio.gather(*(samples(at) for at in writers))
     return [c for cands in per_step for c in cands]
 
 
@@ -236,7 +237,7 @@ async def process(curated: Curated, backends) -> list[Emit]:
     candidates += [c for c in extra if c is not None]
     cset = CandidateSet(id="s-" + stable_id(prompt.id, objective.ref, [c.id for c in candidates]),
                         prompt=prompt, objective=objective, candidates=candidates, created_at=time.time())
-    return [Emit("candidates", prompt.id, cset)]
+    return [Emit(CANDIDATES, prompt.id, cset)]
 
 
 def sampled_count(candidates: list[Candidate]) -> int:
@@ -253,10 +254,10 @@ async def more(cset: CandidateSet, backends, n: int) -> list[Candidate]:
     return await w.samples(n)
 
 
-def bind(app, ctx) -> None:
-    """The faust agent: curated → candidates; concurrency bounds prompts in flight."""
+def bind(app, ctx) -> Handler:
+    """The handler: curated → candidates; the concurrency bounds prompts in flight."""
 
     async def handler(curated: Curated) -> list[Emit]:
         return await process(curated, ctx.backends)
 
-    ctx.agent(app, "synthesize", ctx.topics.curated, handler, concurrency=ctx.settings.max_inflight)
+    return handler

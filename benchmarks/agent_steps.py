@@ -32,10 +32,10 @@ sys.path.insert(0, str(ROOT))
 from agents.backends.llamacpp import LlamaCppGenerator  # noqa: E402
 from agents.evaluators.math import MathVerifier  # noqa: E402
 from agents.evaluators.trajectory import model_roll_forward, roll_forward  # noqa: E402
-from agents.trajectory import action_of  # noqa: E402
+from agents.synthesis.trajectory import action_of  # noqa: E402
 from schemas import Message  # noqa: E402
-from streams.inputs import read_prompts  # noqa: E402
-from streams.objectives import load_objective  # noqa: E402
+from streams.commands.serving.inputs import read_prompts  # noqa: E402
+from agents.objectives import load_objective  # noqa: E402
 from streams.settings import load  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "agent"

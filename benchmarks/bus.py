@@ -57,7 +57,7 @@ def hop_sizes(settings) -> list[int]:
     out = instantiate.process(j.value)
     sizes = [len(topics.prompts.codec.encode(p)), len(topics.curated.codec.encode(c.value)),
              len(topics.candidates.codec.encode(s.value)), len(topics.judgments.codec.encode(j.value)),
-             sum(len(getattr(topics, e.topic).codec.encode(e.value)) for e in out)]
+             sum(len(topics.of(e.topic).codec.encode(e.value)) for e in out)]
     return sizes
 
 

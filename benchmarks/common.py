@@ -67,7 +67,7 @@ def echo_workers(settings, log_dir: Path, objective: ObjectiveSpec, n: int = 1) 
     """The namespace's topics created, ``objective`` published and ``n`` worker processes
     started (INFO logs, no /metrics); they are stopped on leaving."""
     from streams.admin import create_topics
-    from streams.run import publish_objective, start_worker, stop_process
+    from streams.commands.run import publish_objective, start_worker, stop_process
     from streams.topics import from_settings
 
     topics = from_settings(settings)

@@ -23,7 +23,7 @@ from pathlib import Path
 from schemas import GeneratorSpec
 from streams.admin import create_topics
 from streams.broker import EmbeddedBroker
-from streams.run import publish_objective
+from streams.commands.run import publish_objective
 from streams.settings import load
 from streams.topics import from_settings
 from tests.conftest import Workers

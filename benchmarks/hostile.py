@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from streams.broker import free_port  # noqa: E402
-from streams.objectives import ObjectiveError, parse_objective  # noqa: E402
+from agents.objectives import ObjectiveError, parse_objective  # noqa: E402
 
 KEY = "sk-bench-hostile"
 
@@ -41,7 +41,7 @@ def start(port: int, log: Path, **settings: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFSTREAM_BROKER": f"127.0.0.1:{free_port()}",
            "PREFSTREAM_INGEST_KEYS": KEY, **{f"PREFSTREAM_{k.upper()}": v for k, v in settings.items()}}
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "ingest", "--port", str(port)], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "streams.commands.cli", "ingest", "--port", str(port)], cwd=ROOT,
                                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 60
     while True:

@@ -37,10 +37,10 @@ from agents.synthesize import base_seed  # noqa: E402
 from schemas import (EvaluationSpec, EvaluatorSpec, GeneratorSpec, ObjectiveSpec, Prompt, SynthesisSpec)  # noqa: E402
 from streams.admin import create_topics, reader  # noqa: E402
 from streams.broker import EmbeddedBroker  # noqa: E402
-from streams.inputs import read_prompts  # noqa: E402
-from streams.run import drive, publish_objective, start_worker, stop_process  # noqa: E402
+from streams.commands.serving.inputs import read_prompts  # noqa: E402
+from streams.commands.run import drive, publish_objective, start_worker, stop_process  # noqa: E402
 from streams.settings import load  # noqa: E402
-from streams.tap import JsonlSink  # noqa: E402
+from streams.commands.tap.follow import JsonlSink  # noqa: E402
 from streams.topics import from_settings  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "gsm8k" / "train_first1000.jsonl"

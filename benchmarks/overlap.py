@@ -27,10 +27,10 @@ sys.path.insert(0, str(ROOT))
 from agents import evaluate, synthesize  # noqa: E402
 from agents.backends.registry import Backends  # noqa: E402
 from agents.evaluators import build_evaluators  # noqa: E402
-from agents.trajectory import branch_steps  # noqa: E402
+from agents.synthesis.trajectory import branch_steps  # noqa: E402
 from schemas import (Curated, EvaluationSpec, EvaluatorSpec, GeneratorSpec, JudgeSpec, ObjectiveSpec,  # noqa: E402
                      Prompt, SynthesisSpec)
-from streams.inputs import read_prompts  # noqa: E402
+from streams.commands.serving.inputs import read_prompts  # noqa: E402
 from streams.settings import load  # noqa: E402
 
 

@@ -32,7 +32,7 @@ except ImportError:
 
 from agents.pii import scrub  # noqa: E402
 from benchmarks.pii_suite import load, measure  # noqa: E402
-from streams.inputs import read_prompts  # noqa: E402
+from streams.commands.serving.inputs import read_prompts  # noqa: E402
 from tests.unit import test_pii as corpus  # noqa: E402
 
 KINDS = ["email", "iban", "card", "ip", "phone"]

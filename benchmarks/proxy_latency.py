@@ -218,7 +218,7 @@ def main() -> None:
                    "PREFSTREAM_LOG_LEVEL": "WARNING"}
             env.pop("PREFSTREAM_INGEST_KEYS", None)
             proxy_base = f"http://127.0.0.1:{proxy_port}"
-            proxy = start([sys.executable, "-m", "streams.cli", "ingest", "--port", str(proxy_port), "--upstream",
+            proxy = start([sys.executable, "-m", "streams.commands.cli", "ingest", "--port", str(proxy_port), "--upstream",
                            upstream_base], env, proxy_base + "/healthz", logs / "proxy.log")
             result = asyncio.run(measure(args, upstream_base + "/v1/chat/completions",
                                          proxy_base + "/v1/chat/completions", proxy.pid))

@@ -33,14 +33,16 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.bus import make_prompts  # noqa: E402
 from benchmarks.common import echo_objective, echo_settings  # noqa: E402
 from schemas import EvaluationSpec, Prompt  # noqa: E402
-from streams.app import AGENTS, Context, bind_agents  # noqa: E402
-from streams.inputs import read_prompts  # noqa: E402
+from agents.pipeline import PIPELINE  # noqa: E402
+from streams.app import Context  # noqa: E402
+from streams.commands.serving.inputs import read_prompts  # noqa: E402
 import streams.metrics  # noqa: E402
 from streams.metrics import Metrics  # noqa: E402
 from streams.runtime import Raw, Stage  # noqa: E402
 from streams.topics import from_settings  # noqa: E402
 
 FORWARD = ("curated", "candidates", "judgments")  # what the next stage consumes
+MAIN_LINE = ("curate", "synthesize", "evaluate", "instantiate")  # the stages a prompt goes through
 DATA = {"gsm8k": ROOT.parent / "shared" / "data" / "gsm8k" / "train_first1000.jsonl",
         "ifeval": ROOT.parent / "shared" / "data" / "ifeval" / "input_data.jsonl"}
 
@@ -53,22 +55,25 @@ def data_prompts(name: str) -> list[Prompt]:
 class _Stages(Context):
     """A worker's context whose bindings hand over their stage instead of running it."""
 
-    def agent(self, app, name, source, handler, concurrency: int = 1) -> None:
+    def agent(self, app, name, source, handler, concurrency: int = 1, outputs=None) -> None:
         self.stages[name] = Stage(name, source, self.topics, self.metrics,
-                                  self.metrics.instrument(handler))
+                                  self.metrics.instrument(handler), outputs=outputs)
 
 
 def build(settings) -> _Stages:
     ctx = _Stages(settings, from_settings(settings), Metrics())
     ctx.stages = {}
-    bind_agents(faust.App("bench-stages", broker=settings.faust_broker, web_enabled=False), ctx, AGENTS)
+    app = faust.App("bench-stages", broker=settings.faust_broker, web_enabled=False)
+    PIPELINE.setup(app, ctx, PIPELINE.workers)
+    for decl in PIPELINE.stages:
+        ctx.bind(app, decl)
     return ctx
 
 
 async def through(ctx: _Stages, raws: list[Raw]) -> tuple[dict[str, float], dict[str, int]]:
     """CPU seconds per stage for ``raws`` and the outputs counted per topic."""
     seconds, counts = {}, {}
-    for name in AGENTS:
+    for name in MAIN_LINE:
         stage, forward = ctx.stages[name], []
         started = time.process_time()
         for raw in raws:

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/tap_parquet.py [--records 100000] [--format trl-dpo] [--quick]
 
 Starts the embedded Tansu broker, fills a fresh `preferences` topic (4 partitions) with
-``--records`` preference pairs (about 0.6 KB each on the wire), then times `streams.tap.tap`
+``--records`` preference pairs (about 0.6 KB each on the wire), then times `streams.commands.tap.follow.tap`
 — the code `prefstream tap --format` runs — from a cold start (consumer assignment, reading
 from offset 0) until every record is committed in shards and the dataset card is written.
 Shards rotate at ``--rotate-mb``. The last line printed is a JSON object with the figures;
@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT))
 from schemas import Message, PreferenceRecord, Score, Side  # noqa: E402
 from streams.admin import create_topics, producer  # noqa: E402
 from streams.broker import EmbeddedBroker  # noqa: E402
-from streams.formats import get  # noqa: E402
+from streams.commands.tap.formats import get  # noqa: E402
 from streams.settings import load  # noqa: E402
-from streams.tap import Rotation, tap  # noqa: E402
+from streams.commands.tap.follow import Rotation, tap  # noqa: E402
 from streams.topics import from_settings  # noqa: E402
 
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from agents.evaluators.heuristics import injection, refusal, repetition  # noqa: E402
 from agents.pii import phone_regions, scrub  # noqa: E402
 from benchmarks.stages import DATA  # noqa: E402
-from streams.inputs import read_prompts  # noqa: E402
+from streams.commands.serving.inputs import read_prompts  # noqa: E402
 
 CHECKS: dict[str, Callable[[str], object]] = {"scrub": scrub, "repetition": repetition, "refusal": refusal,
                                               "injection": injection}

@@ -45,8 +45,8 @@ from agents import evaluate, instantiate, synthesize  # noqa: E402
 from agents.backends import Backends  # noqa: E402
 from agents.evaluators import build_evaluators  # noqa: E402
 from schemas import Curated, ObjectiveSpec, PreferenceRecord  # noqa: E402
-from streams.inputs import read_prompts  # noqa: E402
-from streams.objectives import load_objective  # noqa: E402
+from streams.commands.serving.inputs import read_prompts  # noqa: E402
+from agents.objectives import load_objective  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
 CONFIGS = ["before", "reference", "adaptive", "structured", "shared", "batched", "principles"]

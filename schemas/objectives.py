@@ -5,7 +5,11 @@ exactly what it meant when it was published, whatever the defaults are by then.
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
+
+# each concept list once: the backends a model runs on, the PII kinds curate scrubs
+BackendName = Literal["llamacpp", "openai", "vllm", "echo"]
+PiiKind = Literal["email", "phone", "card", "iban", "ip", "secret"]
 
 import msgspec
 
@@ -17,7 +21,7 @@ class GeneratorSpec(Part, kw_only=True, omit_defaults=False):
 
     # "reference": no model; the prompt's own reference answer (a GSM8K solution, a plain
     # `answer`, a production response with positive feedback) joins as one off-policy candidate
-    backend: Literal["llamacpp", "openai", "vllm", "echo", "reference"] = "llamacpp"
+    backend: Literal[BackendName, "reference"] = "llamacpp"
     model: str = "gemma-3-270m"
     base_url: str | None = None
     temperature: float = 0.8
@@ -91,7 +95,7 @@ class EvaluatorSpec(Part, kw_only=True, omit_defaults=False):
 class JudgeSpec(Part, kw_only=True, omit_defaults=False):
     """The pointwise LLM judge: which model, and how it is asked."""
 
-    backend: Literal["llamacpp", "openai", "vllm", "echo"] = "llamacpp"
+    backend: BackendName = "llamacpp"
     model: str = "gemma-3-270m"
     base_url: str | None = None
     prompting: Literal["chat", "completion"] = "completion"
@@ -247,8 +251,7 @@ class CurationSpec(Part, kw_only=True, omit_defaults=False):
     """What curate does to a prompt before any model sees it. ``pii``: the kinds of personal
     data and secrets replaced by typed placeholders (an empty list turns scrubbing off)."""
 
-    pii: list[Literal["email", "phone", "card", "iban", "ip", "secret"]] = msgspec.field(
-        default_factory=lambda: ["email", "phone", "card", "iban", "ip", "secret"])
+    pii: list[PiiKind] = msgspec.field(default_factory=lambda: list(get_args(PiiKind)))
     dedup: DedupSpec = DedupSpec()
     utility: UtilitySpec = UtilitySpec()
 

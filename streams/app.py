@@ -1,4 +1,6 @@
-"""The faust app: one worker runs the agents it is asked for over the namespace's topics."""
+"""The worker: one process runs the stages of the pipeline table it is asked for, over the
+namespace's topics. It knows the table's shape (``streams.runtime.Pipeline``), not the stages:
+the commands hand it ``agents.pipeline.PIPELINE``."""
 from __future__ import annotations
 
 import asyncio
@@ -15,7 +17,6 @@ from faust.exceptions import ProducerSendError
 from streams.broker import free_port
 from streams.health import Health, publish_health
 from streams.metrics import Metrics
-from streams.objective_registry import ObjectiveRegistry
 from streams.runtime import Stage, Undeliverable
 from streams.security import faust_credentials
 from streams.settings import Settings
@@ -23,8 +24,6 @@ from streams.topics import Topic, Topics, from_settings
 
 logger = logging.getLogger(__name__)
 
-AGENTS = ("curate", "synthesize", "evaluate", "instantiate")
-GUARANTEES = ("at_least_once", "exactly_once")
 MAX_RETRY_S = 5.0
 
 
@@ -56,12 +55,13 @@ async def deliver(channel: faust.TopicT, key: bytes, value: bytes) -> None:
 
 @dataclass
 class Context:
-    """What the agent bindings share inside one worker."""
+    """What the stage bindings share inside one worker. The runtime fills the first part; the
+    pipeline's ``setup`` the models, evaluators and objectives its stages use."""
 
     settings: Settings
     topics: Topics
     metrics: Metrics
-    objectives: ObjectiveRegistry = None  # type: ignore[assignment]  # made from settings
+    objectives: Any = None  # agents.objectives.registry.ObjectiveRegistry
     backends: Any = None
     evaluators: Any = None
     channels: dict[str, faust.TopicT] = field(default_factory=dict)
@@ -69,15 +69,14 @@ class Context:
     outbox: Any = None  # the batch runtime's (streams.outbox.Outbox), made with the first stage
     policies: Any = None  # streams.policy_registry.PolicyRegistry: the versions of every policy
 
-    def __post_init__(self) -> None:
-        if self.objectives is None:
-            self.objectives = ObjectiveRegistry(self.settings)
-        if self.policies is None:
-            from streams.policy_registry import PolicyRegistry
+    def bind(self, app: faust.App, decl: StageDecl) -> None:
+        """One row of the pipeline table: its handler on its input topic, with its concurrency."""
+        handler = decl.bind(app, self)
+        self.agent(app, decl.name, self.topics.of(decl.input), handler,
+                   concurrency=getattr(self.settings, decl.concurrency), outputs=decl.outputs)
 
-            self.policies = PolicyRegistry()
-
-    def agent(self, app: faust.App, name: str, source: Topic, handler, concurrency: int = 1) -> None:
+    def agent(self, app: faust.App, name: str, source: Topic, handler, concurrency: int = 1,
+              outputs=None) -> None:
         """Bind ``handler`` on ``source``: a ``StageRunner`` taking batches with a consumer of its
         own, its outputs sent on faust's producer; under exactly-once a ``TxnStageRunner`` with
         transactional producers of its own."""
@@ -87,7 +86,7 @@ class Context:
                                   key_serializer="raw", partitions=t.partitions)
                 for t in self.topics
             })
-        stage = Stage(name, source, self.topics, self.metrics, self.metrics.instrument(handler), self.health)
+        stage = Stage(name, source, self.topics, self.metrics, self.metrics.instrument(handler), self.health, outputs)
         window = max(self.settings.batch_max_records, 2 * concurrency)
         if self.settings.processing_guarantee == "exactly_once":  # transactions of its own per partition
             from streams.txn import TxnStageRunner
@@ -121,13 +120,9 @@ def consumer_group(settings: Settings, agent: str) -> str:
     return f"{settings.group_id}.{agent}"
 
 
-def build_app(settings: Settings, agents: tuple[str, ...] = AGENTS) -> faust.App:
-    unknown = set(agents) - set(AGENTS)
-    if unknown:
-        raise ValueError(f"unknown agents {sorted(unknown)}; choose from {', '.join(AGENTS)}")
-    if settings.processing_guarantee not in GUARANTEES:
-        raise ValueError(f"PREFSTREAM_PROCESSING_GUARANTEE={settings.processing_guarantee!r}: choose "
-                         f"{' or '.join(GUARANTEES)} (exactly_once needs a broker with transactions)")
+def build_app(settings: Settings, pipeline: Pipeline, workers: tuple[str, ...] | None = None) -> faust.App:
+    """A worker running the stages of ``workers`` (all of the pipeline's by default)."""
+    stages = pipeline.of(pipeline.workers if workers is None else workers)
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     app = BatchApp(
@@ -163,31 +158,10 @@ def build_app(settings: Settings, agents: tuple[str, ...] = AGENTS) -> faust.App
     async def health() -> None:
         await publish_health(settings, ctx.topics, ctx.health)
 
-    if "curate" in agents:
-        @app.task
-        async def follow_objectives() -> None:
-            await ctx.objectives.follow(settings, ctx.topics)
-
-    if {"synthesize", "evaluate"} & set(agents):  # generators naming a policy (evaluate: adaptive sampling)
-        @app.task
-        async def follow_policies() -> None:
-            await ctx.policies.follow(settings, ctx.topics)
-
-    bind_agents(app, ctx, agents)
+    pipeline.setup(app, ctx, tuple(dict.fromkeys(s.runs_in for s in stages)))
+    for decl in stages:
+        ctx.bind(app, decl)
     ctx.metrics.serve(settings.metrics_port, settings.metrics_host, ctx.health)
     app.prefstream = ctx  # for tests and the CLI
     return app
 
-
-def bind_agents(app: faust.App, ctx: Context, agents: tuple[str, ...]) -> None:
-    """The model backends and evaluators the agents need, then each agent's binding."""
-    import importlib
-
-    if {"synthesize", "evaluate"} & set(agents):
-        from agents.backends import Backends
-        from agents.evaluators import build_evaluators
-
-        ctx.backends = Backends(ctx.settings, metrics=ctx.metrics, policies=ctx.policies)
-        ctx.evaluators = build_evaluators(ctx.backends, ctx.settings)
-    for name in agents:
-        importlib.import_module(f"agents.{name}").bind(app, ctx)

@@ -1,7 +1,7 @@
 """The batch runtime: a stage consumes its topic in batches and produces without waiting.
 
 faust hands a stage one event at a time through its conductor, stream and actor machinery
-(about 100 µs of CPU per message here, most of it event-loop dispatch), and a handler that
+(most of its CPU per message is event-loop dispatch), and a handler that
 waits for its outputs' acknowledgement holds an actor for a whole producer linger. This
 runtime keeps faust as the worker (lifecycle, signals, its producer, the other tasks) and
 gives each stage its own consumer in the group ``<group>.<stage>``:
@@ -59,7 +59,7 @@ def stage_consumer(settings: Settings, stage: str, **options) -> AIOKafkaConsume
         max_partition_fetch_bytes=FETCH_BYTES, **options)
 
 
-class _Rebalance(ConsumerRebalanceListener):
+class _DrainOnRevoke(ConsumerRebalanceListener):
     def __init__(self, runner: "StageRunner") -> None:
         self.runner = runner
 
@@ -147,7 +147,7 @@ class StageRunner(ConsumingStage):
         return f"prefstream.{self.stage.name}"
 
     def listener(self) -> ConsumerRebalanceListener:
-        return _Rebalance(self)
+        return _DrainOnRevoke(self)
 
     async def settle(self) -> None:
         await self.drain()

@@ -6,7 +6,7 @@ reward evaluator), and whoever can write the objectives topic writes objectives.
 own settings decide: a server is allowed only if its origin (scheme, host, port) is
 ``openai_base_url``'s or one of ``allowed_endpoints``; ``openai_api_key`` is sent only to
 ``openai_base_url``'s origin. `prefstream objective apply` refuses an objective naming another
-server, a worker ignores it (``streams.objective_registry``) and the backends refuse to call it.
+server, a worker ignores it (``agents.objectives.registry``) and the backends refuse to call it.
 Likewise a llamacpp model named as a file (``model: x.gguf``) must lie in ``model_dir``.
 """
 from __future__ import annotations

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 
 from streams.runtime import Blocked
-from streams.series import Gauge
+from streams.series import LoopGauge
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class Health:
         self.blocked: dict[str, BlockState] = {}
         self.stages: set[str] = set()
         self.version = 0  # bumped on every change, so a publisher sends only what changed
-        self.gauge = Gauge("prefstream_stage_blocked",
+        self.gauge = LoopGauge("prefstream_stage_blocked",
                            "1 while a stage of this worker is blocked by its environment, by reason",
                            ["stage", "reason"], registry)
 

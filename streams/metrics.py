@@ -20,7 +20,7 @@ from typing import Any, Awaitable, Callable
 from prometheus_client import CollectorRegistry
 
 from schemas import JudgedSet, ObjectiveSpec
-from streams.series import Counter, Gauge, Histogram
+from streams.series import LoopCounter, LoopGauge, LoopHistogram
 
 logger = logging.getLogger(__name__)
 
@@ -60,40 +60,40 @@ class Metrics:
         self._children: dict[tuple, Any] = {}
         self._versions: dict[str, int] = {}  # the objective version last set per name
         # the bus, per agent
-        self.messages_in = Counter("prefstream_messages_in_total", "Messages consumed by an agent",
+        self.messages_in = LoopCounter("prefstream_messages_in_total", "Messages consumed by an agent",
                                    ["agent", "topic"], r)
-        self.messages_out = Counter("prefstream_messages_out_total", "Messages produced by an agent",
+        self.messages_out = LoopCounter("prefstream_messages_out_total", "Messages produced by an agent",
                                     ["agent", "topic"], r)
-        self.dead_letters = Counter("prefstream_dead_letters_total", "Messages an agent dead-lettered",
+        self.dead_letters = LoopCounter("prefstream_dead_letters_total", "Messages an agent dead-lettered",
                                     ["agent", "topic", "outcome"], r)
-        self.processing = Histogram("prefstream_processing_seconds", "Time to process one message",
+        self.processing = LoopHistogram("prefstream_processing_seconds", "Time to process one message",
                                     ["agent"], r, buckets=LATENCY_BUCKETS)
-        self.in_flight = Gauge("prefstream_messages_in_flight", "Messages an agent is processing now",
+        self.in_flight = LoopGauge("prefstream_messages_in_flight", "Messages an agent is processing now",
                                ["agent"], r)
         # what came out, per objective
-        self.outcomes = Counter("prefstream_outcomes_total", "How prompts ended (records, no_pair, dropped)",
+        self.outcomes = LoopCounter("prefstream_outcomes_total", "How prompts ended (records, no_pair, dropped)",
                                 ["objective", "outcome"], r)
-        self.records = Counter("prefstream_records_total", "Preference records produced, by kind",
+        self.records = LoopCounter("prefstream_records_total", "Preference records produced, by kind",
                                ["objective", "kind"], r)
-        self.objective_version = Gauge("prefstream_objective_version",
+        self.objective_version = LoopGauge("prefstream_objective_version",
                                        "Version of each objective in the newest message this worker handled",
                                        ["objective"], r)
         # evaluator results, counted on every judged set this worker produced (the bias
         # figures themselves are agents.evaluators.bias's gauges, on this same registry)
-        self.scores = Counter("prefstream_evaluator_scores_total",
+        self.scores = LoopCounter("prefstream_evaluator_scores_total",
                               "Candidate scorings by evaluator; result is scored, parse_failure, error or unscored",
                               ["objective", "evaluator", "result"], r)
         # model backends
-        self.model_requests = Counter("prefstream_model_requests_total", "Model requests, by outcome (ok, error)",
+        self.model_requests = LoopCounter("prefstream_model_requests_total", "Model requests, by outcome (ok, error)",
                                       ["backend", "model", "outcome"], r)
-        self.model_seconds = Histogram("prefstream_model_request_seconds", "Model request latency, retries included",
+        self.model_seconds = LoopHistogram("prefstream_model_request_seconds", "Model request latency, retries included",
                                        ["backend", "model"], r, buckets=MODEL_BUCKETS)
-        self.model_tokens_in = Counter("prefstream_model_input_tokens_total",
+        self.model_tokens_in = LoopCounter("prefstream_model_input_tokens_total",
                                        "Prompt tokens, per generation, as the backend reports them",
                                        ["backend", "model"], r)
-        self.model_tokens_out = Counter("prefstream_model_output_tokens_total", "Generated tokens",
+        self.model_tokens_out = LoopCounter("prefstream_model_output_tokens_total", "Generated tokens",
                                         ["backend", "model"], r)
-        self.model_in_flight = Gauge("prefstream_model_requests_in_flight", "Model requests waiting for an answer",
+        self.model_in_flight = LoopGauge("prefstream_model_requests_in_flight", "Model requests waiting for an answer",
                                      ["backend", "model"], r)
 
     def child(self, metric, *labels: str):
@@ -147,9 +147,9 @@ class Metrics:
             if version is not None and self._versions.get(name) != version:  # set on a change only
                 self._versions[name] = version
                 self.child(self.objective_version, name).set(version)
-            if e.topic in ("preferences", "preferences-shadow"):
+            if e.topic.short in ("preferences", "preferences-shadow"):
                 self.child(self.records, name, getattr(e.value, "kind", "pair")).inc()
-            elif e.topic == "outcomes":
+            elif e.topic.short == "outcomes":
                 self.child(self.outcomes, name, e.value.status).inc()
             elif isinstance(e.value, JudgedSet):
                 self.observe_judged(name, e.value)

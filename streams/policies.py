@@ -16,14 +16,14 @@ from pathlib import Path
 import msgspec
 
 from schemas import Policy
-from streams.admin import producer
-from streams.objectives import read_all
+from streams.admin import producer, reader
 from streams.settings import Settings
-from streams.topics import Topics, from_settings
+from streams.topics import MALFORMED, Topic, Topics, from_settings
 
 logger = logging.getLogger(__name__)
 
 HISTORY = "policy-history"  # the topic's short name
+IDLE_POLLS = 4  # empty 0.5 s polls after which a reader takes a topic as read to its end
 
 
 class PolicyError(ValueError):
@@ -62,6 +62,33 @@ def check_adapter(policy: Policy) -> Policy:
     return msgspec.structs.replace(policy, sha256=digest)
 
 
+async def caught_up(consumer, ends: dict) -> bool:
+    return all([await consumer.position(tp) >= end for tp, end in ends.items()])
+
+
+async def read_topics(settings: Settings, sources: list[Topic]) -> list[tuple[Topic, Policy]]:
+    """Every decodable policy on ``sources``, in offset order per partition, up to the end offsets
+    seen at the start (or until the broker has nothing more for two seconds)."""
+    consumer = await reader(settings, [t.name for t in sources])
+    by_name = {t.name: t for t in sources}
+    out: list[tuple[Topic, Policy]] = []
+    try:
+        ends = await consumer.end_offsets(list(consumer.assignment()))
+        idle = 0
+        while not await caught_up(consumer, ends) and idle < IDLE_POLLS:
+            batch = await consumer.getmany(timeout_ms=500)
+            idle = 0 if batch else idle + 1
+            for msgs in batch.values():
+                for m in msgs:
+                    try:
+                        out.append((by_name[m.topic], by_name[m.topic].codec.decode(m.value)))
+                    except MALFORMED as e:
+                        logger.error("undecodable policy at %s[%d]@%d: %s", m.topic, m.partition, m.offset, e)
+    finally:
+        await consumer.stop()
+    return out
+
+
 @dataclass
 class PolicyStore:
     """What the two topics hold: the newest version per name and every version known."""
@@ -82,7 +109,7 @@ async def read_policies(settings: Settings, topics: Topics | None = None) -> Pol
     topics = topics or from_settings(settings)
     live: dict[str, Policy] = {}
     versions: dict[str, dict[int, Policy]] = {}
-    for topic, policy, _ in await read_all(settings, [topics.policies, getattr(topics, HISTORY)]):
+    for topic, policy in await read_topics(settings, [topics.policies, getattr(topics, HISTORY)]):
         if topic is topics.policies and (policy.name not in live or policy.version >= live[policy.name].version):
             live[policy.name] = policy
         known = versions.setdefault(policy.name, {})

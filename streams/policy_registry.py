@@ -8,7 +8,7 @@ import asyncio
 import logging
 
 from schemas import Policy
-from streams.objectives import IDLE_POLLS, caught_up
+from streams.policies import IDLE_POLLS, caught_up
 from streams.settings import Settings
 from streams.topics import Topics
 

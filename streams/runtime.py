@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable, NamedTuple
 
 from schemas import DeadLetter
 from streams.metrics import Metrics
-from streams.topics import MALFORMED, Topic, Topics
+from streams.topics import DEADLETTERS, MALFORMED, Topic, Topics, TopicSpec
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +28,58 @@ _PATH = re.compile(r" - at `(\$[^`]*)`$")
 
 @dataclass(frozen=True)
 class Emit:
-    topic: str  # the topic's short name: "candidates"
+    topic: TopicSpec  # a declared topic (``streams.topics.CANDIDATES``), one of the stage's outputs
     key: str
     value: Any
+
+
+Handler = Callable[[Any], Awaitable[list[Emit]]]
+
+
+@dataclass(frozen=True)
+class StageDecl:
+    """One row of the pipeline table: what a stage reads, what it may write, its pure
+    ``process`` and how many inputs it works on at once. ``bind(app, ctx)`` makes the
+    handler the runtime calls per input (it may add the app's background tasks);
+    ``worker`` is the process (deployment) the stage runs in: its own name unless it
+    rides along with another stage's."""
+
+    name: str
+    input: TopicSpec
+    outputs: tuple[TopicSpec, ...]  # besides ``deadletters``, which every stage may write
+    process: Callable[..., Any]
+    bind: Callable[[Any, Any], Handler]
+    concurrency: str  # the Settings field holding it
+    worker: str = ""
+
+    @property
+    def runs_in(self) -> str:
+        return self.worker or self.name
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The whole graph, declared once: the runtime binds it, ``status`` and the deploy files
+    follow it, ``prefstream pipeline`` prints it. ``setup(app, ctx, workers)`` makes what
+    the stages of those workers share (models, evaluators, objectives) before they bind."""
+
+    stages: tuple[StageDecl, ...]
+    setup: Callable[[Any, Any, tuple[str, ...]], None]
+
+    @property
+    def workers(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(s.runs_in for s in self.stages))
+
+    def of(self, workers: tuple[str, ...]) -> tuple[StageDecl, ...]:
+        unknown = set(workers) - set(self.workers)
+        if unknown:
+            raise ValueError(f"unknown agents {sorted(unknown)}; choose from {', '.join(self.workers)}")
+        return tuple(s for s in self.stages if s.runs_in in workers)
+
+    def table(self) -> list[dict[str, str]]:
+        return [{"stage": s.name, "worker": s.runs_in, "input": s.input.short,
+                 "outputs": ", ".join(t.short for t in s.outputs), "process": f"{s.process.__module__}.process",
+                 "concurrency": s.concurrency} for s in self.stages]
 
 
 # a dead letter keeps at most this much of the original (base64 in JSON: ~4/3 of it on the
@@ -107,9 +156,11 @@ class Stage:
     (``streams.batch``, ``streams.txn``) sends them. Testable without a broker."""
 
     def __init__(self, name: str, source: Topic, topics: Topics, metrics: Metrics,
-                 handler: Callable[[Any], Awaitable[list[Emit]]], health: Any = None) -> None:
+                 handler: Handler, health: Any = None, outputs: tuple[TopicSpec, ...] | None = None) -> None:
         self.name, self.source, self.topics, self.metrics = name, source, topics, metrics
         self.handler = handler
+        # the topics it may write (its row of the pipeline table); None: any declared topic
+        self.allowed = None if outputs is None else frozenset((*outputs, DEADLETTERS))
         self.health = health  # streams.health.Health: where a blocked stage says so
         if health is not None:
             health.add(name)
@@ -168,7 +219,10 @@ class Stage:
         try:
             out = []
             for e in emits:
-                topic = getattr(self.topics, e.topic)
+                if self.allowed is not None and e.topic not in self.allowed:
+                    raise ValueError(f"stage {self.name} emitted to {e.topic.short}, which is not one of its "
+                                     f"outputs in the pipeline table")
+                topic = self.topics.of(e.topic)
                 out.append(Out(topic, e.key.encode(), topic.codec.encode(e.value)))
         except Exception as err:  # noqa: BLE001 - an output that cannot be encoded: dead letter
             return [self.letter(raw, err, value)]

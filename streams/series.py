@@ -1,5 +1,6 @@
-"""The worker's series: ``Counter``, ``Gauge`` and ``Histogram`` as plain numbers the event loop
-adds to (~0.1 µs an update against ~0.5–1.5 µs for prometheus-client's locked values), each
+"""The worker's series: ``LoopCounter``, ``LoopGauge`` and ``LoopHistogram`` as plain numbers the event loop
+adds to (cheaper per update than prometheus-client's locked values: `benchmarks/stages.py
+--metrics-compare`, figures in docs/benchmarks.md), each
 family a collector on a prometheus-client registry that turns them into the usual families when
 /metrics is scraped (same names, labels, buckets and ``le`` strings).
 
@@ -71,12 +72,12 @@ class _Value:
         self.value = float(value)
 
 
-class Counter(_Family):
+class LoopCounter(_Family):
     def _family(self):
         return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
 
-class Gauge(_Family):
+class LoopGauge(_Family):
     def _family(self):
         return GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
@@ -92,7 +93,7 @@ class _Observations:
         self.sum += amount
 
 
-class Histogram(_Family):
+class LoopHistogram(_Family):
     def __init__(self, name: str, documentation: str, labelnames: list[str], registry: CollectorRegistry,
                  buckets: tuple[float, ...]) -> None:
         self.bounds = tuple(sorted(float(b) for b in buckets if b != math.inf)) + (math.inf,)

@@ -1,6 +1,6 @@
 """The staleness bound: records from a policy more than K versions behind the newest published
 version of that policy are skipped and counted (``prefstream tap --max-policy-lag K``,
-``streams.dataset.rows(..., max_policy_lag=K)``), the knob every asynchronous trainer has
+``streams.commands.tap.dataset.rows(..., max_policy_lag=K)``), the knob every asynchronous trainer has
 (TRL's ``max_staleness``, AReaL's ``max_head_offpolicyness``, prime-rl's ``max_async_level``).
 
 A record is as stale as its stalest side: every ``name@version`` it carries (the record's

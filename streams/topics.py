@@ -107,6 +107,10 @@ class Topics:
     def __iter__(self):
         return iter(self._by_short.values())
 
+    def of(self, spec: TopicSpec) -> Topic:
+        """The concrete topic of a declared one."""
+        return self._by_short[spec.short]
+
     def by_name(self, name: str) -> Topic:
         for t in self._by_short.values():
             if t.name == name:

@@ -48,7 +48,7 @@ def _retrieved(fut: asyncio.Future) -> None:
         fut.exception()
 
 
-class _Rebalance(ConsumerRebalanceListener):
+class _TransactionsFollowPartitions(ConsumerRebalanceListener):
     def __init__(self, runner: "TxnStageRunner") -> None:
         self.runner = runner
 
@@ -82,7 +82,7 @@ class TxnStageRunner(ConsumingStage):
         return transactional_id(self.group, tp)
 
     def listener(self) -> ConsumerRebalanceListener:
-        return _Rebalance(self)
+        return _TransactionsFollowPartitions(self)
 
     async def settle(self) -> None:
         await self.release(set(self.producers) | set(self.busy))

@@ -64,7 +64,7 @@ class Workers:
         self.procs: list[subprocess.Popen] = []
 
     def start(self, s: Settings, agents: str | None = None, **env: str) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "streams.cli", "worker"] + (["--agents", agents] if agents else [])
+        cmd = [sys.executable, "-m", "streams.commands.cli", "worker"] + (["--agents", agents] if agents else [])
         log = (self.tmp_path / f"worker-{len(self.procs)}.log").open("ab")
         proc = subprocess.Popen(cmd, cwd=ROOT, env={**settings_env(s), **env}, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)

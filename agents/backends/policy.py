@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from agents.backends.base import GenRequest, Generation
+from agents.backends.base import BackendError, GenRequest, Generation
 from schemas import Policy
 from streams.policies import PolicyError, adapter_file, file_sha256
 from streams.runtime import Blocked
@@ -45,6 +45,7 @@ class LoRA:
     ptr: Any
     scale: float = 1.0
     freed: bool = False
+    users: int = 0  # generations that hold it (it is never freed while one does)
 
     def __repr__(self) -> str:
         return f"LoRA({self.ref})"
@@ -86,17 +87,20 @@ class LlamaCppPolicy:
             self._loading[policy.version] = pending
         try:
             lora = await asyncio.shield(pending)
-        except PolicyError as e:
-            raise Blocked("adapter_unavailable", str(e), UNAVAILABLE_FIX) from None
+        except (PolicyError, OSError) as e:  # OSError: the file unreadable (permissions, a vanished mount)
+            raise Blocked("adapter_unavailable", f"policy {policy.ref}: {e}" if isinstance(e, OSError) else str(e),
+                          UNAVAILABLE_FIX) from None
         finally:
             if pending.done():
                 self._loading.pop(policy.version, None)
         self.loras[policy.version] = lora
-        await self._evict()
+        await self._evict(policy.version)
         return lora
 
-    async def _evict(self) -> None:
-        old = sorted(self.loras)[:-KEEP_LOADED]
+    async def _evict(self, wanted: int) -> None:
+        """Free the oldest versions beyond KEEP_LOADED, but never ``wanted`` (just loaded for a
+        prompt), the one the contexts apply, or one a generation holds."""
+        old = [v for v in sorted(self.loras)[:-KEEP_LOADED] if v != wanted]
         if not old:
             return
         import llama_cpp as C
@@ -104,7 +108,7 @@ class LlamaCppPolicy:
         async with self.base._lock:  # no generation runs; the active adapter stays
             for v in old:
                 lora = self.loras[v]
-                if lora is not self.base._lora:
+                if lora is not self.base._lora and not lora.users:
                     C.llama_adapter_lora_free(lora.ptr)
                     lora.freed = True
                     del self.loras[v]
@@ -112,8 +116,13 @@ class LlamaCppPolicy:
     async def generate(self, policy: Policy, req: GenRequest) -> list[Generation]:
         while True:
             lora = await self.lora(policy)
-            if not lora.freed:  # freed between loading and the lock: load again
-                return await self.base.generate(req, lora=lora)
+            if not lora.freed:  # freed between loading and here: load again
+                break
+        lora.users += 1
+        try:
+            return await self.base.generate(req, lora=lora)
+        finally:
+            lora.users -= 1
 
 
 class OpenAIPolicy:
@@ -139,7 +148,16 @@ class OpenAIPolicy:
         return gen
 
     async def generate(self, policy: Policy, req: GenRequest) -> list[Generation]:
-        return await (await self._ensure(policy)).generate(req)
+        gen = await self._ensure(policy)
+        try:
+            return await gen.generate(req)
+        except BackendError as e:
+            if e.status != 404:
+                raise
+            # the server forgot the adapter (restarted): load it again, once, rather than dead-letter
+            log.warning("%s answered 404 for adapter %s; loading it again", policy.served_name, policy.ref)
+            self._loaded.discard(policy.served_name)
+            return await (await self._ensure(policy)).generate(req)
 
 
 async def load_lora_adapter(gen, policy: Policy) -> None:

@@ -6,9 +6,10 @@ opened, once per worker however many objectives name it.
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import Protocol, get_args
 
 from agents.backends.base import BackendError, Generator
+from schemas.objectives import BackendName
 from streams.endpoints import EndpointError, Endpoints, model_file
 from streams.runtime import Blocked
 from streams.settings import Settings
@@ -118,7 +119,7 @@ class Backends:
             from agents.backends.vllm import VLLMGenerator
 
             return VLLMGenerator(s, model=model)
-        raise BackendError(f"unknown backend {backend!r}; known: llamacpp, openai, vllm, echo",
+        raise BackendError(f"unknown backend {backend!r}; known: {', '.join(get_args(BackendName))}",
                            retryable=False)
 
     async def close(self) -> None:

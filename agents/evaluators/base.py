@@ -6,6 +6,13 @@ from typing import Protocol
 from schemas import Candidate, ObjectiveSpec, Prompt, Score
 
 
+# evaluator names that are a model judging candidates (bias figures, same-family checks)
+MODEL_JUDGES = frozenset({"judge", "pairwise"})
+# evaluator kinds that give an opinion (a model or a person) rather than a check: they wait
+# outside the worker (run side by side) and the ensemble weighs them as opinions
+OPINION_KINDS = frozenset({"judge", "reward", "human"})
+
+
 class Evaluator(Protocol):
     name: str  # the name objectives use: "math", "ifeval", "judge", "code", ...
     kind: str  # "verifier" (checked by code), "judge"/"reward" (a model), "human", "feature", "guard"

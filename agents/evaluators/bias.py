@@ -31,16 +31,16 @@ from typing import Iterable
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from agents.evaluators.base import MODEL_JUDGES
 from schemas import JudgedSet
 
-MODEL_JUDGES = frozenset({"judge", "pairwise"})
 FIGURES = ("swap_consistency", "length_diff_mean", "length_margin_corr", "tie_rate",
            "parse_failure_rate", "same_family_rate")
 _VENDORS = {"meta", "google", "microsoft", "mistralai", "nvidia", "ibm", "hf", "unsloth", "thebloke",
             "openai", "anthropic", "deepseek-ai", "tiiuae", "allenai"}
 
 
-def family(model: str) -> str:
+def model_family(model: str) -> str:
     """A model's family: the leading letters of its name, lower-cased, without the
     organisation, path, file suffix or a vendor prefix — ``gemma-3-270m`` → ``gemma``,
     ``Qwen/Qwen2.5-7B-Instruct`` → ``qwen``, ``Meta-Llama-3-8B`` → ``llama``."""

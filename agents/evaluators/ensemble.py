@@ -29,13 +29,13 @@ from typing import get_args
 
 import msgspec
 
+from agents.evaluators.base import OPINION_KINDS
 from schemas import EvaluationSpec, Score
 from schemas.objectives import EvaluatorName
 
 KNOWN = frozenset(get_args(EvaluatorName))
 AGGREGATIONS = frozenset({"verifiers_first", "weighted_mean", "borda", "reciprocal_rank"})
 UNWEIGHTED_KINDS = frozenset({"feature", "guard"})  # weigh 0 unless the objective lists them
-OPINION_KINDS = frozenset({"judge", "reward", "human"})
 GUARD_THRESHOLD = 0.5
 
 Result = tuple[float | None, float | None]

@@ -58,7 +58,7 @@ _INJECTION_HINT = re.compile(
     r"ignore|disregard|forget|override|bypass|judge|grader|evaluator|reviewer|rater|scorer|reward model|"
     r"assessor|examiner|(?:score|rate|grade|mark)\s+(?:this|it|me|my|the)|give\s+(?:this|it|me|the)|"
     r"score\s*\(|\"score\"|\"winner\"|better response|<|inst\]")  # on lower-cased text:
-# a case-insensitive alternation is ten times slower in ``re``. "score", "rate", "mark" and
+# a case-insensitive alternation is much slower in ``re`` (benchmarks/text.py). "score", "rate", "mark" and
 # "give" only count followed by what the patterns need ("give this…"): alone they are in a
 # quarter of ordinary prompts ("given", "market", "separate").
 

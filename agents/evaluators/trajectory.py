@@ -1,7 +1,7 @@
 """Judging agent steps: ``outcome`` (outcome-level) and ``process`` (process-level).
 
 Both need a prompt whose ``verification`` is ``math`` with a reference answer, and apply to
-candidates made by branching a trajectory (``intent="step:k"``, see ``agents.trajectory``).
+candidates made by branching a trajectory (``intent="step:k"``, see ``agents.synthesis.trajectory``).
 
 **outcome**: does the trajectory, continued from this candidate's action, end in a verified
 final answer? The continuation is deterministic, with no model: a tool call is executed by
@@ -32,7 +32,7 @@ from agents.backends.base import GenRequest
 from agents.evaluators.base import params_of
 from agents.evaluators.math import MathVerifier, answers_match
 from agents.synthesis.prompting import chat_messages, render_completion
-from agents.trajectory import Action, action_of, parse_action, run_tool, step_of, tool_message
+from agents.synthesis.trajectory import Action, action_of, parse_action, run_tool, step_of, tool_message
 from schemas import Candidate, Message, ObjectiveSpec, Prompt, Score
 
 MAX_STEPS = 8

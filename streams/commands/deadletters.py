@@ -47,7 +47,7 @@ def _filters(p) -> None:
 
 async def load(settings, topics) -> list[tuple[str, object]]:
     """(ref, DeadLetter) for every letter in the topic, oldest first."""
-    from streams.status import open_consumer, partitions, read_all, read_ends
+    from streams.commands.reports.status import open_consumer, partitions, read_all, read_ends
 
     consumer = await open_consumer(settings)
     try:

@@ -28,17 +28,17 @@ def check_bind(host: str, keys: frozenset[str]) -> None:
 def cmd_ingest(args) -> int:
     import uvicorn
 
-    from streams import serving
-    from streams.admission import load_keys
+    from streams.commands.serving import uvicorn as serving
+    from streams.commands.serving.admission import load_keys
     from streams.endpoints import redact
-    from streams.ingest import build_app
+    from streams.commands.serving.server import build_ingest_app
 
     settings = args.settings
     settings.brokers  # noqa: B018 - raises a SettingsError naming PREFSTREAM_BROKER when unset
     check_bind(args.host, load_keys(settings))
     if args.upstream and not args.upstream.startswith(("http://", "https://")):
         raise CliError(f"--upstream {redact(args.upstream)!r} must be an http:// or https:// URL")
-    app = build_app(settings, upstream=args.upstream)
+    app = build_ingest_app(settings, upstream=args.upstream)
     logging.getLogger(__name__).info("ingest on http://%s:%d%s", args.host, args.port,
                                      f", proxying {redact(args.upstream)}" if args.upstream else "")
     uvicorn.Server(serving.config(app, settings, args.host, args.port)).run()

@@ -11,7 +11,7 @@ import json
 import time
 
 from streams.commands import CliError
-from streams.objectives import (DEFAULT_OBJECTIVE, HISTORY, Applied, apply, changed_fields, load_objective,
+from agents.objectives import (DEFAULT_OBJECTIVE, HISTORY, Applied, apply, changed_fields, load_objective,
                                 read_all, read_store, rollback, to_yaml, validate)
 
 
@@ -118,7 +118,7 @@ def cmd_template(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from streams.compare import compare, parse_side, render
+    from streams.commands.objectives.compare import compare, parse_side, render
 
     for side in (args.a, args.b):
         try:

@@ -1,6 +1,6 @@
 """``prefstream rejudge --objective NAME[@V] [--from NAME@OLD | --since TIME | --prompts FILE]
 [--dry-run]``: stored candidate sets judged again under another objective version, by the
-running workers, with no generator call (``streams.rejudge``)."""
+running workers, with no generator call (``streams.commands.objectives.rejudge``)."""
 from __future__ import annotations
 
 import asyncio
@@ -53,7 +53,7 @@ def read_prompt_ids(path: str) -> set[str]:
 
 
 def _target(store, side: str):
-    from streams.compare import parse_side
+    from streams.commands.objectives.compare import parse_side
 
     try:
         name, version = parse_side(side)
@@ -94,8 +94,8 @@ async def _wait(settings, topics, sel, timeout: float, progress: bool, since: fl
     from tqdm import tqdm
 
     from schemas import DeadLetter, Outcome
-    from streams.objectives import read_all
-    from streams.rejudge import failed, progress as done_of
+    from agents.objectives import read_all
+    from streams.commands.objectives.rejudge import failed, progress as done_of
 
     deadline = time.monotonic() + timeout
     shorts = ["outcomes", "preferences", "preferences-shadow", "deadletters"]
@@ -112,9 +112,9 @@ async def _wait(settings, topics, sel, timeout: float, progress: bool, since: fl
 
 def cmd_rejudge(args) -> int:
     from streams.commands.objective import _setup
-    from streams.compare import render
-    from streams.objectives import read_all, read_store
-    from streams.rejudge import select, summaries
+    from streams.commands.objectives.compare import render
+    from agents.objectives import read_all, read_store
+    from streams.commands.objectives.rejudge import select, summaries
 
     if sum(x is not None for x in (args.source, args.since, args.prompts)) > 1:
         raise CliError("choose one of --from, --since and --prompts")

@@ -31,7 +31,7 @@ def register(sub) -> None:
 
 
 def cmd_report(args) -> int:
-    from streams.report import ReportError, figures
+    from streams.commands.reports.summary import ReportError, figures
 
     if bool(args.dir) == bool(args.topic):
         raise CliError("give a run directory (prefstream report DIR) or --topic, one of the two")
@@ -49,7 +49,7 @@ def cmd_report(args) -> int:
         raise CliError(f"nothing under objective {args.objective!r} in {src.origin}; "
                        "`prefstream objective list` names the objectives")
     if args.out:
-        from streams.report_html import render
+        from streams.commands.reports.html import render
 
         Path(args.out).write_text(render(figs), encoding="utf-8")
         print(f"wrote {args.out} ({figs['totals']['records']} records, {figs['totals']['judged_sets']} judged sets)",
@@ -64,7 +64,7 @@ def cmd_report(args) -> int:
 
 
 def _from_dir(path: str):
-    from streams.report import load_dir
+    from streams.commands.reports.summary import load_dir
 
     return load_dir(Path(path))
 
@@ -72,7 +72,7 @@ def _from_dir(path: str):
 def _from_topics(args):
     from aiokafka.errors import KafkaConnectionError
 
-    from streams.report import load_topics
+    from streams.commands.reports.summary import load_topics
     from streams.topics import from_settings
 
     settings = args.settings

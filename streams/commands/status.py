@@ -17,15 +17,19 @@ def register(sub) -> None:
 
 
 def cmd_status(args) -> int:
-    from streams.status import collect
+    from streams.commands.reports.status import collect
     from streams.topics import from_settings
 
     settings = args.settings
     settings.brokers  # noqa: B018 - raises a SettingsError naming PREFSTREAM_BROKER when unset
+    from agents.pipeline import PIPELINE
+    from streams.commands.reports.status import pipeline_rows
+
     try:
         status = asyncio.run(collect(settings, from_settings(settings), newest=args.newest, window_s=args.window))
     except OSError as e:  # unreachable broker, or one that stopped answering fetches
         raise CliError(str(e)) from None
+    status["pipeline"] = pipeline_rows(status, PIPELINE, settings)
     if args.json:
         print(json.dumps(status, indent=2))
     else:
@@ -59,6 +63,13 @@ def render(status: dict) -> None:
             g.add_row(grp["group"], str(grp["state"]), str(grp["members"]), topic.rsplit(".", 1)[-1],
                       str(row["committed"]), str(row["end"]), f"{row['lag']}{note}")
     console.print(g if status["groups"] else "[dim]no consumer group has committed offsets here yet[/]")
+    p = Table(title="pipeline (`prefstream pipeline`): each stage's input lag and members")
+    for col in ("stage", "worker", "reads", "writes", "members", "lag", "blocked"):
+        p.add_column(col)
+    for row in status["pipeline"]:
+        p.add_row(row["stage"], row["worker"], row["input"], row["outputs"], str(row["members"] or "-"),
+                  "-" if row["lag"] is None else str(row["lag"]), "[red]yes[/]" if row["blocked"] else "no")
+    console.print(p)
     _stages(console, status["stages"])
     _dead_letters(console, status["deadletters"])
     o = Table(title="objectives (newest version of each)")

@@ -11,7 +11,7 @@ import msgspec
 from schemas import (Candidate, CandidateSet, Curated, EvaluationSpec, EvaluatorSpec, GeneratorSpec, Judged,
                      JudgedSet, Message, ObjectiveSpec, Prompt, Sampling, Score, SynthesisSpec, Verification)
 from streams.admin import create_topics, producer, reader
-from streams.run import publish_objective
+from streams.commands.run import publish_objective
 from streams.topics import from_settings
 
 OBJ = ObjectiveSpec(

@@ -67,7 +67,7 @@ async def expected_records(prompts: list[Prompt], spec: ObjectiveSpec) -> dict[s
         [cands] = await synthesize.process(cur.value, backends)
         [judged] = await evaluate.process(cands.value, evaluators)
         emits = instantiate.process(judged.value)
-        out[p.id] = tuple(e.value.id for e in emits if e.topic == "preferences")
+        out[p.id] = tuple(e.value.id for e in emits if e.topic.short == "preferences")
     return out
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from schemas import EvaluationSpec, EvaluatorSpec, GeneratorSpec, ObjectiveSpec, SynthesisSpec
 from streams.admin import create_topics
-from streams.run import publish_objective
+from streams.commands.run import publish_objective
 from streams.topics import from_settings
 from tests.faults.harness import Ledger, math_prompts, rss_mb, send_prompts
 

@@ -40,7 +40,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSize
 from schemas import GeneratorSpec
 from streams.admin import create_topics
 from streams.broker import EmbeddedBroker
-from streams.run import publish_objective
+from streams.commands.run import publish_objective
 from streams.settings import load
 from streams.topics import from_settings
 from tests.conftest import settings_env
@@ -91,7 +91,7 @@ class Rig:
 
     def start_tap(self) -> subprocess.Popen:
         out = (self.tmp / "tap.log").open("ab")
-        return subprocess.Popen([sys.executable, "-m", "streams.cli", "tap", "--out", str(self.tap_dir)], cwd=ROOT,
+        return subprocess.Popen([sys.executable, "-m", "streams.commands.cli", "tap", "--out", str(self.tap_dir)], cwd=ROOT,
                                 env=settings_env(self.settings), stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 

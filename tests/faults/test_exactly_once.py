@@ -24,7 +24,7 @@ from schemas import GeneratorSpec
 from streams.admin import create_topics
 from streams.app import consumer_group
 from streams.broker import EmbeddedBroker
-from streams.run import publish_objective
+from streams.commands.run import publish_objective
 from streams.settings import load
 from streams.topics import from_settings
 from streams.txn import transactional_id

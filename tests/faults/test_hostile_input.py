@@ -24,10 +24,10 @@ from schemas import EvaluationSpec, EvaluatorSpec, GeneratorSpec, ObjectiveSpec,
 from streams.admin import create_topics
 from streams.broker import EmbeddedBroker
 from streams.metrics import Metrics
-from streams.run import publish_objective
+from streams.commands.run import publish_objective
 from streams.runtime import MAX_ORIGINAL_BYTES, Emit, Raw, Stage
 from streams.settings import load
-from streams.topics import Topics, from_settings
+from streams.topics import CURATED, Topics, from_settings
 from tests.conftest import Workers
 from tests.faults import corpus
 from tests.faults.harness import Ledger
@@ -195,7 +195,7 @@ def _stage(handler):
 
 def test_stage_dead_letters_undecodable_bytes_of_every_kind_with_a_capped_original():
     async def handler(p):
-        return [Emit("curated", p.id, p)]
+        return [Emit(CURATED, p.id, p)]
 
     stage, topics = _stage(handler)
     bad = [b'{"type":"prompt.v1","id":"a\xffb","messages":[]}',  # invalid UTF-8 in a string

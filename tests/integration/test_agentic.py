@@ -18,11 +18,11 @@ import pytest
 from agents.backends.llamacpp import LlamaCppGenerator
 from agents.evaluators.math import MathVerifier
 from agents.evaluators.trajectory import model_roll_forward, roll_forward
-from agents.trajectory import action_of, branch_steps
+from agents.synthesis.trajectory import action_of, branch_steps
 from schemas import Message
 from schemas.preferences import message_dict
-from streams.inputs import read_prompts
-from streams.objectives import load_objective
+from streams.commands.serving.inputs import read_prompts
+from agents.objectives import load_objective
 from streams.settings import load
 from tests.conftest import ROOT, settings_env
 
@@ -58,7 +58,7 @@ async def model_verified(prompts, records) -> dict[str, int]:
 
 def test_example_agent_objective_runs_end_to_end(settings, tmp_path: Path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "streams.cli", "run", "--input", str(EXAMPLE / "trajectories.jsonl"),
+    cmd = [sys.executable, "-m", "streams.commands.cli", "run", "--input", str(EXAMPLE / "trajectories.jsonl"),
            "--objective", str(EXAMPLE / "objective.yaml"), "--out", str(out), "--quiet"]
     proc = subprocess.run(cmd, cwd=ROOT, env=settings_env(settings), capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]

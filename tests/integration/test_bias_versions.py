@@ -17,8 +17,8 @@ from schemas import (EvaluationSpec, EvaluatorSpec, GeneratorSpec, Instantiation
                      ObjectiveSpec, Outcome, Prompt, SynthesisSpec)
 from streams.admin import create_topics, producer
 from streams.broker import free_port
-from streams.objectives import apply, read_all
-from streams.run import publish_objective
+from agents.objectives import apply, read_all
+from streams.commands.run import publish_objective
 from streams.topics import from_settings
 from tests.conftest import ROOT, settings_env
 
@@ -109,7 +109,7 @@ def test_bias_per_version_summed_over_two_workers_equals_the_judged_sets(setting
         assert tracker.ties[1] > 0 and tracker.families[1] > 0 and tracker.parses[1] > 0
 
     # `report` shows the same figures per version, from the topics
-    proc = subprocess.run([sys.executable, "-m", "streams.cli", "report", "--topic", "--json", "-"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "streams.commands.cli", "report", "--topic", "--json", "-"], cwd=ROOT,
                           env=settings_env(settings), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     by_ref = json.loads(proc.stdout)["bias"]["by_version"]

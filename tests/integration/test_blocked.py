@@ -21,7 +21,7 @@ from schemas import (EvaluationSpec, EvaluatorSpec, GeneratorSpec, Message, Obje
                      Verification)
 from streams.admin import create_topics, producer, reader
 from streams.broker import free_port
-from streams.run import publish_objective
+from streams.commands.run import publish_objective
 from streams.topics import from_settings
 from tests.conftest import ROOT, get_json, settings_env
 
@@ -70,7 +70,7 @@ def _read(settings, topics, names, until, timeout=120.0) -> dict[str, list]:
 
 def _status(settings) -> dict:
     env = settings_env(settings)
-    out = subprocess.run([sys.executable, "-m", "streams.cli", "status", "--json"], cwd=ROOT, env=env,
+    out = subprocess.run([sys.executable, "-m", "streams.commands.cli", "status", "--json"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
@@ -161,7 +161,7 @@ def test_an_evaluator_failing_mid_run_then_recovering_loses_and_duplicates_nothi
         server.shutdown()
     ids = {r.id for r in seen["preferences"]}
     out = tmp_path / "tap" / "preferences.jsonl"
-    tap = subprocess.Popen([sys.executable, "-m", "streams.cli", "tap", "--out", str(tmp_path / "tap")], cwd=ROOT,
+    tap = subprocess.Popen([sys.executable, "-m", "streams.commands.cli", "tap", "--out", str(tmp_path / "tap")], cwd=ROOT,
                            env=settings_env(settings), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _until(lambda: out.is_file() and len(out.read_text().splitlines()) >= len(ids), timeout=60)
@@ -192,7 +192,7 @@ evaluation:
 
 
 def _model_objective() -> ObjectiveSpec:
-    from streams.objectives import parse_objective
+    from agents.objectives import parse_objective
 
     return parse_objective(MODEL_OBJECTIVE)
 
@@ -233,7 +233,7 @@ def test_a_broken_model_file_stops_run_and_after_the_fix_every_prompt_is_process
     (tmp_path / "in.jsonl").write_text("".join(json.dumps({"prompt": f"What is {i} + {i}?", "answer": str(2 * i)})
                                                + "\n" for i in range(3)))
     env = {**settings_env(settings), "PREFSTREAM_MODEL_PATH": str(bad), "PREFSTREAM_BLOCK_FAIL_S": "3"}
-    run = subprocess.run([sys.executable, "-m", "streams.cli", "run", "--input", str(tmp_path / "in.jsonl"),
+    run = subprocess.run([sys.executable, "-m", "streams.commands.cli", "run", "--input", str(tmp_path / "in.jsonl"),
                           "--objective", str(tmp_path / "objective.yaml"), "--out", str(tmp_path / "out")],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 2, run.stderr[-2000:]

@@ -20,8 +20,8 @@ from schemas import (Candidate, CandidateSet, EvaluationSpec, EvaluatorSpec, Fee
                      Message, ObjectiveSpec, Prompt, Sampling, SynthesisSpec, Verification)
 from streams.admin import create_topics, producer, reader
 from streams.broker import free_port
-from streams.inputs import read_prompts
-from streams.run import run
+from streams.commands.serving.inputs import read_prompts
+from streams.commands.run import run
 from streams.topics import from_settings
 from tests.conftest import settings_env
 

@@ -15,11 +15,11 @@ import msgspec
 import pytest
 import uvicorn
 
-from streams import serving
+from streams.commands.serving import uvicorn as serving
 from streams.admin import reader
-from streams.admission import key_hash
+from streams.commands.serving.admission import key_hash
 from streams.broker import EmbeddedBroker, free_port
-from streams.ingest import build_app
+from streams.commands.serving.server import build_ingest_app
 from streams.settings import load
 from streams.topics import from_settings
 from tests.conftest import ROOT, settings_env
@@ -33,7 +33,7 @@ CHAT = {"model": "gemma-3-270m", "messages": [{"role": "user", "content": "Name 
 @contextmanager
 def serve(settings, upstream: str | None = None, publish_timeout_s: float = 10.0):
     """The ingest app on a free loopback port in a background thread; stopped on exit."""
-    app = build_app(settings, upstream=upstream, publish_timeout_s=publish_timeout_s)
+    app = build_ingest_app(settings, upstream=upstream, publish_timeout_s=publish_timeout_s)
     port = free_port()
     server = uvicorn.Server(serving.config(app, settings, "127.0.0.1", port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -183,7 +183,7 @@ def test_the_command_serves_with_keys_from_the_environment(settings, tmp_path):
     port = free_port()
     env = {**settings_env(settings), "PREFSTREAM_INGEST_KEYS": KEY}
     with (tmp_path / "ingest.log").open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "ingest", "--port", str(port)], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "streams.commands.cli", "ingest", "--port", str(port)], cwd=ROOT,
                                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         base, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60

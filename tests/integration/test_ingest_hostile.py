@@ -127,7 +127,7 @@ def test_upstream_credentials_are_never_shown(dead, tmp_path):
            "PREFSTREAM_NAMESPACE": dead.namespace, "PREFSTREAM_INGEST_KEYS": KEY}
     log_path = tmp_path / "ingest.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "ingest", "--port", str(port), "--upstream",
+        proc = subprocess.Popen([sys.executable, "-m", "streams.commands.cli", "ingest", "--port", str(port), "--upstream",
                                  f"http://user:{PASSWORD}@127.0.0.1:{upstream_port}/v1"], cwd=ROOT, env=env,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

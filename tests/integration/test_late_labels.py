@@ -14,12 +14,12 @@ from schemas import (EvaluationSpec, EvaluatorSpec, Feedback, GeneratorSpec, Ins
                      ObjectiveSpec, PreferenceRecord, Prompt, SynthesisSpec, Withdrawn)
 from schemas.feedback import feedback_id
 from streams.admin import create_topics, producer
-from streams.dataset import rows
-from streams.formats import get
-from streams.objectives import apply, read_all
-from streams.rejudge import select
-from streams.run import publish_objective
-from streams.tap import tap
+from streams.commands.tap.dataset import rows
+from streams.commands.tap.formats import get
+from agents.objectives import apply, read_all
+from streams.commands.objectives.rejudge import select
+from streams.commands.run import publish_objective
+from streams.commands.tap.follow import tap
 from streams.topics import from_settings
 
 N = 3

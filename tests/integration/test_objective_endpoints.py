@@ -9,7 +9,7 @@ from pathlib import Path
 
 from schemas import GeneratorSpec, Message, ObjectiveSpec, Prompt, SynthesisSpec
 from streams.admin import create_topics, producer, reader
-from streams.objectives import publish
+from agents.objectives import publish
 from streams.topics import from_settings
 
 ALLOWED = "http://gpu-a:8000"

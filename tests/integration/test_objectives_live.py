@@ -29,9 +29,9 @@ from agents import curate
 from agents.evaluators import aggregate
 from schemas import Message, ObjectiveSpec, Prompt, Verification
 from streams.admin import create_topics, producer, reader
-from streams.cli import main
-from streams.objective_registry import ObjectiveRegistry
-from streams.objectives import content, load_objective
+from streams.commands.cli import main
+from agents.objectives.registry import ObjectiveRegistry
+from agents.objectives import content, load_objective
 from streams.topics import from_settings
 from tests.conftest import ROOT, settings_env
 
@@ -257,7 +257,7 @@ def test_new_worker_sees_only_the_newest_version_and_a_shadow_runs_on_its_sample
                                                       "routing": {"fraction": 0.5}})
     assert cli(capsys, "objective", "apply", shadow)[0] == 0
     prompts = [prompt(i, tag="n")[0] for i in range(24)]
-    sampled = {p.id for p in prompts if curate.sampled(p.id, 0.5)}
+    sampled = {p.id for p in prompts if curate.in_sample(p.id, 0.5)}
     assert sampled and any(kind_of(p) == "I1" for p in sampled)  # the sample exercises every branch
 
     async def submit():
@@ -315,7 +315,7 @@ def test_cli_apply_unchanged_invalid_rollback_and_a_late_reader(env, capsys, tmp
     assert "published echo@1 (new objective)" in cli(capsys, "objective", "apply", v1)[1]
     rc, out, _ = cli(capsys, "objective", "apply", v1)
     assert rc == 0 and out.startswith("unchanged") and len(history()) == 1
-    listed = subprocess.run([sys.executable, "-m", "streams.cli", "objective", "list", "--json"], cwd=ROOT,
+    listed = subprocess.run([sys.executable, "-m", "streams.commands.cli", "objective", "list", "--json"], cwd=ROOT,
                             env={**settings_env(settings), "PREFSTREAM_LOG_LEVEL": "WARNING"},
                             capture_output=True, text=True, timeout=120)
     assert listed.returncode == 0, listed.stderr

@@ -31,10 +31,10 @@ from schemas import (EvaluationSpec, EvaluatorSpec, GeneratorSpec, Message, Obje
 from streams.admin import create_topics, producer, reader
 from streams.app import consumer_group
 from streams.broker import free_port
-from streams.cli import main
-from streams.run import drive, publish_objective, summary
+from streams.commands.cli import main
+from streams.commands.run import drive, publish_objective, summary
 from streams.settings import load
-from streams.tap import JsonlSink
+from streams.commands.tap.follow import JsonlSink
 from streams.topics import from_settings
 from tests.conftest import ROOT, Workers, settings_env
 
@@ -81,7 +81,7 @@ def cli(s, *args: str, process: bool = False) -> subprocess.CompletedProcess:
     """`prefstream ARGS` with ``s`` in the environment: in this process (the CLI's imports
     cost seconds per process on a busy machine), or as a real process."""
     if process:
-        return subprocess.run([sys.executable, "-m", "streams.cli", *args], cwd=ROOT, env=settings_env(s),
+        return subprocess.run([sys.executable, "-m", "streams.commands.cli", *args], cwd=ROOT, env=settings_env(s),
                               capture_output=True, text=True, timeout=120)
     out, err = io.StringIO(), io.StringIO()
     with mock.patch.dict(os.environ, settings_env(s)), redirect_stdout(out), redirect_stderr(err):
@@ -108,7 +108,7 @@ def test_status_reads_the_true_end_where_the_broker_reports_the_last_batch_start
     from aiokafka import TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    from streams.status import open_consumer, read_all, read_ends, records_since
+    from streams.commands.reports.status import open_consumer, read_all, read_ends, records_since
 
     s = load({}, broker=broker.address, namespace=namespace)
     name = f"{namespace}.batches"
@@ -168,7 +168,7 @@ def test_the_compose_agent_services_run_the_pipeline(broker, namespace, tmp_path
                    "PREFSTREAM_METRICS_HOST": "127.0.0.1", "PREFSTREAM_DATA_DIR": str(tmp_path / name),
                    "PREFSTREAM_GROUP": f"{namespace}-{svc['environment']['PREFSTREAM_GROUP']}"}
             log = (tmp_path / f"{name}.log").open("wb")
-            procs[name] = subprocess.Popen([sys.executable, "-m", "streams.cli", *cmd], cwd=ROOT, env=env,
+            procs[name] = subprocess.Popen([sys.executable, "-m", "streams.commands.cli", *cmd], cwd=ROOT, env=env,
                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             procs[name].log_path = log.name
         prompts = [prompt(i, "0") for i in range(3)] + [prompt(3, "7")]
@@ -260,7 +260,7 @@ def test_run_serves_metrics_while_it_runs(settings, tmp_path):
     spec = msgspec.to_builtins(msgspec.structs.replace(OBJ, name="default"))
     (tmp_path / "obj.yaml").write_text(yaml.safe_dump(spec))
     port = free_port()
-    cmd = [sys.executable, "-m", "streams.cli", "run", "--input", str(tmp_path / "in.jsonl"), "--objective",
+    cmd = [sys.executable, "-m", "streams.commands.cli", "run", "--input", str(tmp_path / "in.jsonl"), "--objective",
            str(tmp_path / "obj.yaml"), "--out", str(tmp_path / "out"), "--quiet", "--metrics-port", str(port)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=settings_env(settings), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

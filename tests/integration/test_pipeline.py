@@ -9,9 +9,9 @@ import pytest
 
 from agents.evaluators import IFEvalVerifier, MathVerifier
 from schemas import Candidate, InstantiationSpec, Sampling
-from streams.inputs import read_prompts
-from streams.objectives import load_objective
-from streams.run import run
+from streams.commands.serving.inputs import read_prompts
+from agents.objectives import load_objective
+from streams.commands.run import run
 from tests.conftest import settings_env
 
 pytestmark = pytest.mark.model

@@ -10,7 +10,7 @@ import pytest
 
 from schemas import Policy
 from streams.admin import create_topics
-from streams.cli import main
+from streams.commands.cli import main
 from streams.policies import PolicyError, newest_policy, policy_history, publish_policy
 from streams.policy_registry import PolicyRegistry
 from streams.topics import from_settings
@@ -124,3 +124,70 @@ def test_registry_follows_new_versions(env, tmp_path):
             await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(go())
+
+
+def _record(i: int, policy: str | None):
+    from schemas import Message, PreferenceRecord, Side
+
+    side = Side(candidate_id=f"c{i}", model="m", score=1.0, policy=policy)
+    return PreferenceRecord(id=f"r-{i}", prompt_id=f"p{i}", objective="o@1",
+                            prompt=[Message(role="user", content=f"q{i}")],
+                            chosen=[Message(role="assistant", content="a")],
+                            rejected=[Message(role="assistant", content="b")], score_chosen=1.0,
+                            score_rejected=0.0, margin=1.0, chosen_side=side, rejected_side=side, policy=policy)
+
+
+def _stream(env, tmp_path) -> list:
+    """Versions 1..4 of `tutor` published; records from each version and one with no policy."""
+    from streams.admin import producer
+
+    a = adapter(tmp_path, "a.gguf", b"x")
+    for _ in range(4):
+        asyncio.run(publish_policy(env, Policy(name="tutor", base_model="m", adapter_gguf=a)))
+    recs = [_record(v, f"tutor@{v}") for v in (1, 2, 3, 4)] + [_record(0, None)]
+    topics = from_settings(env)
+
+    async def send():
+        p = producer(env)
+        await p.start()
+        for r in recs:
+            # one key, one partition: read in this order, so once r-0 is written every record was read
+            await p.send_and_wait(topics.preferences.name, topics.preferences.codec.encode(r), key=b"p")
+        await p.stop()
+
+    asyncio.run(send())
+    return recs
+
+
+def test_tap_skips_and_counts_records_over_the_policy_lag(env, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from tests.integration.test_blocked import _until
+
+    _stream(env, tmp_path)
+    out = tmp_path / "tap"
+    proc = subprocess.Popen([sys.executable, "-m", "streams.commands.cli", "tap", "--out", str(out), "--max-policy-lag", "1"],
+                            cwd=ROOT, env=settings_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    path = out / "preferences.jsonl"
+    try:
+        _until(lambda: path.is_file() and '"r-0"' in path.read_text(), timeout=60)
+    finally:
+        proc.terminate()
+        stdout, stderr = proc.communicate(timeout=60)
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert sorted(r["id"] for r in lines) == ["r-0", "r-3", "r-4"], stderr  # tutor@1, @2 are > 1 behind @4
+    assert [r.get("policy") for r in sorted(lines, key=lambda r: r["id"])] == [None, "tutor@3", "tutor@4"]
+    assert 'skipped 2 records more than 1 versions behind' in stdout and '"tutor@1": 1' in stdout
+
+
+def test_dataset_rows_skip_records_over_the_policy_lag(env, tmp_path):
+    from streams.commands.tap.dataset import rows
+
+    _stream(env, tmp_path)
+    stats: dict = {}
+    got = {r["id"]: r["policy"] for r in rows(env, "trl-dpo", follow=False, max_policy_lag=0, stats=stats)}
+    assert got == {"r-0": None, "r-4": "tutor@4"}  # rows name the policy version too
+    assert stats["skipped_stale"] == 3 and stats["skipped_by_policy"] == {"tutor@1": 1, "tutor@2": 1, "tutor@3": 1}
+    assert sorted(r["id"] for r in rows(env, "trl-dpo", follow=False)) == ["r-0", "r-1", "r-2", "r-3", "r-4"]

@@ -24,7 +24,7 @@ import pytest
 from schemas import EvaluationSpec, EvaluatorSpec, GeneratorSpec, ObjectiveSpec, Policy, SynthesisSpec
 from streams.admin import create_topics
 from streams.policies import publish_policy
-from streams.run import publish_objective
+from streams.commands.run import publish_objective
 from streams.topics import from_settings
 from tests.integration.test_blocked import _prompts, _read, _status, _submit, _until
 
@@ -152,3 +152,18 @@ def test_a_server_without_lora_blocks_synthesize_and_loses_nothing(settings, wor
     assert seen["deadletters"] == []
     counts = Counter(o.prompt_id for o in seen["outcomes"])
     assert set(counts) == {p.id for p in prompts} and set(counts.values()) == {1}
+
+
+def test_a_restarted_server_is_given_the_adapter_again(settings, workers, vllm, tmp_path):
+    settings, topics = _setup(settings, vllm, tmp_path)
+    v1 = _publish(settings, tmp_path, 1)
+    workers.start(settings)
+    first, second = _prompts(2, "first"), _prompts(2, "second")
+    _submit(settings, topics, first)
+    _read(settings, topics, ["outcomes"], lambda s: len(s["outcomes"]) >= len(first))
+    FakeVLLM.loaded.clear()  # the server restarted: it knows no adapter; requests naming one get 404
+    _submit(settings, topics, second)
+    seen = _read(settings, topics, ["outcomes", "deadletters"], lambda s: len(s["outcomes"]) >= 4)
+    assert seen["deadletters"] == [] and len({o.prompt_id for o in seen["outcomes"]}) == 4
+    loads = [b["lora_name"] for path, b in FakeVLLM.calls if path == "/v1/load_lora_adapter"]
+    assert loads == [v1.served_name, v1.served_name]

@@ -235,7 +235,7 @@ def recover(prom: Prometheus, s, port: int, tmp_path: Path, n: int, log: Path) -
     """The fix the block names: `prefstream objective apply FILE`; then everything flows."""
     path = tmp_path / "episode.yaml"
     path.write_text(yaml.safe_dump(msgspec.to_builtins(OBJ)))
-    applied = subprocess.run([sys.executable, "-m", "streams.cli", "objective", "apply", str(path)], cwd=ROOT,
+    applied = subprocess.run([sys.executable, "-m", "streams.commands.cli", "objective", "apply", str(path)], cwd=ROOT,
                              env=settings_env(s), capture_output=True, text=True, timeout=120)
     assert applied.returncode == 0, applied.stdout + applied.stderr
     until(lambda: (r := readiness(port)) and r[0] == 200 and r[1]["ready"] is True, 90,

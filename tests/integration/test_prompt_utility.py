@@ -13,7 +13,7 @@ from schemas import EvaluationSpec, EvaluatorSpec, GeneratorSpec, Message, Objec
 from schemas.objectives import CurationSpec, DedupSpec, InstantiationSpec, UtilitySpec
 from schemas.prompts import Verification
 from streams.admin import create_topics, producer, reader
-from streams.run import publish_objective, run
+from streams.commands.run import publish_objective, run
 from streams.topics import from_settings
 from tests.conftest import settings_env
 

@@ -14,8 +14,8 @@ from schemas import (EvaluationSpec, EvaluatorSpec, GeneratorSpec, Instantiation
                      Outcome, PreferenceRecord, Prompt, SynthesisSpec)
 from streams.admin import create_topics, producer
 from streams.broker import free_port
-from streams.objectives import apply, read_all
-from streams.run import publish_objective
+from agents.objectives import apply, read_all
+from streams.commands.run import publish_objective
 from streams.topics import from_settings
 from tests.conftest import ROOT, settings_env
 
@@ -58,7 +58,7 @@ async def _wait_outcomes(settings, topics, want, timeout=180.0) -> list:
 
 
 def rejudge(settings, *args: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "streams.cli", "rejudge", "--json", "--quiet", "--timeout", "180",
+    proc = subprocess.run([sys.executable, "-m", "streams.commands.cli", "rejudge", "--json", "--quiet", "--timeout", "180",
                            *args], cwd=ROOT, env=settings_env(settings), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -93,7 +93,7 @@ def test_rejudge_applies_the_new_weights_without_generating_and_twice_adds_nothi
 
     applied = asyncio.run(apply(settings, topics, weighted(0.2, 1.0)))  # the weights swapped: v2
     assert applied.spec.ref == "rj@2"
-    dry = subprocess.run([sys.executable, "-m", "streams.cli", "rejudge", "--objective", "rj@2", "--from", "rj@1",
+    dry = subprocess.run([sys.executable, "-m", "streams.commands.cli", "rejudge", "--objective", "rj@2", "--from", "rj@1",
                           "--dry-run"], cwd=ROOT, env=settings_env(settings), capture_output=True, text=True,
                          timeout=120)
     assert dry.returncode == 0 and f"would re-judge {N} candidate set(s) under rj@2" in dry.stderr, dry.stderr

@@ -23,10 +23,10 @@ from PIL import Image
 
 from schemas import (EvaluationSpec, EvaluatorSpec, GeneratorSpec, InstantiationSpec, Message, ObjectiveSpec,
                      Prompt, SynthesisSpec, Verification)
-from streams.report import Sources, figures, load_topics
-from streams.report_html import SECTIONS, render
-from streams.cli import main
-from streams.run import run
+from streams.commands.reports.summary import Sources, figures, load_topics
+from streams.commands.reports.html import SECTIONS, render
+from streams.commands.cli import main
+from streams.commands.run import run
 from streams.settings import load
 from streams.topics import from_settings
 from tests.conftest import ROOT, settings_env
@@ -109,7 +109,7 @@ def report(runs):
     """The CLI's report of run 1's directory: (html text, figures, run summary, run dir)."""
     s, tmp, first, _ = runs
     html_path, json_path = tmp / "report.html", tmp / "figures.json"
-    proc = subprocess.run([sys.executable, "-m", "streams.cli", "report", str(tmp / "run1"), "--out", str(html_path),
+    proc = subprocess.run([sys.executable, "-m", "streams.commands.cli", "report", str(tmp / "run1"), "--out", str(html_path),
                            "--json", str(json_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return html_path.read_text(), json.loads(json_path.read_text()), first, tmp / "run1"
@@ -202,7 +202,7 @@ def test_report_from_the_topics_shows_both_objective_versions(runs):
     html = render(figs)
     assert "report-echo@2" in html and not re.search(r"<\s*script|https?:", html, re.I)
     # the CLI: --topic with --objective, figures as JSON on stdout
-    proc = subprocess.run([sys.executable, "-m", "streams.cli", "report", "--topic", "--objective", "report-echo",
+    proc = subprocess.run([sys.executable, "-m", "streams.commands.cli", "report", "--topic", "--objective", "report-echo",
                            "--json"], cwd=ROOT, env=settings_env(s), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["totals"]["records"] == sum(first["records"].values()) + sum(

@@ -12,9 +12,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from schemas import (EvaluationSpec, EvaluatorSpec, GeneratorSpec, Message, ObjectiveSpec, Prompt, SynthesisSpec,
                      Verification)
 from streams.admin import create_topics
-from streams.app import AGENTS, consumer_group
-from streams.run import RunError, drive, publish_objective, start_workers, stop_processes
-from streams.tap import JsonlSink
+from agents.pipeline import WORKERS
+from streams.app import consumer_group
+from streams.commands.run import RunError, drive, publish_objective, start_workers, stop_processes
+from streams.commands.tap.follow import JsonlSink
 from streams.topics import from_settings
 
 ECHO = ObjectiveSpec(
@@ -36,7 +37,7 @@ async def members(settings) -> dict[str, int]:
     await admin.start()
     try:
         out = {}
-        for agent in AGENTS:
+        for agent in WORKERS:
             [resp] = await admin.describe_consumer_groups([consumer_group(settings, agent)])
             [g] = resp.groups
             out[agent] = len(g[5]) if g[2] == "Stable" else 0

@@ -10,7 +10,7 @@ import msgspec
 
 from schemas import EvaluationSpec, EvaluatorSpec, GeneratorSpec, Message, ObjectiveSpec, Prompt, SynthesisSpec
 from streams.admin import create_topics, producer, reader
-from streams.run import publish_objective, start_worker, stop_process
+from streams.commands.run import publish_objective, start_worker, stop_process
 from streams.topics import from_settings
 
 SPEC = ObjectiveSpec(name="set-in-code", version=1,

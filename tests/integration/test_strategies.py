@@ -12,8 +12,8 @@ import pytest
 from schemas import (EvaluationSpec, EvaluatorSpec, GeneratorSpec, InstantiationSpec, ObjectiveSpec,
                      SynthesisSpec)
 from streams.admin import reader
-from streams.inputs import read_prompts
-from streams.run import run
+from streams.commands.serving.inputs import read_prompts
+from streams.commands.run import run
 from streams.topics import from_settings
 from tests.conftest import settings_env
 from agents.backends.llamacpp_server import LlamaServer

@@ -23,10 +23,10 @@ import pytest
 from schemas import (EvaluationSpec, EvaluatorSpec, GeneratorSpec, InstantiationSpec, Message, ObjectiveSpec,
                      PreferenceRecord, Prompt, Side, SynthesisSpec, UnpairedRecord, Verification)
 from streams.admin import create_topics, producer
-from streams.dataset import iterable_dataset, records, rows
-from streams.formats import FormatError, get
-from streams.run import run
-from streams.tap import DatasetSink, JsonlSink, Rotation
+from streams.commands.tap.dataset import iterable_dataset, records, rows
+from streams.commands.tap.formats import FormatError, get
+from streams.commands.run import run
+from streams.commands.tap.follow import DatasetSink, JsonlSink, Rotation
 from streams.topics import from_settings
 from tests.conftest import ROOT, settings_env
 
@@ -191,7 +191,7 @@ class Producer(threading.Thread):
 
 
 def start_tap(settings, out: Path, log: Path, fmt: str | None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "streams.cli", "tap", "--out", str(out), "--rotate-mb", "0.01", "--rotate-s", "0.2"]
+    cmd = [sys.executable, "-m", "streams.commands.cli", "tap", "--out", str(out), "--rotate-mb", "0.01", "--rotate-s", "0.2"]
     cmd += ["--format", fmt] if fmt else []
     return subprocess.Popen(cmd, cwd=ROOT, env=settings_env(settings), stdout=log.open("ab"),
                             stderr=subprocess.STDOUT, start_new_session=True)

@@ -16,7 +16,7 @@ from streams.outbox import BATCH_OVERHEAD, RECORD_OVERHEAD, Outbox
 from streams.metrics import Metrics
 from streams.runtime import Emit, Raw, Stage
 from streams.settings import load
-from streams.topics import Topics
+from streams.topics import CURATED, OUTCOMES, Topics
 
 TP = TopicPartition("ns.prompts", 0)
 
@@ -120,7 +120,7 @@ def _runner(producer: _Producer, limit: int | None = None) -> tuple[StageRunner,
     topics, metrics, resent = Topics("ns"), Metrics(), []
 
     async def handler(p: Prompt) -> list[Emit]:
-        return [Emit("curated", p.id, p), Emit("outcomes", p.id, p)] if p.id != "bad" else []
+        return [Emit(CURATED, p.id, p), Emit(OUTCOMES, p.id, p)] if p.id != "bad" else []
 
     stage = Stage("curate", topics.prompts, topics, metrics, handler)
     channels = {t.name: _Channel(t.name, resent, None if t.spec.short == "deadletters" else limit) for t in topics}
@@ -154,7 +154,7 @@ def test_a_slow_input_holds_one_worker_while_the_others_take_the_rest():
     async def handler(p: Prompt) -> list[Emit]:
         if p.id == "slow":
             await others_done.wait()
-        return [Emit("curated", p.id, p)]
+        return [Emit(CURATED, p.id, p)]
 
     runner.stage.handler = handler
     marks = {pid: [i, False] for i, pid in enumerate(("slow", "b", "c"))}

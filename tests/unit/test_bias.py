@@ -6,7 +6,7 @@ import statistics
 import pytest
 from prometheus_client import CollectorRegistry
 
-from agents.evaluators.bias import BiasGauges, BiasTracker, family
+from agents.evaluators.bias import BiasGauges, BiasTracker, model_family
 from schemas import Candidate, Judged, JudgedSet, Message, ObjectiveSpec, PreferenceRecord, Prompt, Sampling, Score
 from schemas.judgments import Comparison
 from schemas.preferences import Side
@@ -30,7 +30,7 @@ def judged(i: str, text: str, score: float | None, scores: list[Score], same: bo
     ("/models/gemma-3-270m-it-Q4_K_M.gguf", "gemma"), ("mistralai/Mistral-7B-v0.3", "mistral"),
 ])
 def test_family(model, expected):
-    assert family(model) == expected
+    assert model_family(model) == expected
 
 
 def test_nothing_to_measure_is_null_not_zero():

@@ -2,7 +2,7 @@ import json
 import subprocess
 import sys
 
-from streams.cli import main
+from streams.commands.cli import main
 
 
 def test_unknown_input_line_names_file_and_line(tmp_path, capsys):
@@ -27,7 +27,7 @@ def test_missing_objective_file(tmp_path, capsys):
 
 
 def test_broker_command_prints_address_first_and_stops_on_sigterm():
-    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "broker"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "streams.commands.cli", "broker"], stdout=subprocess.PIPE, text=True)
     try:
         first = proc.stdout.readline().strip()
         host, port = first.split(":")

@@ -20,7 +20,7 @@ from agents.evaluators import cgroup, code_tests, sandbox
 from agents.evaluators.code import CodeVerifier, check_params, extract_code
 from schemas import (Candidate, EvaluationSpec, EvaluatorSpec, Message, ObjectiveSpec, Prompt, Sampling,
                      Verification)
-from streams.objectives import problems
+from agents.objectives import problems
 from streams.runtime import Blocked
 from streams.settings import Settings
 

@@ -15,7 +15,7 @@ def P(**kw):
 
 def test_routes_to_named_or_default_objective():
     [e] = curate.process(P(), OBJ, "default")
-    assert e.topic == "curated" and e.key == "p1"
+    assert e.topic.short == "curated" and e.key == "p1"
     assert isinstance(e.value, Curated) and e.value.objective.ref == "default@3"
 
 
@@ -43,7 +43,7 @@ def test_an_oversized_id_or_metadata_is_refused_with_the_limit_and_what_to_do():
     with pytest.raises(Rejected, match="tags and metadata"):
         curate.process(P(tags=["t" * 1000] * 70), OBJ, "default")
     [ok] = curate.process(P(id="p" * 512, metadata={"k": "x" * 60_000}), OBJ, "default")
-    assert ok.topic == "curated"
+    assert ok.topic.short == "curated"
 
 
 def test_pii_is_scrubbed_per_objective_before_any_model_sees_it():

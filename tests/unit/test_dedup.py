@@ -95,17 +95,17 @@ def test_curate_drops_duplicates_with_an_outcome_that_says_why_and_replays_keep_
     again = curate.process(P("p2", "how many eggs are in three  boxes of twelve eggs?"), objs, "default", state)
     para = curate.process(P("p3", "How many eggs are in 3 boxes of 12 eggs?"), objs, "default", state)
     other = curate.process(P("p4", "Name three rivers in Europe."), objs, "default", state)
-    assert [e.topic for e in first + other] == ["curated", "curated"]
+    assert [e.topic.short for e in first + other] == ["curated", "curated"]
     for emits, how in ((again, "the same text"), (para, "cosine")):
         [e] = emits
-        assert e.topic == "outcomes" and e.value.status == "dropped" and e.value.objective == "default@1"
+        assert e.topic.short == "outcomes" and e.value.status == "dropped" and e.value.objective == "default@1"
         assert e.value.reason.startswith("duplicate of p1" if how == "the same text" else "near duplicate of p1")
         assert how in e.value.reason and e.value.counts == {"duplicate": 1}
     # at-least-once delivery: the same prompt id again gets the same decision, not "duplicate of itself"
     [replay] = curate.process(P("p1", "How many eggs are in three boxes of twelve eggs?"), objs, "default", state)
-    assert replay.topic == "curated"
+    assert replay.topic.short == "curated"
     [replay] = curate.process(P("p3", "How many eggs are in 3 boxes of 12 eggs?"), objs, "default", state)
-    assert replay.topic == "outcomes"
+    assert replay.topic.short == "outcomes"
 
 
 def test_dedup_is_per_objective_with_its_own_threshold(embedder):
@@ -116,7 +116,7 @@ def test_dedup_is_per_objective_with_its_own_threshold(embedder):
     state = curate.CurateState(embedder=embedder)
     curate.process(P("p1", "How many eggs are in three boxes of twelve eggs?", tags=["math"]), objs, "x", state)
     emits = curate.process(P("p2", "How many eggs are in 3 boxes of 12 eggs?", tags=["math"]), objs, "x", state)
-    by_objective = {e.value.objective.name if e.topic == "curated" else e.value.objective: e.topic for e in emits}
+    by_objective = {e.value.objective.name if e.topic.short == "curated" else e.value.objective: e.topic.short for e in emits}
     assert by_objective == {"loose@1": "outcomes", "strict": "curated"}
 
 
@@ -125,11 +125,11 @@ def test_exact_mode_needs_no_model_and_off_keeps_everything():
     exact = _objs(mode="exact")
     curate.process(P("p1", "Same question?"), exact, "default", state)
     [e] = curate.process(P("p2", "same   QUESTION?"), exact, "default", state)
-    assert e.topic == "outcomes" and "duplicate of p1" in e.value.reason
+    assert e.topic.short == "outcomes" and "duplicate of p1" in e.value.reason
     off = curate.CurateState(embedder=None)
     for pid in ("p1", "p2"):
         [e] = curate.process(P(pid, "Same question?"), _objs(), "default", off)
-        assert e.topic == "curated"
+        assert e.topic.short == "curated"
 
 
 def test_embeddings_are_unit_length(embedder):

@@ -16,10 +16,11 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from streams.app import AGENTS, build_app, consumer_group
-from streams.cli import parser
+from agents.pipeline import PIPELINE, WORKERS
+from streams.app import build_app, consumer_group
+from streams.commands.cli import parser
 from streams.metrics import Metrics
-from streams.objectives import load_objective, problems
+from agents.objectives import load_objective, problems
 from streams.security import check
 from streams.settings import PREFIX, Settings, load
 
@@ -66,8 +67,8 @@ def source_topics(tmp_path_factory) -> dict[str, str]:
     """Each agent's input topic short name, read off the real faust app (nothing connects)."""
     s = load({}, broker="127.0.0.1:1", metrics_port=0, data_dir=str(tmp_path_factory.mktemp("app")))
     out = {}
-    for agent in AGENTS:
-        app = build_app(s, (agent,))
+    for agent in WORKERS:
+        app = build_app(s, PIPELINE, (agent,))
         # the stage's StageRunner (evaluate also binds the `relabel` stage)
         [runner] = [r for r in app._extra_services if r.stage.name == agent]
         out[agent] = runner.stage.source.name.removeprefix(s.namespace + ".")
@@ -131,7 +132,7 @@ def test_compose_prefstream_services_use_real_commands_agents_and_settings():
         assert not problems(spec, settings), problems(spec, settings)
         if args.command == "worker":
             agents = args.agents.split(",")
-            assert set(agents) <= set(AGENTS)
+            assert set(agents) <= set(WORKERS)
             agents_seen += agents
             assert args.metrics_port == 9464 and s["deploy"]["replicas"] >= 1
             # healthy while no stage is blocked: the worker's readiness endpoint on its metrics port
@@ -142,8 +143,8 @@ def test_compose_prefstream_services_use_real_commands_agents_and_settings():
             assert args.objective_command == "apply"
             mounts = {v.split(":")[1]: v.split(":")[0] for v in s["volumes"]}
             assert (DEPLOY / mounts[args.file]).is_file(), f"{name}: {args.file} is not mounted from deploy/"
-    assert sorted(agents_seen) == sorted(AGENTS), "one service per agent"
-    assert len(groups) == len(AGENTS), "each agent its own consumer group"
+    assert sorted(agents_seen) == sorted(WORKERS), "one service per agent"
+    assert len(groups) == len(WORKERS), "each agent its own consumer group"
     # the workers start after the topics exist and the objective is published
     assert svc["synthesize"]["depends_on"]["objective"]["condition"] == "service_completed_successfully"
     assert svc["synthesize"]["depends_on"]["vllm"]["condition"] == "service_healthy"
@@ -160,7 +161,7 @@ def test_dockerfile_builds_the_package_the_cli_comes_from():
         assert (DEPLOY.parent / src).exists(), f"COPY {src}: no such path in the repository"
     assert 'ENTRYPOINT ["prefstream"]' in text
     pyproject = (DEPLOY.parent / "pyproject.toml").read_text()
-    assert 'prefstream = "streams.cli:main"' in pyproject
+    assert 'prefstream = "streams.commands.cli:main"' in pyproject
     check_env_names(dict(re.findall(r"(PREFSTREAM_\w+)=(\S+)", text)))
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text()
     for pkg in ("schemas", "streams", "agents"):
@@ -330,7 +331,7 @@ def test_kubectl_kustomize_renders_every_agent_with_its_settings_and_probes():
             for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
                 get = c[probe]["httpGet"]
                 assert get["path"] == path and ports[get["port"]] == args.metrics_port, (d["metadata"]["name"], probe)
-    assert sorted(workers) == sorted(AGENTS), workers
+    assert sorted(workers) == sorted(WORKERS), workers
     objective = rendered["ConfigMap", "prefstream-objective"]["data"]["objective.yaml"]
     assert yaml.safe_load(objective)["name"] == load_objective(DEPLOY / "objective.yaml").name
 
@@ -393,7 +394,7 @@ def test_one_deployment_per_agent_with_real_commands_settings_and_requests(tmp_p
                 # alive while the process serves HTTP; ready while no stage of it is blocked
                 assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}, name
                 assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}, name
-    assert sorted(workers) == sorted(AGENTS) and len(groups) == len(AGENTS)
+    assert sorted(workers) == sorted(WORKERS) and len(groups) == len(WORKERS)
     vllm = deployments["vllm"]["spec"]["template"]["spec"]["containers"][0]
     assert vllm["image"].startswith("vllm/vllm-openai:") and vllm["resources"]["limits"]["nvidia.com/gpu"] == "1"
     svc = by_kind("Service")["vllm"]
@@ -419,7 +420,7 @@ def test_keda_scales_each_stage_on_its_own_group_and_topic(source_topics):
     for ref in auth["prefstream-kafka"]["spec"]["secretTargetRef"]:
         assert ref["key"] in secret["stringData"]
     scaled = by_kind("ScaledObject")
-    assert len(scaled) == len(AGENTS)
+    assert len(scaled) == len(WORKERS)
     for so in scaled.values():
         d = deployments[so["spec"]["scaleTargetRef"]["name"]]
         c = d["spec"]["template"]["spec"]["containers"][0]

@@ -17,8 +17,8 @@ from agents.evaluators.reward import RewardModel
 from schemas import (Candidate, EvaluationSpec, EvaluatorSpec, GeneratorSpec, JudgeSpec, Message, ObjectiveSpec,
                      Prompt, Sampling, SynthesisSpec)
 from streams.endpoints import EndpointError, origin, redact
-from streams.objective_registry import ObjectiveRegistry
-from streams.objectives import ObjectiveError, validate
+from agents.objectives.registry import ObjectiveRegistry
+from agents.objectives import ObjectiveError, validate
 from streams.settings import Settings, SettingsError
 from tests.conftest import ROOT
 
@@ -107,7 +107,7 @@ def test_the_cli_refuses_it_before_asking_the_broker(tmp_path):
     path.write_text("name: evil\nsynthesis:\n  generators:\n    - backend: openai\n      model: m\n"
                     "      base_url: http://attacker.example:8000/v1\n")
     env = {"PATH": "/usr/bin:/bin", "PREFSTREAM_BROKER": "127.0.0.1:9", "PREFSTREAM_OPENAI_API_KEY": KEY}
-    proc = subprocess.run([sys.executable, "-m", "streams.cli", "objective", "apply", str(path)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "streams.commands.cli", "objective", "apply", str(path)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert "http://attacker.example:8000 is not an allowed model server" in proc.stderr
@@ -142,11 +142,13 @@ def test_the_reward_evaluator_never_calls_a_server_the_worker_does_not_allow():
 
 
 def test_the_capture_proxy_and_the_worker_apply_the_same_rules():
+    import faust
     from prometheus_client import CollectorRegistry
 
+    from agents.pipeline import PIPELINE
     from streams.app import Context
     from streams.metrics import Metrics
-    from streams.proxy import Proxy
+    from streams.commands.serving.proxy import Proxy
     from streams.topics import from_settings
 
     s = Settings(openai_base_url="http://vllm:8000/v1", openai_api_key=KEY)
@@ -154,6 +156,7 @@ def test_the_capture_proxy_and_the_worker_apply_the_same_rules():
     other = Proxy("http://elsewhere:8000/v1", s, None, CollectorRegistry())
     assert same.headers.get("Authorization") == f"Bearer {KEY}" and "Authorization" not in other.headers
     ctx = Context(s, from_settings(s), Metrics())
+    PIPELINE.setup(faust.App("t", broker="kafka://127.0.0.1:1", web_enabled=False), ctx, ("curate",))
     assert ctx.objectives.settings is s  # the worker's registry judges objectives by the worker's settings
 
 

@@ -8,8 +8,9 @@ from trl.data_utils import is_conversational
 
 from agents import instantiate
 from schemas import Candidate, InstantiationSpec, Judged, JudgedSet, Message, ObjectiveSpec, Prompt, Sampling, Score
-from streams import cli, formats
-from streams.formats import FORMATS, STYLES, FormatError, get
+from streams.commands import cli
+from streams.commands.tap import formats
+from streams.commands.tap.formats import FORMATS, STYLES, FormatError, get
 
 PROMPT = Prompt(id="p1", source="gsm8k", messages=[Message(role="system", content="Be brief."),
                                                    Message(role="user", content="What is 2+3?")])
@@ -25,7 +26,7 @@ def records():
     spec = InstantiationSpec(pairs="all_pairs", kto=True, ranking=True, rewards=True)
     jset = JudgedSet(id="j", prompt=PROMPT, objective=ObjectiveSpec(name="o", version=7, instantiation=spec),
                      judged=js)
-    return [e.value for e in instantiate.process(jset) if e.topic == "preferences"]
+    return [e.value for e in instantiate.process(jset) if e.topic.short == "preferences"]
 
 
 @pytest.mark.parametrize("style", STYLES)

@@ -16,7 +16,7 @@ from streams.broker import free_port
 from streams.health import Health, environmental
 from streams.metrics import Metrics
 from streams.runtime import Blocked, Emit, Raw, Rejected, Stage
-from streams.topics import Topics
+from streams.topics import CURATED, Topics
 from tests.conftest import get_json
 from tests.stages import handle
 
@@ -62,7 +62,7 @@ def test_a_blocked_stage_holds_its_input_retries_and_goes_on_once_fixed(monkeypa
         tries.append(p.id)
         if len(tries) <= 3:  # the model file is missing for three tries, then it is there
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/models/m.gguf")
-        return [Emit("curated", p.id, p)]
+        return [Emit(CURATED, p.id, p)]
 
     stage, topics, sent, metrics = _stage(handler, health)
     seen_blocked = []

@@ -9,13 +9,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from schemas import Feedback
-from streams.admission import RateLimiter, key_hash, load_keys
+from streams.commands.serving.admission import RateLimiter, key_hash, load_keys
 from streams.broker import free_port
-from streams.capture import Capture, Captured, Publisher
+from streams.commands.serving.capture import Capture, Captured, Publisher
 from streams.commands import CliError
 from streams.commands.ingest import check_bind
-from streams.ingest import parse_feedback, parse_prompts
-from streams.proxy import StreamText
+from streams.commands.serving.server import parse_feedback, parse_prompts
+from streams.commands.serving.proxy import StreamText
 from streams.settings import SettingsError, load
 from streams.topics import Topics
 
@@ -233,7 +233,7 @@ def test_one_key_holds_one_label_per_candidate_however_many_it_sends():
 
 
 def test_error_lists_are_capped_and_items_counted_against_the_cap():
-    from streams.ingest_items import MAX_ERRORS, TooMany, refusal
+    from streams.commands.serving.items import MAX_ERRORS, TooMany, refusal
 
     body = msgspec.json.encode([{"nothing": i} for i in range(5000)])
     prompts, errors = parse_prompts(body, KH)

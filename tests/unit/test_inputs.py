@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from streams.inputs import InputError, read_prompts
+from streams.commands.serving.inputs import InputError, read_prompts
 
 
 def test_gsm8k_and_ifeval_real_lines(data_dir):

@@ -18,7 +18,7 @@ def judged(scores, texts=None, margin=0.2):
 def test_best_vs_worst_pair_and_outcome():
     rec, out = instantiate.process(judged([0.5, 1.0, 0.0, None]))
     r = rec.value
-    assert rec.topic == "preferences" and out.topic == "outcomes"
+    assert rec.topic.short == "preferences" and out.topic.short == "outcomes"
     assert r.chosen[0].content == "text 1" and r.rejected[0].content == "text 2"
     assert (r.score_chosen, r.score_rejected, r.margin) == (1.0, 0.0, 1.0)
     assert r.objective == "o@2" and r.chosen_side.model == "m1" and r.rejected_side.model == "m2"
@@ -74,8 +74,8 @@ def spec_judged(scores, texts=None, lengths=None, status="active", **spec):
 
 def split(emits):
     *records, outcome = emits
-    assert outcome.topic == "outcomes"
-    return [e.value for e in records], outcome.value, {e.topic for e in records}
+    assert outcome.topic.short == "outcomes"
+    return [e.value for e in records], outcome.value, {e.topic.short for e in records}
 
 
 def test_best_vs_each_pairs_the_best_with_every_candidate_beyond_the_margin():
@@ -88,7 +88,7 @@ def test_best_vs_each_pairs_the_best_with_every_candidate_beyond_the_margin():
 @pytest.mark.parametrize("margin,expected", [(0.3, 3), (0.5, 2), (1.0, 1), (1.01, 0)])
 def test_all_pairs_keeps_every_pair_at_or_above_the_margin(margin, expected):
     emits = instantiate.process(spec_judged([1.0, 0.7, 0.0], pairs="all_pairs", min_margin=margin))
-    records = [e.value for e in emits if e.topic == "preferences"]
+    records = [e.value for e in emits if e.topic.short == "preferences"]
     assert len(records) == expected
     assert all(r.margin >= margin - 1e-9 and r.score_chosen > r.score_rejected for r in records)
 

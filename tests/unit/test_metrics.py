@@ -20,8 +20,9 @@ from streams.commands.deadletters import replay_plan, select
 from streams.logs import JsonFormatter, check_format, dict_config
 from streams.metrics import MeteredGenerator, Metrics, objective_of
 from streams.runtime import Emit
+from streams.topics import JUDGMENTS, OUTCOMES, PREFERENCES, PREFERENCES_SHADOW
 from streams.settings import SettingsError, load
-from streams.status import _lag_per_topic, Ends, dead_letter_summary, newest_objectives
+from streams.commands.reports.status import _lag_per_topic, Ends, dead_letter_summary, newest_objectives
 
 OBJ = ObjectiveSpec(name="obj", version=4)
 PROMPT = Prompt(id="p1", messages=[Message(role="user", content="hi")])
@@ -37,8 +38,8 @@ def test_instrument_counts_records_outcomes_and_versions():
     m = Metrics()
 
     async def handler(value):
-        return [Emit("preferences", "p1", _record()), Emit("preferences-shadow", "p1", _record("shadowed@2")),
-                Emit("outcomes", "p1", Outcome(prompt_id="p1", objective="obj@4", status="records"))]
+        return [Emit(PREFERENCES, "p1", _record()), Emit(PREFERENCES_SHADOW, "p1", _record("shadowed@2")),
+                Emit(OUTCOMES, "p1", Outcome(prompt_id="p1", objective="obj@4", status="records"))]
 
     wrapped = m.instrument(handler)
     asyncio.run(wrapped(None))
@@ -57,7 +58,7 @@ def test_judged_sets_count_scorings_by_result():
     scores = [Score(evaluator="math", value=1.0), Score(evaluator="judge", value=None, error="parse_failure"),
               Score(evaluator="judge", value=None, error="HTTP 500")]
     jset = JudgedSet(id="j", prompt=PROMPT, objective=OBJ, judged=[Judged(candidate=cand, scores=scores, score=1.0)])
-    m.observe([Emit("judgments", "p1", jset)])
+    m.observe([Emit(JUDGMENTS, "p1", jset)])
     assert m.sample("prefstream_evaluator_scores_total", objective="obj", evaluator="math", result="scored") == 1
     assert m.sample("prefstream_evaluator_scores_total", objective="obj", evaluator="judge",
                     result="parse_failure") == 1
@@ -202,7 +203,7 @@ def test_replay_plan_sends_each_original_once_and_only_into_the_namespace():
 @pytest.mark.parametrize("argv", [["status"], ["deadletters", "list"]])
 def test_an_unreachable_broker_is_named_with_the_fix(argv, monkeypatch, capsys):
     from streams.broker import free_port
-    from streams.cli import main
+    from streams.commands.cli import main
 
     monkeypatch.setenv("PREFSTREAM_BROKER", f"127.0.0.1:{free_port()}")
     assert main(argv) == 2

@@ -13,12 +13,12 @@ from schemas import (Candidate, EvaluationSpec, EvaluatorSpec, GeneratorSpec, In
                      JudgedSet, Message, ObjectiveSpec, Outcome, PreferenceRecord, Prompt, Sampling, Score, Side,
                      SynthesisSpec)
 from schemas.objectives import RoutingSpec
-from streams.cli import main
-from streams.compare import compare
-from streams.objective_registry import ObjectiveRegistry
-from streams.objectives import (MAX_OBJECTIVE_BYTES, ObjectiveError, Store, changed_fields, content, diff,
+from streams.commands.cli import main
+from streams.commands.objectives.compare import compare
+from agents.objectives.registry import ObjectiveRegistry
+from agents.objectives import (MAX_OBJECTIVE_BYTES, ObjectiveError, Store, changed_fields, content, diff,
                                 load_objective, parse_objective, problems, validate)
-from streams.run import Ledger
+from streams.commands.run import Ledger
 from streams.runtime import Rejected
 from streams.settings import load
 
@@ -107,12 +107,12 @@ def test_next_version_is_above_every_known_version():
 
 def test_sampling_is_deterministic_nested_and_near_its_fraction():
     ids = [f"p-{i}" for i in range(4000)]
-    tenth = {i for i in ids if curate.sampled(i, 0.1)}
-    fifth = {i for i in ids if curate.sampled(i, 0.2)}
+    tenth = {i for i in ids if curate.in_sample(i, 0.1)}
+    fifth = {i for i in ids if curate.in_sample(i, 0.2)}
     assert tenth <= fifth  # raising the fraction keeps the prompts already sampled
     assert 0.08 < len(tenth) / len(ids) < 0.12 and 0.17 < len(fifth) / len(ids) < 0.23
-    assert tenth == {i for i in ids if curate.sampled(i, 0.1)}
-    assert not any(curate.sampled(i, 0.0) for i in ids) and all(curate.sampled(i, 1.0) for i in ids)
+    assert tenth == {i for i in ids if curate.in_sample(i, 0.1)}
+    assert not any(curate.in_sample(i, 0.0) for i in ids) and all(curate.in_sample(i, 1.0) for i in ids)
 
 
 def test_routing_by_tags_sources_and_fraction_narrows():
@@ -133,7 +133,7 @@ def test_one_prompt_goes_to_several_objectives_each_with_its_own_curated_message
             "math": spec(name="math", routing=RoutingSpec(tags=["math"]))}
     emits = curate.process(P(objective="echo", tags=["math"]), objs, "default")
     assert [e.value.objective.ref for e in emits] == ["echo@4", "math@1", "shadow@1"]
-    assert {e.key for e in emits} == {"p1"} and {e.topic for e in emits} == {"curated"}
+    assert {e.key for e in emits} == {"p1"} and {e.topic.short for e in emits} == {"curated"}
     # naming none: an active routed objective replaces the default; a shadow does not
     assert [e.value.objective.ref for e in curate.process(P(tags=["math"]), objs, "default")] == ["math@1", "shadow@1"]
     assert [e.value.objective.ref for e in curate.process(P(), objs, "default")] == ["default@2", "shadow@1"]
@@ -179,8 +179,8 @@ def _judged(status: str) -> JudgedSet:
 
 
 def test_shadow_records_go_to_their_own_topic():
-    assert [e.topic for e in instantiate.process(_judged("active"))] == ["preferences", "outcomes"]
-    assert [e.topic for e in instantiate.process(_judged("shadow"))] == ["preferences-shadow", "outcomes"]
+    assert [e.topic.short for e in instantiate.process(_judged("active"))] == ["preferences", "outcomes"]
+    assert [e.topic.short for e in instantiate.process(_judged("shadow"))] == ["preferences-shadow", "outcomes"]
 
 
 def _rec(pid, ref, chosen, rejected, model="m", margin=1.0):

@@ -4,7 +4,7 @@ import asyncio
 from agents.evaluators import IFEvalVerifier, MathVerifier
 from agents.synthesis.perturb import drop_constraint, perturb, truncate, wrong_answer
 from schemas import Candidate, Sampling
-from streams.inputs import read_prompts
+from streams.commands.serving.inputs import read_prompts
 
 
 def score(ev, prompt, text):

@@ -14,7 +14,7 @@ from agents.synthesis.policies import PolicyView, bind, pins
 from schemas import (Candidate, Curated, GeneratorSpec, Judged, JudgedSet, Message, ObjectiveSpec, Policy,
                      PreferenceRecord, Prompt, Sampling, Score, Side, SynthesisSpec)
 from schemas.preferences import Ranked, RankingRecord
-from streams.objectives import problems
+from agents.objectives import problems
 from streams.policies import PolicyError, adapter_file
 from streams.runtime import Blocked
 from streams.settings import load

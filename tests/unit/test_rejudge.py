@@ -7,7 +7,7 @@ import pytest
 from schemas import Candidate, CandidateSet, Message, ObjectiveSpec, Prompt, Sampling
 from streams.commands import CliError
 from streams.commands.rejudge import parse_since
-from streams.rejudge import rejudged_id, select
+from streams.commands.objectives.rejudge import rejudged_id, select
 
 
 def cset(sid: str, pid: str, name: str = "o", version: int = 1, at: float = 100.0) -> CandidateSet:
@@ -53,7 +53,7 @@ def test_parse_since():
 
 def test_the_target_version_must_exist_and_the_error_names_the_fix():
     from streams.commands.rejudge import _target
-    from streams.objectives import Store
+    from agents.objectives import Store
 
     v1 = ObjectiveSpec(name="o", version=1)
     store = Store(live={"o": V2}, versions={"o": {1: (v1, 0.0), 2: (V2, 0.0)}})
@@ -66,7 +66,7 @@ def test_the_target_version_must_exist_and_the_error_names_the_fix():
 
 def test_a_dead_lettered_rejudged_set_counts_as_failed_not_pending():
     from schemas import DeadLetter
-    from streams.rejudge import failed
+    from streams.commands.objectives.rejudge import failed
 
     sel = select([(cset("s-a", "p1"), 100.0), (cset("s-b", "p2"), 100.0)], V2)
     letter = DeadLetter(stage="evaluate", error_type="Rejected", error="bad", original=b"x", topic="t.candidates",

@@ -53,7 +53,7 @@ def test_a_late_label_rescores_the_set_and_its_pair_flips_and_supersedes():
     [first_pair] = [e.value for e in instantiate(old) if isinstance(e.value, PreferenceRecord)]
     assert first_pair.chosen_side.candidate_id == "c-long"
     emits = run(down(), [old])
-    assert [(e.topic, e.key) for e in emits] == [("labels", "c-long/u"), ("judgments", "p1")]
+    assert [(e.topic.short, e.key) for e in emits] == [("labels", "c-long/u"), ("judgments", "p1")]
     new = emits[1].value
     assert new.supersedes == "j-1" and [f.id for f in new.late_labels] == ["f-1"]
     assert [r.id for r in new.superseded_records] == [first_pair.id]

@@ -5,7 +5,7 @@ import msgspec
 from schemas import Message, Prompt
 from streams.metrics import Metrics
 from streams.runtime import Emit, Raw, Rejected, Stage
-from streams.topics import Topics
+from streams.topics import CURATED, Topics
 from tests.stages import handle
 
 
@@ -20,7 +20,7 @@ def raw(value: bytes, key=b"k1") -> Raw:
 
 def test_malformed_goes_to_deadletters_with_path_and_original_then_next_is_processed():
     async def handler(p):
-        return [Emit("curated", p.id, p)]
+        return [Emit(CURATED, p.id, p)]
 
     stage, topics, sent, metrics = make_stage(handler)
     bad = b'{"type":"prompt.v1","id":"x","messages":[{"role":"robot"}]}'
@@ -60,3 +60,35 @@ def test_rejection_and_crash_both_become_dead_letters_with_prompt_id():
     assert [s[1] for s in sent] == [b"r", b"c"]
     assert metrics.sample("prefstream_dead_letters_total", agent="curate", topic="prompts", outcome="rejected") == 1
     assert metrics.sample("prefstream_dead_letters_total", agent="curate", topic="prompts", outcome="error") == 1
+
+
+def test_an_output_outside_the_stage_row_of_the_pipeline_table_is_a_dead_letter_not_a_send():
+    from streams.topics import OUTCOMES, PREFERENCES
+
+    async def handler(p):
+        return [Emit(PREFERENCES if p.id == "stray" else CURATED, p.id, p)]
+
+    topics, sent, metrics = Topics("ns"), [], Metrics()
+    stage = Stage("curate", topics.prompts, topics, metrics, handler, outputs=(CURATED, OUTCOMES))
+    codec = topics.prompts.codec
+
+    async def go():
+        for pid in ("stray", "fine"):
+            await handle(stage, raw(codec.encode(Prompt(id=pid, messages=[Message(role="user", content="hi")]))), sent)
+
+    asyncio.run(go())
+    assert [s[0] for s in sent] == ["ns.deadletters", "ns.curated"]
+    letter = topics.deadletters.codec.decode(sent[0][2])
+    assert "preferences" in letter.error and "pipeline table" in letter.error and letter.prompt_id == "stray"
+
+
+def test_the_pipeline_table_is_what_the_workers_bind_and_the_readme_shows():
+    from agents.pipeline import PIPELINE
+    from streams.commands.pipeline import markdown
+    from tests.unit.test_layers import ROOT
+
+    for decl in PIPELINE.stages:  # each stage's own emits name only declared topics
+        assert decl.input not in decl.outputs and decl.process.__module__ == decl.bind.__module__
+    assert PIPELINE.workers == ("curate", "synthesize", "evaluate", "instantiate")
+    assert [d.name for d in PIPELINE.of(("evaluate",))] == ["evaluate", "relabel"]
+    assert markdown(PIPELINE.table()) in (ROOT / "README.md").read_text(), "README's table: prefstream pipeline --markdown"

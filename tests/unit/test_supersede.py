@@ -8,8 +8,8 @@ import json
 import pyarrow.parquet as pq
 
 from schemas import Message, PreferenceRecord, Side, Withdrawn
-from streams.formats import get
-from streams.tap import DatasetSink, JsonlSink, Rotation
+from streams.commands.tap.formats import get
+from streams.commands.tap.follow import DatasetSink, JsonlSink, Rotation
 
 
 def pair(i: int, supersedes: str | None = None) -> PreferenceRecord:

@@ -41,7 +41,7 @@ def test_process_writes_n_candidates_with_provenance():
     backends = EchoBackends()
     [emit] = asyncio.run(synthesize.process(Curated(prompt=PROMPT, objective=obj), backends))
     cset = emit.value
-    assert emit.topic == "candidates" and emit.key == "p1" and len(cset.candidates) == 4
+    assert emit.topic.short == "candidates" and emit.key == "p1" and len(cset.candidates) == 4
     assert [c.model for c in cset.candidates] == ["m1", "m1", "m2", "m2"]
     assert cset.candidates[0].sampling.temperature == 0.7
     seeds = [c.sampling.seed for c in cset.candidates]

@@ -11,11 +11,11 @@ from agents import evaluate, instantiate, synthesize
 from agents.backends.echo import EchoGenerator
 from agents.evaluators import build_evaluators
 from agents.evaluators.trajectory import OutcomeVerifier, ProcessVerifier, roll_forward
-from agents.trajectory import branch_steps, calc, parse_action
+from agents.synthesis.trajectory import branch_steps, calc, parse_action
 from schemas import (Candidate, CandidateSet, Curated, EvaluationSpec, EvaluatorSpec, GeneratorSpec, Message,
                      ObjectiveSpec, Prompt, Sampling, SynthesisSpec, Verification)
-from streams.formats import get
-from streams.inputs import read_prompts
+from streams.commands.tap.formats import get
+from streams.commands.serving.inputs import read_prompts
 
 
 def call(expr: str, cid: str) -> Message:

@@ -124,9 +124,9 @@ def test_curate_samples_a_low_utility_family_down_to_the_budget_and_says_why():
         [e] = curate.process(Prompt(id=f"q{i}", messages=[Message(role="user", content=f"q {i}")], tags=[tag],
                                     objective="o"), objs, "o", state)
         topics[tag].append(e)
-    assert all(e.topic == "curated" and e.value.prompt.metadata["family"] == "hard" for e in topics["hard"])
-    kept = [e for e in topics["easy"] if e.topic == "curated"]
-    dropped = [e.value for e in topics["easy"] if e.topic == "outcomes"]
+    assert all(e.topic.short == "curated" and e.value.prompt.metadata["family"] == "hard" for e in topics["hard"])
+    kept = [e for e in topics["easy"] if e.topic.short == "curated"]
+    dropped = [e.value for e in topics["easy"] if e.topic.short == "outcomes"]
     assert len(kept) / (len(kept) + 100) == pytest.approx(0.25, abs=0.02)
     assert all(o.status == "dropped" and o.counts == {"low_utility": 1} for o in dropped)
     assert "low-utility family 'easy' (utility 0.00 < 0.2 over 3 judged sets)" in dropped[0].reason

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from streams.inputs import InputError, parse_line, read_prompts
+from streams.commands.serving.inputs import InputError, parse_line, read_prompts
 
 
 def test_plain_and_chat_lines_carry_code_json_schema_and_regex_checks(tmp_path):

@@ -9,7 +9,7 @@ from agents.backends.base import GenRequest, Generation
 from agents.evaluators import build_evaluators
 from schemas import (Curated, EvaluationSpec, EvaluatorSpec, GeneratorSpec, InstantiationSpec, ObjectiveSpec,
                      SynthesisSpec)
-from streams.inputs import parse_line
+from streams.commands.serving.inputs import parse_line
 
 GSM8K = {"question": "Sam has 5 pencils and buys 3 more. How many pencils does Sam have?",
          "answer": "Sam has 5 + 3 = 8 pencils.\n#### 8"}
@@ -160,7 +160,7 @@ def msgspec_replace(x, **kw):
 def test_the_report_counts_on_and_off_policy_pairs_apart():
     from types import SimpleNamespace
 
-    from streams import report_figures
+    from streams.commands.reports import figures as report_figures
 
     _, _, [spin], _ = run(objective(reference=True), Policy())
     _, _, [own], _ = run(objective(reference=False, max_candidates=12), Policy(right_from=6))

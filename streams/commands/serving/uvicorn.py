@@ -5,7 +5,7 @@ headers as long as the client takes, so a few hundred connections that send half
 and stop hold the server's sockets for good (slowloris). ``HeaderDeadline`` closes a
 connection whose request headers are not complete ``ingest_header_timeout_s`` after it opened
 or after the request's first byte; the body has a deadline of its own
-(``streams.admission.read_body``).
+(``streams.commands.serving.admission.read_body``).
 """
 from __future__ import annotations
 

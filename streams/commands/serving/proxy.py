@@ -1,7 +1,7 @@
 """The capture proxy of `prefstream ingest`: forwards OpenAI-compatible requests upstream.
 
 - ``Proxy``: forwards chat completions (relaying a stream chunk by chunk) and ``/v1/models``
-  to the upstream, and offers each sampled exchange to ``streams.capture.Capture`` once its
+  to the upstream, and offers each sampled exchange to ``streams.commands.serving.capture.Capture`` once its
   response is complete (a stream cut short is not captured).
 - ``StreamText`` assembles a streamed (SSE) response as it passes.
 """
@@ -19,7 +19,7 @@ import msgspec
 from prometheus_client import CollectorRegistry, Histogram
 from starlette.responses import Response, StreamingResponse
 
-from streams.capture import Capture, Captured
+from streams.commands.serving.capture import Capture, Captured
 from streams.endpoints import Endpoints, redact
 from streams.settings import Settings
 

@@ -1,4 +1,4 @@
-"""Dataset shards: one training format (``streams.formats``) as committed JSONL + Parquet
+"""Dataset shards: one training format (``streams.commands.tap.formats``) as committed JSONL + Parquet
 shards, ``DIR/data/train-NNNNNN.parquet`` + ``DIR/jsonl/shard-NNNNNN.jsonl``, and a dataset
 card, ``DIR/README.md``.
 
@@ -9,7 +9,7 @@ under ``DIR/.tmp`` and fsynced, the JSONL is renamed into place (the commit poin
 the Parquet. On open, ``.tmp`` is emptied, a Parquet shard without its JSONL twin is
 removed, one missing its Parquet is rebuilt from the JSONL, and the ids index is rebuilt
 from the committed JSONL shards. The tap reads its topic from the start, so whatever a
-crash lost is written again, once. A superseded record (``streams.supersede``) leaves the open
+crash lost is written again, once. A superseded record (``streams.commands.tap.supersede``) leaves the open
 shard, or the committed shard holding it is rewritten without it (the Parquet, then the JSONL,
 each renamed into place); its id is kept in ``DIR/.superseded`` so it is never written again.
 """
@@ -29,9 +29,9 @@ import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from streams.card import CardStats, render
-from streams.formats import Format, FormatError
-from streams.supersede import SupersededIds, target
+from streams.commands.tap.card import CardStats, render
+from streams.commands.tap.formats import Format, FormatError
+from streams.commands.tap.supersede import SupersededIds, target
 
 logger = logging.getLogger(__name__)
 

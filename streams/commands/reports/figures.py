@@ -1,4 +1,4 @@
-"""Each section's figures for the data report (``streams.report.figures`` assembles them).
+"""Each section's figures for the data report (``streams.commands.reports.summary.figures`` assembles them).
 
 Histograms use bins 0.1 wide centred on the tenths (a 0/1 verifier shows two crisp bars);
 time series use the same ``edges`` for every section. Where there is nothing to measure a

@@ -14,7 +14,7 @@ import msgspec
 from streams.settings import Settings, SettingsError, load
 
 logger = logging.getLogger("prefstream")
-FORMAT_NAMES = "trl-dpo, trl-kto, trl-reward, openrlhf, ranking, scalar"  # streams.formats.FORMATS
+FORMAT_NAMES = "trl-dpo, trl-kto, trl-reward, openrlhf, ranking, scalar"  # streams.commands.tap.formats.FORMATS
 
 
 def stop_signal():
@@ -61,18 +61,19 @@ def cmd_broker(args) -> int:
 def cmd_worker(args) -> int:
     import faust
 
-    from streams.app import AGENTS, build_app
+    from agents.pipeline import PIPELINE
+    from streams.app import build_app
 
     settings = _settings(args)
     settings.brokers  # noqa: B018 - raises a SettingsError naming PREFSTREAM_BROKER when unset
-    agents = tuple(a.strip() for a in args.agents.split(",")) if args.agents else AGENTS
+    agents = tuple(a.strip() for a in args.agents.split(",")) if args.agents else PIPELINE.workers
     if args.metrics_port is not None:
         settings = settings.replace(metrics_port=args.metrics_port)
     from streams.admin import create_topics
     from streams.topics import from_settings
 
     asyncio.run(create_topics(settings, from_settings(settings)))
-    app = build_app(settings, agents)
+    app = build_app(settings, PIPELINE, agents)
     from streams.logs import dict_config
 
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True,
@@ -86,7 +87,7 @@ def cmd_worker(args) -> int:
 
 def cmd_submit(args) -> int:
     from streams.admin import create_topics, producer
-    from streams.inputs import read_prompts
+    from streams.commands.serving.inputs import read_prompts
     from streams.topics import from_settings
 
     settings = _settings(args)
@@ -113,7 +114,7 @@ def cmd_submit(args) -> int:
 
 def _format(name: str | None, style: str):
     from streams.commands import CliError
-    from streams.formats import FormatError, get
+    from streams.commands.tap.formats import FormatError, get
 
     try:
         return None if name is None else get(name, style)
@@ -128,7 +129,7 @@ def _lag(text: str) -> int:
 
 
 def cmd_tap(args) -> int:
-    from streams.tap import Rotation, tap
+    from streams.commands.tap.follow import Rotation, tap
     from streams.topics import from_settings
 
     settings = _settings(args)
@@ -146,7 +147,7 @@ def cmd_tap(args) -> int:
                          max_policy_lag=args.max_policy_lag, stats=stats)
 
     from streams.commands import CliError
-    from streams.formats import FormatError
+    from streams.commands.tap.formats import FormatError
 
     try:
         n = asyncio.run(go())
@@ -161,7 +162,7 @@ def cmd_tap(args) -> int:
 
 
 def _objective(args):
-    from streams.objectives import load_objective
+    from agents.objectives import load_objective
 
     spec = load_objective(args.objective)
     if getattr(args, "candidates", None):
@@ -171,8 +172,8 @@ def _objective(args):
 
 
 def cmd_run(args) -> int:
-    from streams.inputs import read_prompts
-    from streams.run import run
+    from streams.commands.serving.inputs import read_prompts
+    from streams.commands.run import run
 
     settings = _with_flags(_settings(args), args)
     spec = _objective(args)
@@ -180,7 +181,7 @@ def cmd_run(args) -> int:
     for name in args.format or []:
         _format(name, args.style)
     from streams.commands import CliError
-    from streams.formats import FormatError
+    from streams.commands.tap.formats import FormatError
 
     try:
         result = run(settings, prompts, spec, Path(args.out), progress=not args.quiet,
@@ -194,7 +195,7 @@ def cmd_run(args) -> int:
 def cmd_up(args) -> int:
     """The whole system as a service on the embedded broker: broker + the workers, until ^C."""
     from streams.broker import EmbeddedBroker
-    from streams.run import prepare_models, publish_objective, start_workers, stop_processes
+    from streams.commands.run import prepare_models, publish_objective, start_workers, stop_processes
     from streams.admin import create_topics
     from streams.topics import from_settings
 
@@ -253,7 +254,8 @@ def parser() -> argparse.ArgumentParser:
     u.set_defaults(fn=cmd_up)
 
     w = sub.add_parser("worker", help="run agents against PREFSTREAM_BROKER")
-    w.add_argument("--agents", help="comma-separated subset of curate,synthesize,evaluate,instantiate")
+    w.add_argument("--agents", help="comma-separated subset of the pipeline's workers "
+                   "(curate,synthesize,evaluate,instantiate: `prefstream pipeline`)")
     w.add_argument("--metrics-port", type=int, help="serve /metrics on PORT (default 9464; 0 = off)")
     w.add_argument("--settings-stdin", action="store_true",
                    help="read the whole settings as JSON from standard input (how run and up start workers)")
@@ -303,9 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure(args.settings.log_level, args.settings.log_format)
     from streams.commands import CliError
-    from streams.inputs import InputError
-    from streams.objectives import ObjectiveError
-    from streams.run import RunError
+    from streams.commands.serving.inputs import InputError
+    from agents.objectives import ObjectiveError
+    from streams.commands.run import RunError
 
     try:
         return args.fn(args)

@@ -1,6 +1,6 @@
 """The data report's charts: matplotlib (Agg, no pyplot state) rendered to PNG data URIs.
 
-Each function takes one section of ``streams.report.figures`` and returns a ``data:`` URI,
+Each function takes one section of ``streams.commands.reports.summary.figures`` and returns a ``data:`` URI,
 or ``None`` where the section has nothing to draw (the page then says why). Text from the
 data (sources, reasons) is drawn with mathtext off, so a ``$`` in it is just a dollar sign.
 """

@@ -1,5 +1,5 @@
 """A worker's live objectives: name → newest valid spec, read from the ``objectives`` topic
-by a background reader for as long as the worker runs (``streams.objectives`` writes them)."""
+by a background reader for as long as the worker runs (``agents.objectives`` writes them)."""
 from __future__ import annotations
 
 import asyncio
@@ -7,7 +7,7 @@ import logging
 
 from schemas import ObjectiveSpec
 from streams import endpoints
-from streams.objectives import IDLE_POLLS, caught_up, problems
+from agents.objectives import IDLE_POLLS, caught_up, problems
 from streams.settings import Settings
 from streams.topics import Topics
 

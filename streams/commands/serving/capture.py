@@ -8,7 +8,7 @@
   background task (``run()``) drains the queue in batches, turns each capture into a
   ``Prompt`` (off the request path) and publishes it; a broker outage drops the batch and
   counts it, and the next batch tries again.
-- ``Captured`` is one proxied exchange (``streams.proxy`` makes them) and the ``Prompt`` it
+- ``Captured`` is one proxied exchange (``streams.commands.serving.proxy`` makes them) and the ``Prompt`` it
   becomes.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from streams.settings import Settings
 from streams.topics import Topic
 
 if TYPE_CHECKING:
-    from streams.proxy import StreamText
+    from streams.commands.serving.proxy import StreamText
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """What `POST /v1/prompts` and `POST /v1/feedback` accept: the body split into items, each item
-checked against an explicit list of fields, then parsed (all-or-nothing, ``streams.ingest``).
+checked against an explicit list of fields, then parsed (all-or-nothing, ``streams.commands.serving.server``).
 
 A client sets only what a client may know. Refused, with the fields named:
 
@@ -20,7 +20,7 @@ import msgspec
 
 from schemas import Feedback, Prompt
 from schemas.feedback import feedback_id
-from streams.inputs import detect, parse_line
+from streams.commands.serving.inputs import detect, parse_line
 
 PROMPT_FIELDS = frozenset({"prompt", "messages", "question", "answer", "instruction_id_list", "kwargs", "key",
                            "objective", "tags", "source", "metadata", "verification"})

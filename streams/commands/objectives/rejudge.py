@@ -20,7 +20,7 @@ import msgspec
 
 from schemas import CandidateSet, ObjectiveSpec, Outcome, PreferenceRecord, stable_id
 from schemas.judgments import judged_id
-from streams.compare import parse_side
+from streams.commands.objectives.compare import parse_side
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def failed(letters: list, sel: Selection, since: float) -> set[str]:
 def summaries(values: list, sel: Selection) -> list[dict]:
     """``objective compare`` per version re-judged from, on the prompts re-judged: the first
     outcome of each first set against its re-judged outcome."""
-    from streams.compare import compare
+    from streams.commands.objectives.compare import compare
 
     records = [v for v in values if isinstance(v, PreferenceRecord)]
     outcomes = [v for v in values if isinstance(v, Outcome)]

@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from streams.formats import Format
+from streams.commands.tap.formats import Format
 
 TRAINERS = {"trl-dpo": "trl.DPOTrainer", "trl-kto": "trl.KTOTrainer (or BCOTrainer)",
             "trl-reward": "trl.RewardTrainer", "openrlhf": "OpenRLHF train_rm / train_dpo",

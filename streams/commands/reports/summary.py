@@ -7,7 +7,7 @@
 reads the same four things (live and shadow records) from the bus instead.
 
 ``figures()`` turns them into plain JSON (``prefstream report --json``); the HTML page
-(``streams.report_html``) draws exactly these. A figure with nothing to measure is
+(``streams.commands.reports.html``) draws exactly these. A figure with nothing to measure is
 ``None`` with a ``note`` saying why, never 0. The bias figures are those of
 ``agents.evaluators.bias.BiasTracker``, per time bin, overall and per objective version.
 Records a late label superseded, and ``Withdrawn`` markers, are left out (``live``).
@@ -23,7 +23,7 @@ from pathlib import Path
 import msgspec
 
 from schemas import AnyRecord, DeadLetter, JudgedSet, Outcome, PreferenceRecord
-from streams import report_figures as f
+from streams.commands.reports import figures as f
 
 logger = logging.getLogger(__name__)
 FILES = {"judged": ("judgments.jsonl", JudgedSet), "records": ("records.jsonl", AnyRecord),
@@ -120,8 +120,8 @@ def live(records: list) -> list:
 
 async def load_topics(settings, topics) -> Sources:
     """Every judged set, record (live and shadow), outcome and dead letter on the bus,
-    read up to each partition's read end (``streams.status``: Tansu's reported ends are wrong)."""
-    from streams.status import open_consumer, partitions, read_all, read_ends
+    read up to each partition's read end (``streams.commands.reports.status``: Tansu's reported ends are wrong)."""
+    from streams.commands.reports.status import open_consumer, partitions, read_all, read_ends
 
     wanted = {topics.judgments.name: "judged", topics.preferences.name: "records",
               topics.preferences_shadow.name: "records", topics.outcomes.name: "outcomes",

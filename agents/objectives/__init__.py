@@ -9,7 +9,7 @@ Two topics hold them (key = objective name):
 
 Every reader takes the newest version per name itself, so it is right on brokers that do
 not compact (Tansu) as well as on Apache Kafka. A worker's live view is
-``streams.objective_registry.ObjectiveRegistry``.
+``agents.objectives.registry.ObjectiveRegistry``.
 """
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ standard preference examples use: the prompt is ``"\\n\\nHuman: …\\n\\nAssista
 completion continues it (``" …"``). Every row also carries provenance: ``id`` (the record
 id, deterministic), ``prompt_id``, ``objective`` (name@version), ``source``, ``models`` and
 ``evaluators``; ``supersedes`` names the record a row replaces (a late label re-scored its set;
-the tap drops the replaced row, ``streams.supersede``). Trainers drop columns they do not use.
+the tap drops the replaced row, ``streams.commands.tap.supersede``); ``policy`` the policy version
+that wrote it (``name@version``, null for fixed models). Trainers drop columns they do not use.
 
 In Parquet a turn holds ``role`` and ``content``; tool calls stay in the JSONL rows.
 
@@ -42,7 +43,7 @@ CHAT = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 STR, F64 = pa.string(), pa.float64()
 PROVENANCE = [("id", STR), ("prompt_id", STR), ("objective", STR), ("source", STR),
               ("models", pa.list_(STR)), ("evaluators", pa.list_(STR)), ("step", pa.int64()), ("difficulty", STR),
-              ("supersedes", STR)]
+              ("supersedes", STR), ("policy", STR)]
 
 
 class FormatError(ValueError):
@@ -81,7 +82,7 @@ def _provenance(r, sides: list[Side]) -> dict:
     models = list(dict.fromkeys(side.model for side in sides))
     return {"id": r.id, "prompt_id": r.prompt_id, "objective": r.objective, "source": r.source,
             "models": models, "evaluators": evaluators, "step": r.step, "difficulty": r.difficulty,
-            "supersedes": r.supersedes}
+            "supersedes": r.supersedes, "policy": r.policy}
 
 
 def dpo_row(r: PreferenceRecord, style: str) -> dict:

@@ -3,8 +3,8 @@
 Routes (``/v1/*`` need ``Authorization: Bearer KEY`` when keys are configured):
 
 - ``POST /v1/prompts`` — one prompt (a JSON object), a batch (a JSON array, or JSON lines),
-  in the line formats ``prefstream submit`` reads (``streams.inputs.parse_line``), with the
-  fields ``streams.ingest_items`` lists (no ``id``, no production responses, verification only
+  in the line formats ``prefstream submit`` reads (``streams.commands.serving.inputs.parse_line``), with the
+  fields ``streams.commands.serving.items`` lists (no ``id``, no production responses, verification only
   from keys allowed it); ``?objective=NAME`` routes all of them. Answers ``{"ids": [...]}`` once
   the broker has them.
   **Batches are all-or-nothing**: every item is validated first; if any is bad, the answer is
@@ -22,11 +22,11 @@ Routes (``/v1/*`` need ``Authorization: Bearer KEY`` when keys are configured):
   ``proxy``, tags ``route:…``/``model:…``, the key's hash, the production response in
   ``metadata``) and its prompt id is returned in the ``x-prefstream-prompt-id`` header so
   feedback can name it. Capture never delays or breaks
-  the request (``streams.proxy``, ``streams.capture``).
+  the request (``streams.commands.serving.proxy``, ``streams.commands.serving.capture``).
 - ``GET /healthz``, ``GET /metrics`` (open, the app's own registry).
 
 Limits: body over ``ingest_max_bytes`` → 413 (declared or actual size), over ``ingest_max_items``
-items → 413; body not in within ``ingest_body_timeout_s`` → 408 (headers: ``streams.serving``);
+items → 413; body not in within ``ingest_body_timeout_s`` → 408 (headers: ``streams.commands.serving.uvicorn``);
 missing or wrong key → 401, and past ``ingest_auth_fail_rate`` failures per client address → 429
 for that address; over ``ingest_rate_limit`` items/s per key → 429 (a batch may overdraw the
 bucket; the key's next requests wait until it is repaid); malformed bodies → 4xx with a short
@@ -45,10 +45,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from streams.admin import create_topics
-from streams.admission import Gate
-from streams.capture import CAPTURE_LINGER_MS, BrokerUnavailable, Capture, Publisher
-from streams.ingest_items import TooMany, parse_feedback, parse_prompts, refusal
-from streams.proxy import Proxy
+from streams.commands.serving.admission import Gate
+from streams.commands.serving.capture import CAPTURE_LINGER_MS, BrokerUnavailable, Capture, Publisher
+from streams.commands.serving.items import TooMany, parse_feedback, parse_prompts, refusal
+from streams.commands.serving.proxy import Proxy
 from streams.settings import Settings
 from streams.topics import from_settings
 
@@ -140,7 +140,7 @@ class Ingest:
                 "capture_queue": self.capture.queue.qsize()}
 
 
-def build_app(settings: Settings, upstream: str | None = None, registry: CollectorRegistry | None = None,
+def build_ingest_app(settings: Settings, upstream: str | None = None, registry: CollectorRegistry | None = None,
               publish_timeout_s: float = 10.0) -> Edge:
     """The ASGI app (serve it with uvicorn)."""
     registry = registry or CollectorRegistry()

@@ -5,12 +5,12 @@ Two sinks, both idempotent by record id, also across restarts:
 * ``JsonlSink``: ``DIR/preferences.jsonl``, the pairs in TRL's conversational format
   (``prefstream tap`` and ``run`` with no ``--format``). The ids written are read back on open;
   a torn last line (a crash mid-write) is cut off first.
-* ``DatasetSink`` (``streams.shards``): one training format as committed JSONL + Parquet
+* ``DatasetSink`` (``streams.commands.tap.shards``): one training format as committed JSONL + Parquet
   shards and a dataset card (``prefstream tap --format``, ``run --format``).
 
 The tap reads the topic from the start on every start and skips the ids its sink holds, so
 at-least-once delivery and restarts after a crash still yield each record once. A record that
-names one it ``supersedes`` (a late label re-scored its set; ``streams.supersede``) drops that
+names one it ``supersedes`` (a late label re-scored its set; ``streams.commands.tap.supersede``) drops that
 one from the files for good; a ``Withdrawn`` record only drops it.
 """
 from __future__ import annotations
@@ -23,10 +23,10 @@ from pathlib import Path
 
 
 from streams.admin import reader
-from streams.formats import Format
+from streams.commands.tap.formats import Format
 from streams.settings import Settings
-from streams.shards import DatasetSink, Rotation
-from streams.supersede import SupersededIds, replace_lines, target
+from streams.commands.tap.shards import DatasetSink, Rotation
+from streams.commands.tap.supersede import SupersededIds, replace_lines, target
 from streams.topics import MALFORMED, Topics
 
 __all__ = ["DatasetSink", "JsonlSink", "Rotation", "Sinks", "open_sinks", "tap"]
@@ -176,7 +176,7 @@ async def _tap(settings, topics, out_dir, stop, fmt, rotation, limit, bound) -> 
 def open_sinks(out_dir: str | os.PathLike, formats: list[str], style: str = "conversational",
                rotation: Rotation = Rotation()) -> Sinks:
     """``prefstream run``'s sinks: ``DIR/preferences.jsonl`` and each format in ``DIR/<format>/``."""
-    from streams.formats import get
+    from streams.commands.tap.formats import get
 
     fmts = [get(name, style) for name in dict.fromkeys(formats)]
     return Sinks([JsonlSink(out_dir)] + [DatasetSink(Path(out_dir) / f.name, f, rotation) for f in fmts])

@@ -7,7 +7,7 @@ counting outcomes per prompt id (never lag: Tansu's end offsets are wrong), or u
 has been blocked by its environment for ``block_fail_s`` (then it stops with the cause and
 the fix, and writes no summary: nothing was dead-lettered for it). Then it
 writes ``preferences.jsonl`` and ``summary.json``, and for ``prefstream report`` the judged
-sets, records, outcomes and dead letters (``streams.report.save_run``).
+sets, records, outcomes and dead letters (``streams.commands.reports.summary.save_run``).
 """
 from __future__ import annotations
 
@@ -31,11 +31,11 @@ from schemas import (RECORD_TYPES, Withdrawn, DeadLetter, JudgedSet, ObjectiveSp
                      StageHealth)
 from streams.admin import create_topics, producer, reader
 from streams.broker import EmbeddedBroker
-from streams.objectives import publish, validate
-from streams.report import save_run
+from agents.objectives import publish, validate
+from streams.commands.reports.summary import save_run
 from streams.runtime import Blocked
 from streams.settings import Settings, dumps
-from streams.tap import JsonlSink, open_sinks
+from streams.commands.tap.follow import JsonlSink, open_sinks
 from streams.topics import MALFORMED, Topics, from_settings
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def start_worker(settings: Settings, log_path: Path, env: dict[str, str] | None 
     the process environment (HOME, caches); PREFSTREAM_* variables there are not read."""
     settings = settings.replace(data_dir=str(log_path.parent / f"{log_path.stem}-data"))
     env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "streams.cli", "worker", "--settings-stdin"]
+    cmd = [sys.executable, "-m", "streams.commands.cli", "worker", "--settings-stdin"]
     log = log_path.open("ab")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.PIPE, env=env,
                             start_new_session=True)

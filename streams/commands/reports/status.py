@@ -250,6 +250,22 @@ async def collect(settings: Settings, topics: Topics, newest: int = 5, window_s:
             "stages": stage_health(health, now)}
 
 
+def pipeline_rows(status: dict, pipeline, settings: Settings) -> list[dict]:
+    """The pipeline table with what the bus says about each stage now: its consumer group's
+    members and lag on its input, and whether a live worker reports it blocked."""
+    from streams.app import consumer_group
+
+    groups = {g["group"]: g for g in status["groups"]}
+    blocked = {b["stage"] for b in status["stages"]["blocked"]}
+    rows = []
+    for row, decl in zip(pipeline.table(), pipeline.stages):
+        g = groups.get(consumer_group(settings, decl.name), {})
+        lag = g.get("topics", {}).get(f"{status['namespace']}.{decl.input.short}", {}).get("lag")
+        rows.append({**row, "group": consumer_group(settings, decl.name), "members": g.get("members"),
+                     "lag": lag, "blocked": decl.name in blocked})
+    return rows
+
+
 def stage_health(entries: list, now: float) -> dict:
     """Each live worker's stages from the ``health`` topic (newest per worker and stage; a
     worker silent for ``STALE_S`` is taken as gone): how many run, and each blocked one with

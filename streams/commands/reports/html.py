@@ -1,6 +1,6 @@
 """The data report as one self-contained HTML page (``prefstream report --out report.html``).
 
-Charts are PNG data URIs (``streams.report_charts``); styles are inline; there is no
+Charts are PNG data URIs (``streams.commands.reports.charts``); styles are inline; there is no
 script and no external URL, and a Content-Security-Policy forbids both, so the page opens
 with no network and hostile text in a prompt or response stays text. Every value from the
 data goes through ``html.escape``.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import time
 
-from streams import report_charts as charts
+from streams.commands.reports import charts as charts
 
 SECTIONS = [("counts", "Records by kind and objective version over time"),
             ("scores", "Score histograms per evaluator"),

@@ -1,6 +1,6 @@
 """Stream preference records from the topic into a trainer while the pipeline runs.
 
-    from streams.dataset import iterable_dataset, rows
+    from streams.commands.tap.dataset import iterable_dataset, rows
     for row in rows(settings, "trl-dpo", idle_timeout_s=30):   # a plain iterator of dicts
         ...
     ds = iterable_dataset(settings, "trl-kto")                  # a datasets.IterableDataset
@@ -10,7 +10,7 @@ least once), and — with ``follow`` — as they arrive, until ``idle_timeout_s`
 none (``None``: forever). A background thread owns the Kafka consumer; a bounded queue
 between it and the caller holds the consumer back when the trainer is slower.
 
-Superseded records (a late label re-scored their set; ``streams.supersede``): records are held
+Superseded records (a late label re-scored their set; ``streams.commands.tap.supersede``): records are held
 back until the reader has caught up with the topic (an idle second), and those superseded by
 then are never handed out. A record superseded later, after it was handed out, is followed by
 its successor, whose ``supersedes`` field (column) names it: a trainer following the stream
@@ -29,7 +29,7 @@ from typing import Iterator
 import msgspec
 
 from streams.admin import reader
-from streams.formats import get
+from streams.commands.tap.formats import get
 from streams.settings import Settings
 from streams.topics import Topics, from_settings
 
@@ -171,7 +171,7 @@ def _records(worker: _Reader, kinds: tuple[str, ...] | None, limit: float | None
 
 
 def rows(settings: Settings, format: str, style: str = "conversational", **kw) -> Iterator[dict]:
-    """The rows of one training format (``streams.formats``), as the tap writes them."""
+    """The rows of one training format (``streams.commands.tap.formats``), as the tap writes them."""
     fmt = get(format, style)
     for record in records(settings, kinds=(fmt.kind,), **kw):
         yield fmt.row(record)
