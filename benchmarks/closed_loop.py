@@ -47,7 +47,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from schemas import (EvaluationSpec, EvaluatorSpec, GeneratorSpec, InstantiationSpec, ObjectiveSpec,  # noqa: E402
                      SynthesisSpec)
 from streams.broker import EmbeddedBroker  # noqa: E402
-from streams.inputs import read_prompts  # noqa: E402
+from streams.commands.serving.inputs import read_prompts  # noqa: E402
 from streams.settings import load  # noqa: E402
 
 NAME = "closed-loop"
@@ -135,7 +135,7 @@ def paired_gain(before: list[float], after: list[float], n: int = 2000) -> dict:
 async def loop(args) -> dict:
     from streams.commands.train.dpo import Hyper
     from streams.commands.train.loop import Job, Trainer
-    from streams.run import run
+    from streams.commands.run import run
     from agents.backends.llamacpp import bundled_model_path
 
     out = Path(args.out).resolve()

@@ -41,7 +41,7 @@ async def publish(settings, records) -> None:
 
 
 def start(settings, base: Path, out: Path, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "streams.cli", "train", "--objective", "math", "--policy", "tutor",
+    cmd = [sys.executable, "-m", "streams.commands.cli", "train", "--objective", "math", "--policy", "tutor",
            "--every", "4", "--lr", "1e-2", "--rank", "4", "--until-idle", "3", "--base", str(base), "--out", str(out)]
     return subprocess.Popen(cmd, cwd=ROOT, env={**settings_env(settings), "HF_HUB_OFFLINE": "1"},
                             stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)

@@ -2,7 +2,7 @@
 with the fix (exit 2), before any model is loaded or the broker is asked."""
 from __future__ import annotations
 
-from streams.cli import main
+from streams.commands.cli import main
 
 
 def run(capsys, monkeypatch, *argv: str) -> tuple[int, str]:
