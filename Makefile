@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip wheel setuptools
-	$(VENV)/bin/pip install -e ".[cpu,test,bench]"
+	$(VENV)/bin/pip install -e ".[cpu,test,bench,train]"
 	touch $(STAMP)
 
 # The main job on the embedded default: Tansu broker + Gemma 3 270M on CPU, bundled prompts;

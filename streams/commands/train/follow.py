@@ -1,0 +1,106 @@
+"""The preference stream of one objective, from a stored position on.
+
+The trainer keeps its stream position (the next offset of every partition of the preferences
+topic) in its own state file, written atomically together with the adapter it belongs to
+(``streams.commands.train.state``), rather than in a consumer group: a restart then goes on
+from exactly the records the last saved adapter has not seen, whatever the broker committed.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.admin import isolation
+from streams.security import kafka_options
+from streams.settings import Settings
+from streams.topics import MALFORMED, Topics
+
+logger = logging.getLogger(__name__)
+
+
+def objective_name(objective: str) -> str:
+    """``gsm8k@3`` → ``gsm8k``."""
+    return objective.rsplit("@", 1)[0]
+
+
+class Follower:
+    """Reads pair records of ``objective`` from ``offsets`` on (partition → next offset;
+    the start of the topic for a partition not named)."""
+
+    def __init__(self, settings: Settings, topics: Topics, objective: str, offsets: dict[int, int],
+                 keep: Callable[[object], bool] = lambda record: True) -> None:
+        self.settings, self.objective = settings, objective
+        self.topic = topics.preferences
+        self.offsets = dict(offsets)
+        self.keep = keep  # e.g. the staleness bound (``streams.staleness``): False skips a record
+        self.consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        c = AIOKafkaConsumer(**kafka_options(self.settings), enable_auto_commit=False, group_id=None,
+                             auto_offset_reset="earliest", isolation_level=isolation(self.settings))
+        await c.start()
+        parts = None
+        for _ in range(100):
+            if parts := c.partitions_for_topic(self.topic.name):
+                break
+            await c._client.force_metadata_update()
+            await _sleep(0.1)
+        if not parts:
+            await c.stop()
+            raise RuntimeError(f"topic {self.topic.name} does not exist; start the pipeline "
+                               "(`prefstream run` or `prefstream worker`) first")
+        tps = [TopicPartition(self.topic.name, p) for p in sorted(parts)]
+        c.assign(tps)
+        for tp in tps:
+            if tp.partition in self.offsets:
+                c.seek(tp, self.offsets[tp.partition])
+            else:
+                await c.seek_to_beginning(tp)
+        self.consumer = c
+
+    async def stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+            self.consumer = None
+
+    async def take(self, n: int, skip: set[str], idle_s: float | None = None) -> list:
+        """Up to ``n`` new pairs of the objective (ids in ``skip`` passed over), advancing
+        ``self.offsets`` past every message read; returns early after ``idle_s`` seconds with
+        nothing new (``None``: waits for ``n``)."""
+        out: list = []
+        last = time.monotonic()
+        while len(out) < n:
+            batch = await self.consumer.getmany(timeout_ms=500, max_records=n - len(out))
+            got = False
+            for tp, msgs in batch.items():
+                for msg in msgs:
+                    self.offsets[tp.partition] = msg.offset + 1
+                    record = self._decode(msg)
+                    if record is None or record.id in skip or any(r.id == record.id for r in out):
+                        continue
+                    out.append(record)
+                    got = True
+            if got:
+                last = time.monotonic()
+            elif idle_s is not None and time.monotonic() - last >= idle_s:
+                break
+        return out
+
+    def _decode(self, msg):
+        try:
+            record = self.topic.codec.decode(msg.value)
+        except MALFORMED as e:
+            logger.error("undecodable record at %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, e)
+            return None
+        if getattr(record, "kind", None) != "pair" or objective_name(record.objective) != self.objective:
+            return None
+        return record if self.keep(record) else None
+
+
+async def _sleep(s: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(s)
