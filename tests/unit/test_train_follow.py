@@ -11,7 +11,7 @@ from aiokafka import TopicPartition
 from schemas import Message, Side, UnpairedRecord
 from streams.commands.train.follow import Follower
 from streams.settings import load
-from streams.staleness import Staleness
+from streams.policies.staleness import Staleness
 from streams.topics import from_settings
 from tests.integration.test_tap import pair
 

@@ -35,7 +35,7 @@ class Follower:
         self.settings, self.objective = settings, objective
         self.topic = topics.preferences
         self.offsets = dict(offsets)
-        self.keep = keep  # e.g. the staleness bound (``streams.staleness``): False skips a record
+        self.keep = keep  # e.g. the staleness bound (``streams.policies.staleness``): False skips a record
         self.consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:

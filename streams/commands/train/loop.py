@@ -22,7 +22,7 @@ from streams.commands.train.follow import Follower
 from streams.commands.train.state import State
 from streams.policies import newest_policy
 from streams.settings import Settings
-from streams.staleness import Staleness
+from streams.policies.staleness import Staleness
 from streams.topics import from_settings
 
 logger = logging.getLogger(__name__)
