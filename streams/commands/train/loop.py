@@ -21,8 +21,8 @@ from streams.commands.train import dpo, export
 from streams.commands.train.follow import Follower
 from streams.commands.train.state import State
 from streams.policies import newest_policy
-from streams.settings import Settings
 from streams.policies.staleness import Staleness
+from streams.settings import Settings
 from streams.topics import from_settings
 
 logger = logging.getLogger(__name__)
