@@ -111,6 +111,18 @@ async def follow(settings: Settings, topic: Topic, handle: Callable[[Any], Any],
         await consumer.stop()
 
 
+async def wait_set(event: asyncio.Event, timeout: float) -> bool:
+    """Whether ``event`` is set within ``timeout`` (a follower's ``ready``); no timer when it
+    already is, the usual case on every prompt."""
+    if event.is_set():
+        return True
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+        return True
+    except asyncio.TimeoutError:
+        return False
+
+
 IDLE_POLLS = 4  # empty 0.5 s polls after which a reader takes a topic as read to its end
 
 

@@ -11,7 +11,7 @@ from typing import TypeVar
 import msgspec
 
 from agents.objectives import HISTORY, problems
-from streams.admin import IDLE_POLLS, caught_up
+from streams.admin import IDLE_POLLS, caught_up, wait_set
 from schemas import ObjectiveSpec
 from schemas.objectives import by_reference
 from streams import endpoints
@@ -71,13 +71,7 @@ class ObjectiveRegistry:
         return found
 
     async def wait_ready(self, timeout: float) -> bool:
-        if self.ready.is_set():  # the usual case: no timer, no task per prompt
-            return True
-        try:
-            await asyncio.wait_for(self.ready.wait(), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
+        return await wait_set(self.ready, timeout)
 
     async def _wait(self, known, timeout: float) -> bool:
         """Whether ``known()`` holds within ``timeout`` (checked at every update)."""

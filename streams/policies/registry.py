@@ -8,7 +8,7 @@ import asyncio
 import logging
 
 from schemas import Policy
-from streams.admin import IDLE_POLLS, caught_up
+from streams.admin import IDLE_POLLS, caught_up, wait_set
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -46,13 +46,7 @@ class PolicyRegistry:
             self._changed.notify_all()
 
     async def wait_ready(self, timeout: float) -> bool:
-        if self.ready.is_set():
-            return True
-        try:
-            await asyncio.wait_for(self.ready.wait(), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
+        return await wait_set(self.ready, timeout)
 
     async def wait_for(self, name: str, timeout: float) -> Policy | None:
         """The newest version of ``name`` once caught up, waiting up to ``timeout`` for one."""
