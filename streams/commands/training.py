@@ -26,6 +26,8 @@ def register(sub) -> None:
     p.add_argument("--every", type=int, default=16, help="records per round (train, export, publish)")
     p.add_argument("--beta", type=float, default=0.1, help="DPO's beta")
     p.add_argument("--lr", type=float, default=5e-5, help="learning rate")
+    p.add_argument("--sft-weight", type=float, default=0.0, metavar="A",
+                   help="add A × the chosen side's NLL to the DPO loss (RPO); 0: plain DPO")
     p.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha = 2 × rank) on q/k/v/o")
     p.add_argument("--batch", type=int, default=2, help="pairs per step")
     p.add_argument("--max-steps", type=int, default=None, help="steps per round (default: one pass)")
@@ -46,6 +48,8 @@ def job_from_args(args, settings):
 
     if args.every < 1 or args.rank < 1 or args.batch < 1:
         raise CliError("--every, --rank and --batch must be at least 1")
+    if args.sft_weight < 0:
+        raise CliError("--sft-weight must be 0 (plain DPO) or more")
     if args.max_policy_lag is not None and args.max_policy_lag < 0:
         raise CliError("--max-policy-lag must be 0 (only the newest version's pairs) or more")
     base, name = args.base or settings.model_path, None
@@ -56,7 +60,7 @@ def job_from_args(args, settings):
     if not Path(base).exists():
         raise CliError(f"--base {base}: no such file or directory; give a GGUF file or a transformers model directory")
     hyper = Hyper(beta=args.beta, lr=args.lr, rank=args.rank, alpha=2.0 * args.rank, batch=args.batch,
-                  max_steps=args.max_steps)
+                  max_steps=args.max_steps, sft_weight=args.sft_weight)
     out = Path(args.out or Path(".prefstream") / "train" / args.policy)
     return Job(objective=args.objective, policy=args.policy, out=out, base=str(base),
                base_name=name or str(Path(base).resolve()), every=args.every, hyper=hyper, rounds=args.rounds,

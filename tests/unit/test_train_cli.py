@@ -16,6 +16,8 @@ def test_bad_values_name_the_fix(capsys, monkeypatch, tmp_path):
     assert rc == 2 and "--every, --rank and --batch must be at least 1" in err
     rc, err = run(capsys, monkeypatch, "--max-policy-lag", "-1", "--base", str(tmp_path))
     assert rc == 2 and "--max-policy-lag must be 0" in err
+    rc, err = run(capsys, monkeypatch, "--sft-weight", "-1", "--base", str(tmp_path))
+    assert rc == 2 and "--sft-weight must be 0" in err
     rc, err = run(capsys, monkeypatch, "--base", str(tmp_path / "nope.gguf"))
     assert rc == 2 and "nope.gguf: no such file or directory" in err
 

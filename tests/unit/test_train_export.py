@@ -76,3 +76,15 @@ def test_state_round_trip(tmp_path):
     assert State.load(tmp_path) == s
     assert State.load(tmp_path / "none") == State()
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temporary file left
+
+
+def test_sft_weight_adds_the_chosen_sides_nll(base_dir, tmp_path):
+    """RPO: with ``sft_weight`` the loss is DPO's plus the chosen side's NLL, which on a random
+    model is near log(vocab) — far above DPO's own log 2 at the start."""
+    losses = []
+    for weight in (0.0, 1.0):
+        base = dpo.load_base(str(base_dir))
+        hyper = dpo.Hyper(lr=1e-6, rank=4, alpha=8.0, batch=2, max_length=64, sft_weight=weight)
+        losses.append(dpo.train(dpo.with_adapter(base, hyper), base.tokenizer, ROWS, hyper, tmp_path / str(weight))["loss"])
+    assert losses[0] == pytest.approx(np.log(2), abs=0.05)
+    assert losses[1] - losses[0] > 0.5 * np.log(320)

@@ -35,6 +35,7 @@ class Hyper:
     epochs: int = 1
     max_length: int = 384
     max_steps: int | None = None  # per training call; None: one pass (epochs) over the new rows
+    sft_weight: float = 0.0  # > 0: DPO + this times the chosen side's NLL (RPO, Pang et al. 2024)
     seed: int = 0
 
 
@@ -123,7 +124,9 @@ def train(model, tokenizer, rows: list[dict], hyper: Hyper, workdir: str | os.Pa
         output_dir=str(workdir), per_device_train_batch_size=hyper.batch, num_train_epochs=hyper.epochs,
         max_steps=hyper.max_steps or -1, learning_rate=hyper.lr, beta=hyper.beta, max_length=hyper.max_length,
         report_to=[], use_cpu=True, save_strategy="no", logging_steps=1, seed=hyper.seed,
-        lr_scheduler_type="constant", disable_tqdm=True, dataloader_num_workers=0)
+        lr_scheduler_type="constant", disable_tqdm=True, dataloader_num_workers=0,
+        loss_type=["sigmoid", "sft"] if hyper.sft_weight else ["sigmoid"],
+        loss_weights=[1.0, hyper.sft_weight] if hyper.sft_weight else None)
     _drop_ref(model)
     trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
     trainer.remove_callback(PrinterCallback)  # the loop logs each round itself
