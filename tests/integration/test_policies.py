@@ -184,10 +184,13 @@ def test_tap_skips_and_counts_records_over_the_policy_lag(env, tmp_path, capsys)
 
 def test_dataset_rows_skip_records_over_the_policy_lag(env, tmp_path):
     from streams.commands.tap.dataset import rows
+    from streams.metrics import Metrics
 
     _stream(env, tmp_path)
     stats: dict = {}
-    got = {r["id"]: r["policy"] for r in rows(env, "trl-dpo", follow=False, max_policy_lag=0, stats=stats)}
+    m = Metrics()
+    got = {r["id"]: r["policy"] for r in rows(env, "trl-dpo", follow=False, max_policy_lag=0, stats=stats, metrics=m)}
     assert got == {"r-0": None, "r-4": "tutor@4"}  # rows name the policy version too
     assert stats["skipped_stale"] == 3 and stats["skipped_by_policy"] == {"tutor@1": 1, "tutor@2": 1, "tutor@3": 1}
+    assert m.sample("prefstream_policy_stale_skipped_total", policy="tutor") == 3
     assert sorted(r["id"] for r in rows(env, "trl-dpo", follow=False)) == ["r-0", "r-1", "r-2", "r-3", "r-4"]

@@ -15,9 +15,10 @@ import msgspec
 from streams.commands.train import dpo, export, loop
 from streams.commands.train.follow import Follower
 from streams.commands.train.state import State
+from streams.metrics import Metrics
 from streams.settings import load
 from tests.integration.test_tap import pair
-from tests.unit.test_train_follow import FakeConsumer, withdrawn
+from tests.unit.test_train_follow import FakeConsumer, with_policy, withdrawn
 
 STREAM = ([pair(i, "math@1") for i in range(4)]  # round 1
           + [pair(4, "math@1"), withdrawn(1), pair(5, "math@1"), withdrawn(4)]  # 1 after training, 4 before
@@ -28,8 +29,10 @@ class StreamFollower(Follower):
     """Reads ``STREAM`` from its start whatever the stored position (as a restart from an
     older position, or another partition read first, would)."""
 
+    stream = STREAM
+
     async def start(self) -> None:
-        self.consumer = FakeConsumer(self.topic.name, [self.topic.codec.encode(r) for r in STREAM])
+        self.consumer = FakeConsumer(self.topic.name, [self.topic.codec.encode(r) for r in self.stream])
 
     async def stop(self) -> None:
         self.consumer = None
@@ -81,3 +84,16 @@ def test_late_labels_drop_untrained_records_and_count_trained_ones(monkeypatch, 
     again = asyncio.run(loop.run(settings, job))  # the whole stream read again
     assert again == [] and len(trained) == 2
     assert State.load(tmp_path).trained_then_withdrawn == 1
+
+
+def test_the_trainers_stale_skips_count_on_the_metric(monkeypatch, tmp_path):
+    fakes(monkeypatch, trained := [], [])
+    # round 1 publishes tutor@2 (v1 is the untrained adapter): then pairs of tutor@1 are 1 behind
+    monkeypatch.setattr(StreamFollower, "stream", [pair(i, "math@1") for i in range(2)]
+                        + [with_policy(pair(i, "math@1"), 1) for i in range(2, 5)] + [pair(5, "math@1")])
+    job = loop.Job(objective="math", policy="tutor", out=tmp_path, base="base.gguf", base_name="base", every=2,
+                   idle_s=0.2, max_policy_lag=0)
+    m = Metrics()
+    asyncio.run(loop.run(load({}, broker="127.0.0.1:1", namespace="t"), job, metrics=m))
+    assert trained == [["r-pair-000000", "r-pair-000001"], ["r-pair-000005"]]
+    assert m.sample("prefstream_policy_stale_skipped_total", policy="tutor") == 3

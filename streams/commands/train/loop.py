@@ -46,8 +46,8 @@ class Trainer:
     """One policy's trainer: ``open`` (model, adapter and stream position from the state),
     ``round`` as many times as wanted, ``close``."""
 
-    def __init__(self, settings: Settings, job: Job) -> None:
-        self.settings, self.job = settings, job
+    def __init__(self, settings: Settings, job: Job, metrics=None) -> None:
+        self.settings, self.job, self.metrics = settings, job, metrics  # metrics: the stale skips
         self.state = State.load(job.out)
         self.base = self.model = self.follower = None
 
@@ -59,7 +59,8 @@ class Trainer:
         self.model = await asyncio.to_thread(dpo.with_adapter, self.base, self.job.hyper, peft_dir)
         published = await _publish(self.settings, self.job, self.state, resumed=True) if self.state.pending else []
         self.staleness = Staleness(self.job.max_policy_lag,
-                                   lambda name: self.state.version if name == self.job.policy else None)
+                                   lambda name: self.state.version if name == self.job.policy else None,
+                                   self.metrics)
         self.follower = Follower(self.settings, from_settings(self.settings), self.job.objective, self.state.offsets,
                                  keep=self.staleness.keep, gone=self.state.gone)
         await self.follower.start()
@@ -118,11 +119,11 @@ class Trainer:
         return (await _publish(self.settings, job, state, records=len(ids), steps=stats.get("steps", 0)))[0]
 
 
-async def run(settings: Settings, job: Job, stop: asyncio.Event | None = None) -> list[Policy]:
+async def run(settings: Settings, job: Job, stop: asyncio.Event | None = None, metrics=None) -> list[Policy]:
     """``prefstream train``: rounds until ``stop``, ``job.rounds`` or an idle stream; returns
     the policies published by this call."""
     stop = stop or asyncio.Event()
-    trainer = Trainer(settings, job)
+    trainer = Trainer(settings, job, metrics)
     published = await trainer.open()
     done = 0
     try:
