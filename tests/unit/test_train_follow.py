@@ -1,6 +1,7 @@
 """The trainer's stream reader: one objective's pairs (any version), from a stored position;
 the position advances past every message read, kept or not; ids trained already, other
-objectives, unpaired records and records the staleness bound rejects are passed over."""
+objectives, unpaired records and records the staleness bound rejects are passed over; records a late
+label took back (superseded, withdrawn) are dropped, or counted where they were trained already."""
 from __future__ import annotations
 
 import asyncio
