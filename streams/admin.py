@@ -111,6 +111,39 @@ async def follow(settings: Settings, topic: Topic, handle: Callable[[Any], Any],
         await consumer.stop()
 
 
+async def follow_topics(settings: Settings, sources: list[tuple[Topic, Callable[[Any], Any]]], ready: asyncio.Event,
+                        on_ready: Callable[[], None] | None = None) -> None:
+    """``follow`` each topic with its own handler, all at once, forever (the objective and
+    policy registries: a topic and its history). ``ready`` is set, and ``on_ready()`` called,
+    once every reader has caught up with its topic as it was when it started (the end offsets
+    then, or ``IDLE_POLLS`` empty polls). One reader failing (a missing topic) stops the others
+    and raises its error."""
+    caught: set[str] = set()
+
+    def hook(topic: Topic):
+        ends: dict = {}
+
+        async def after_poll(consumer: AIOKafkaConsumer, idle: int) -> None:
+            if not ends:
+                ends.update(await consumer.end_offsets(list(consumer.assignment())))
+            if topic.name not in caught and (idle >= IDLE_POLLS or await caught_up(consumer, ends)):
+                caught.add(topic.name)
+                if len(caught) == len(sources) and not ready.is_set():
+                    ready.set()
+                    if on_ready is not None:
+                        on_ready()
+
+        return after_poll
+
+    tasks = [asyncio.create_task(follow(settings, topic, handle, hook(topic))) for topic, handle in sources]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def wait_set(event: asyncio.Event, timeout: float) -> bool:
     """Whether ``event`` is set within ``timeout`` (a follower's ``ready``); no timer when it
     already is, the usual case on every prompt."""

@@ -2,7 +2,9 @@
 
 Every name starts with ``prefstream_``; labels are bounded: agent, topic, outcome, backend,
 model, objective (the name; its version is the value of ``prefstream_objective_version``),
-kind, evaluator, result. One ``Metrics`` per worker, served on ``/metrics``.
+kind, evaluator, result, policy (the name, never the version). One ``Metrics`` per worker,
+served on ``/metrics``; the tap, the dataset API and ``prefstream train`` may be given one
+(the records their staleness bound skips).
 
 Two wrappers feed it without touching the stages: ``instrument()`` wraps an agent handler
 (in-flight messages, records per kind, outcomes, objective versions, evaluator results) and
@@ -83,6 +85,12 @@ class Metrics:
         self.scores = LoopCounter("prefstream_evaluator_scores_total",
                               "Candidate scorings by evaluator; result is scored, parse_failure, error or unscored",
                               ["objective", "evaluator", "result"], r)
+        # the staleness bound (``streams.policies.staleness``) where the tap, the dataset API or
+        # the trainer applies it
+        self.policy_stale_skipped = LoopCounter(
+            "prefstream_policy_stale_skipped_total",
+            "Records skipped as more than --max-policy-lag versions behind their policy's newest, by policy name",
+            ["policy"], r)
         # model backends
         self.model_requests = LoopCounter("prefstream_model_requests_total", "Model requests, by outcome (ok, error)",
                                       ["backend", "model", "outcome"], r)
@@ -163,6 +171,16 @@ class Metrics:
                 counts[s.evaluator, result] = counts.get((s.evaluator, result), 0) + 1
         for (evaluator, result), n in counts.items():
             self.child(self.scores, objective, evaluator, result).inc(n)
+
+
+def served(port: int | None, host: str) -> Metrics | None:
+    """A ``Metrics`` on /metrics at host:port for a command that is not a worker (``tap``,
+    ``train``: their ``--metrics-port``); None when ``port`` is 0 or None."""
+    if not port:
+        return None
+    metrics = Metrics()
+    metrics.serve(port, host)
+    return metrics
 
 
 def objective_of(value: Any) -> tuple[str | None, int | None]:

@@ -11,13 +11,13 @@ from typing import TypeVar
 import msgspec
 
 from agents.objectives import HISTORY, problems
-from streams.admin import IDLE_POLLS, caught_up, wait_set
+from streams.admin import follow_topics, wait_set
 from schemas import ObjectiveSpec
 from schemas.objectives import by_reference
 from streams import endpoints
 from streams.runtime import Blocked, Emit, Rejected
 from streams.settings import Settings
-from streams.topics import MALFORMED, Topics
+from streams.topics import Topics
 
 logger = logging.getLogger(__name__)
 
@@ -130,34 +130,14 @@ class ObjectiveRegistry:
                        "apply FILE` publishes the next version); the stage goes on once it is read")
 
     async def follow(self, settings: Settings, topics: Topics) -> None:
-        """Read the objectives and history topics from the start, forever; ``ready`` once
-        caught up with both."""
-        from streams.admin import reader
+        """Read the objectives and history topics from the start, forever (a reader each,
+        ``streams.admin.follow_topics``); ``ready`` once caught up with both."""
+        def caught_up() -> None:
+            logger.info("objectives caught up: %s", ", ".join(s.ref for s in self.specs.values()) or "none")
 
-        sources = {t.name: t for t in (topics.objectives, getattr(topics, HISTORY))}
-        consumer = await reader(settings, list(sources))
-        ends: dict = {}
-        try:
-            idle = 0
-            while True:
-                batch = await consumer.getmany(timeout_ms=500)
-                idle = 0 if batch else idle + 1
-                for msgs in batch.values():
-                    for m in msgs:
-                        topic = sources[m.topic]
-                        try:
-                            spec = topic.codec.decode(m.value)
-                        except MALFORMED as e:
-                            logger.error("bad objective at %s[%d]@%d: %s", m.topic, m.partition, m.offset, e)
-                            continue
-                        await self.update(spec, live=topic is topics.objectives)
-                if not ends:  # what there was to read when the reader started
-                    ends.update(await consumer.end_offsets(list(consumer.assignment())))
-                if not self.ready.is_set() and (idle >= IDLE_POLLS or await caught_up(consumer, ends)):
-                    self.ready.set()
-                    logger.info("objectives caught up: %s", ", ".join(s.ref for s in self.specs.values()) or "none")
-        finally:
-            await consumer.stop()
+        await follow_topics(settings, [(topics.objectives, lambda spec: self.update(spec, live=True)),
+                                       (getattr(topics, HISTORY), lambda spec: self.update(spec, live=False))],
+                            self.ready, caught_up)
 
 
 def sent_by_reference(emits: list[Emit]) -> list[Emit]:

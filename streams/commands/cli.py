@@ -144,7 +144,11 @@ def cmd_tap(args) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         return await tap(settings, from_settings(settings), args.out, stop, fmt=fmt, rotation=rotation,
-                         max_policy_lag=args.max_policy_lag, stats=stats)
+                         max_policy_lag=args.max_policy_lag, stats=stats, metrics=metrics)
+
+    from streams.metrics import served
+
+    metrics = served(args.metrics_port, settings.metrics_host)
 
     from streams.commands import CliError
     from streams.commands.tap.formats import FormatError
@@ -278,6 +282,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--max-policy-lag", type=_lag, metavar="K",
                    help="skip (and count) records whose policy is more than K versions behind its newest published "
                         "version (0: the newest only); records with no policy are always kept")
+    t.add_argument("--metrics-port", type=int, default=0, metavar="P",
+                   help="serve /metrics on P (prefstream_policy_stale_skipped_total; default 0 = off)")
     t.set_defaults(fn=cmd_tap)
 
     b = sub.add_parser("broker", help="run the embedded broker (Tansu) in the foreground")

@@ -1,4 +1,5 @@
-"""``prefstream status [--json]``: topics, consumer lag, rates, blocked stages, dead letters and objectives."""
+"""``prefstream status [--json]``: topics, consumer lag, rates, blocked stages, dead letters, objectives and
+policies."""
 from __future__ import annotations
 
 import asyncio
@@ -9,7 +10,8 @@ from streams.commands import CliError
 
 
 def register(sub) -> None:
-    p = sub.add_parser("status", help="topics, consumer lag, rates over the last minute, dead letters, objectives")
+    p = sub.add_parser("status", help="topics, consumer lag, rates over the last minute, dead letters, objectives, "
+                       "policies")
     p.add_argument("--json", action="store_true", help="one JSON object (for scripts)")
     p.add_argument("--newest", type=int, default=5, help="how many of the newest dead letters to show")
     p.add_argument("--window", type=float, default=60.0, help="seconds the rates are counted over (default 60)")
@@ -78,6 +80,9 @@ def render(status: dict) -> None:
     for obj in status["objectives"]:
         o.add_row(obj["ref"], obj["status"], ", ".join(obj["generators"]), ", ".join(obj["evaluators"]))
     console.print(o if status["objectives"] else "[yellow]no objective published[/]")
+    from streams.commands.reports.policies import render as render_policies
+
+    render_policies(console, status["policies"])
 
 
 def _dead_letters(console, dl: dict) -> None:

@@ -36,6 +36,8 @@ def register(sub) -> None:
                    help="stop when no new pair came for S seconds (default: wait)")
     p.add_argument("--max-policy-lag", type=int, default=None, metavar="K",
                    help="skip pairs made by a version of --policy more than K behind the newest it published")
+    p.add_argument("--metrics-port", type=int, default=0, metavar="P",
+                   help="serve /metrics on P (prefstream_policy_stale_skipped_total; default 0 = off)")
     p.add_argument("--base", default=None, help="the base model: a GGUF file or a transformers directory "
                    "(default: PREFSTREAM_MODEL_PATH, else the bundled Gemma 3 270M)")
     p.add_argument("--out", default=None, help="adapters and state (default: .prefstream/train/POLICY)")
@@ -80,7 +82,9 @@ def main(args) -> int:
     settings.brokers  # noqa: B018 - raises a SettingsError naming PREFSTREAM_BROKER when unset
     job = job_from_args(args, settings)
     logging.getLogger(__name__).info("training %s on %s's pairs into %s", job.policy, job.objective, job.out)
-    for policy in asyncio.run(run(settings, job)):
+    from streams.metrics import served
+
+    for policy in asyncio.run(run(settings, job, metrics=served(args.metrics_port, settings.metrics_host))):
         print(f"published {policy.ref}  {policy.adapter_gguf}  records={policy.trained_on.get('records')} "
               f"steps={policy.trained_on.get('steps')}", flush=True)
     return 0

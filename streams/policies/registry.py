@@ -8,7 +8,7 @@ import asyncio
 import logging
 
 from schemas import Policy
-from streams.admin import IDLE_POLLS, caught_up, wait_set
+from streams.admin import follow_topics, wait_set
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -22,7 +22,6 @@ class PolicyRegistry:
     def __init__(self) -> None:
         self.versions: dict[str, dict[int, Policy]] = {}
         self.ready = asyncio.Event()
-        self._caught_up: set[str] = set()
         self._changed = asyncio.Condition()
 
     def newest(self, name: str) -> Policy | None:
@@ -65,22 +64,9 @@ class PolicyRegistry:
 
     async def follow(self, settings: Settings, topics: Topics) -> None:
         """Read both policy topics from the start, forever; ``ready`` once both caught up."""
-        sources = [topics.policy_history, topics.policies]
-        await asyncio.gather(*(self._follow_one(settings, t, len(sources)) for t in sources))
+        def caught_up() -> None:
+            logger.info("policies caught up: %s", ", ".join(
+                p.ref for n in sorted(self.versions) if (p := self.newest(n))) or "none")
 
-    async def _follow_one(self, settings: Settings, topic, count: int) -> None:
-        from streams.admin import follow
-
-        ends: dict = {}
-
-        async def after_poll(consumer, idle: int) -> None:
-            if not ends:
-                ends.update(await consumer.end_offsets(list(consumer.assignment())))
-            if topic.name not in self._caught_up and (idle >= IDLE_POLLS or await caught_up(consumer, ends)):
-                self._caught_up.add(topic.name)
-                if len(self._caught_up) == count:
-                    self.ready.set()
-                    logger.info("policies caught up: %s", ", ".join(
-                        p.ref for n in sorted(self.versions) if (p := self.newest(n))) or "none")
-
-        await follow(settings, topic, self.update, after_poll)
+        await follow_topics(settings, [(topics.policy_history, self.update), (topics.policies, self.update)],
+                            self.ready, caught_up)

@@ -5,7 +5,8 @@ version of that policy are skipped and counted (``prefstream tap --max-policy-la
 
 A record is as stale as its stalest side: every ``name@version`` it carries (the record's
 ``policy`` and each side's) is checked. Records with no policy are never skipped; nor are
-those of a policy whose versions the reader does not know (yet).
+those of a policy whose versions the reader does not know (yet). Given a ``Metrics``, each skip
+also counts on ``prefstream_policy_stale_skipped_total{policy=NAME}`` (the name only: bounded).
 """
 from __future__ import annotations
 
@@ -38,12 +39,15 @@ class Staleness:
     """``keep(record)``: False (and counted) when the record lags its policy's newest version by
     more than ``max_lag``. ``newest(name)`` is the newest published version, or None."""
 
-    def __init__(self, max_lag: int | None, newest: Callable[[str], int | None]) -> None:
+    def __init__(self, max_lag: int | None, newest: Callable[[str], int | None], metrics=None) -> None:
         if max_lag is not None and max_lag < 0:
             raise ValueError(f"max_policy_lag must be >= 0 (0: only the newest version), not {max_lag}")
-        self.max_lag, self.newest = max_lag, newest
-        self.skipped = 0
+        self.max_lag, self.newest, self.metrics = max_lag, newest, metrics
         self.by_policy: Counter[str] = Counter()  # "name@version" → records skipped
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.by_policy.values())
 
     def lag(self, record) -> int:
         """How many versions the record's stalest side is behind (0 where none is known)."""
@@ -53,8 +57,11 @@ class Staleness:
     def keep(self, record) -> bool:
         if self.max_lag is None or self.lag(record) <= self.max_lag:
             return True
-        self.skipped += 1
-        self.by_policy[getattr(record, "policy", None) or "?"] += 1
+        ref = getattr(record, "policy", None)
+        self.by_policy[ref or "?"] += 1
+        if self.metrics is not None:
+            name = parse_ref(ref)[0] if ref else next((n for n, _ in policy_refs(record)), "?")
+            self.metrics.child(self.metrics.policy_stale_skipped, name).inc()
         return False
 
     def filter(self, records: Iterator) -> Iterator:
@@ -66,17 +73,17 @@ class Staleness:
         return {"max_policy_lag": self.max_lag, "skipped_stale": self.skipped, "skipped_by_policy": dict(self.by_policy)}
 
 
-def from_registry(max_lag: int | None, registry) -> Staleness:
+def from_registry(max_lag: int | None, registry, metrics=None) -> Staleness:
     """A bound over a ``PolicyRegistry``'s newest versions (kept current by its reader)."""
     def newest(name: str) -> int | None:
         p = registry.newest(name)
         return p.version if p is not None else None
 
-    return Staleness(max_lag, newest)
+    return Staleness(max_lag, newest, metrics)
 
 
 @contextlib.asynccontextmanager
-async def following(settings, topics, max_lag: int | None, wait_s: float = 30.0):
+async def following(settings, topics, max_lag: int | None, wait_s: float = 30.0, metrics=None):
     """A ``Staleness`` whose newest versions a ``PolicyRegistry`` reads in the background for as
     long as the block runs (caught up first, so early records are judged against every version
     published so far). ``max_lag`` None: no reader, nothing skipped."""
@@ -84,7 +91,7 @@ async def following(settings, topics, max_lag: int | None, wait_s: float = 30.0)
 
     registry = PolicyRegistry()
     if max_lag is None:
-        yield from_registry(None, registry)
+        yield from_registry(None, registry, metrics)
         return
     task = asyncio.create_task(registry.follow(settings, topics))
     ready = asyncio.create_task(registry.ready.wait())
@@ -94,7 +101,7 @@ async def following(settings, topics, max_lag: int | None, wait_s: float = 30.0)
             task.result()
         if not registry.ready.is_set():
             logger.warning("the policy topics were not read within %.0f s; staleness is judged on what was", wait_s)
-        yield from_registry(max_lag, registry)
+        yield from_registry(max_lag, registry, metrics)
     finally:
         for t in (task, ready):
             t.cancel()

@@ -184,10 +184,27 @@ def test_tap_skips_and_counts_records_over_the_policy_lag(env, tmp_path, capsys)
 
 def test_dataset_rows_skip_records_over_the_policy_lag(env, tmp_path):
     from streams.commands.tap.dataset import rows
+    from streams.metrics import Metrics
 
     _stream(env, tmp_path)
     stats: dict = {}
-    got = {r["id"]: r["policy"] for r in rows(env, "trl-dpo", follow=False, max_policy_lag=0, stats=stats)}
+    m = Metrics()
+    got = {r["id"]: r["policy"] for r in rows(env, "trl-dpo", follow=False, max_policy_lag=0, stats=stats, metrics=m)}
     assert got == {"r-0": None, "r-4": "tutor@4"}  # rows name the policy version too
     assert stats["skipped_stale"] == 3 and stats["skipped_by_policy"] == {"tutor@1": 1, "tutor@2": 1, "tutor@3": 1}
+    assert m.sample("prefstream_policy_stale_skipped_total", policy="tutor") == 3
     assert sorted(r["id"] for r in rows(env, "trl-dpo", follow=False)) == ["r-0", "r-1", "r-2", "r-3", "r-4"]
+
+
+def test_status_lists_the_newest_version_of_each_policy(env, tmp_path, capsys):
+    a, b = adapter(tmp_path, "a.gguf", b"one"), adapter(tmp_path, "b.gguf", b"two")
+    for name, path in (("tutor", a), ("tutor", b), ("coach", a)):
+        asyncio.run(publish_policy(env, Policy(name=name, base_model="gemma", adapter_gguf=path)))
+    rc, out, _ = cli(capsys, "status", "--json")
+    assert rc == 0
+    got = {p["ref"]: p for p in json.loads(out)["policies"]}
+    assert list(got) == ["coach@1", "tutor@2"]
+    assert got["tutor@2"]["sha256"] == hashlib.sha256(b"two").hexdigest() and got["tutor@2"]["versions"] == 2
+    assert got["tutor@2"]["base_model"] == "gemma" and got["tutor@2"]["published_at"] > 0
+    rc, out, _ = cli(capsys, "status")
+    assert rc == 0 and "tutor@2" in out and hashlib.sha256(b"two").hexdigest()[:12] in out

@@ -153,6 +153,21 @@ def test_staleness_skips_and_counts_records_more_than_k_behind():
     assert [r.id for r in Staleness(None, newest.get).filter(iter(records))] == list("abcdefg")
 
 
+def test_stale_skips_count_on_the_metric_by_policy_name():
+    from streams.metrics import Metrics
+
+    m = Metrics()
+    newest = {"tutor": 5, "other": 3}
+    records = [pair("a", "tutor@5"), pair("b", "tutor@1"), pair("c", "tutor@2"), pair("d", "other@1"),
+               pair("e", None, rejected="other@1")]
+    bound = Staleness(1, newest.get, m)
+    assert [r.id for r in bound.filter(iter(records))] == ["a"]
+    assert m.sample("prefstream_policy_stale_skipped_total", policy="tutor") == 2  # the name, not tutor@1, tutor@2
+    assert m.sample("prefstream_policy_stale_skipped_total", policy="other") == 2  # "e": its side's policy
+    assert m.sample("prefstream_policy_stale_skipped_total", policy="tutor@1") is None
+    assert bound.skipped == sum(bound.by_policy.values()) == 4
+
+
 def test_a_record_is_as_stale_as_its_stalest_side():
     # record-level policy says v5 but a side says v1 (a record built elsewhere): the side counts
     mixed = pair("m", "tutor@5", rejected="tutor@1")

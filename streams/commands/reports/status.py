@@ -1,6 +1,6 @@
 """What is on the bus now: per topic its offsets and the records of the last minute, lag per
-consumer group, dead letters with their newest reasons, the objectives in force, and the
-stages blocked by their environment (from the workers' ``health`` topic).
+consumer group, dead letters with their newest reasons, the objectives in force, the newest
+version of each policy, and the stages blocked by their environment (from the workers' ``health`` topic).
 
 End offsets. A broker's ListOffsets(latest) answer is the *reported* end. Tansu reports the
 first offset of a partition's last record batch plus one instead of the offset after its last
@@ -243,11 +243,12 @@ async def collect(settings: Settings, topics: Topics, newest: int = 5, window_s:
         health = [h for _, h in await _decoded(consumer, topics.health, ends)]
     finally:
         await consumer.stop()
+    from streams.commands.reports.policies import policy_status
     return {"broker": settings.broker, "namespace": topics.namespace, "at": now, "window_s": window_s,
             "end_offsets": END_NOTE, "missing_topics": missing, "topics": rows,
             "groups": await group_lags(settings, tps, ends),
             "deadletters": dead_letter_summary(letters, newest), "objectives": newest_objectives(specs),
-            "stages": stage_health(health, now)}
+            "policies": await policy_status(settings, topics, missing), "stages": stage_health(health, now)}
 
 
 def pipeline_rows(status: dict, pipeline, settings: Settings) -> list[dict]:

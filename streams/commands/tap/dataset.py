@@ -100,12 +100,14 @@ class _Reader(threading.Thread):
 
 def records(settings: Settings, kinds: tuple[str, ...] | None = None, follow: bool = True,
             idle_timeout_s: float | None = None, topics: Topics | None = None, shadow: bool = False,
-            maxsize: int = 1000, max_policy_lag: int | None = None, stats: dict | None = None) -> Iterator:
+            maxsize: int = 1000, max_policy_lag: int | None = None, stats: dict | None = None,
+            metrics=None) -> Iterator:
     """Preference records (``PreferenceRecord``, ``UnpairedRecord``, …) from the topic, each
     id once. Without ``follow`` it stops at the first idle second; with it, after
     ``idle_timeout_s`` idle seconds (``None``: never). ``max_policy_lag``: records more than
     that many versions behind their policy's newest are skipped (``streams.policies.staleness``), and
-    counted in ``stats`` (``skipped_stale``, ``skipped_by_policy``) as they are."""
+    counted in ``stats`` (``skipped_stale``, ``skipped_by_policy``) as they are, and on ``metrics``'
+    ``prefstream_policy_stale_skipped_total`` (a ``streams.metrics.Metrics`` the caller serves)."""
     from streams.policies.registry import PolicyRegistry
     from streams.policies.staleness import from_registry
 
@@ -113,7 +115,7 @@ def records(settings: Settings, kinds: tuple[str, ...] | None = None, follow: bo
     topic = topics.preferences_shadow if shadow else topics.preferences
     limit = idle_timeout_s if follow else 1.0
     registry = PolicyRegistry() if max_policy_lag is not None else None
-    bound = from_registry(max_policy_lag, registry)
+    bound = from_registry(max_policy_lag, registry, metrics)
     worker = _Reader(settings, topic, maxsize, registry, topics)
     worker.start()
     inner = _records(worker, kinds, limit)

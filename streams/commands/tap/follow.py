@@ -128,15 +128,16 @@ class Sinks:
 
 async def tap(settings: Settings, topics: Topics, out_dir: str, stop: asyncio.Event | None = None,
               fmt: Format | None = None, rotation: Rotation = Rotation(), limit: int | None = None,
-              max_policy_lag: int | None = None, stats: dict | None = None) -> int:
+              max_policy_lag: int | None = None, stats: dict | None = None, metrics=None) -> int:
     """Follow the preferences topic into ``out_dir`` until ``stop`` is set (or ``limit`` new
     records are written): ``preferences.jsonl`` with no ``fmt``, else ``fmt``'s shards. Returns
     the number of records written by this call. ``max_policy_lag``: records more than that many
     versions behind their policy's newest are skipped (``streams.policies.staleness``); ``stats`` gets
-    the counts (``skipped_stale``, ``skipped_by_policy``)."""
+    the counts (``skipped_stale``, ``skipped_by_policy``), and ``metrics`` (a ``streams.metrics.Metrics``)
+    ``prefstream_policy_stale_skipped_total``."""
     from streams.policies.staleness import following
 
-    async with following(settings, topics, max_policy_lag) as bound:
+    async with following(settings, topics, max_policy_lag, metrics=metrics) as bound:
         written = await _tap(settings, topics, out_dir, stop, fmt, rotation, limit, bound)
     if stats is not None:
         stats.update(bound.summary())

@@ -4,16 +4,23 @@ The trainer keeps its stream position (the next offset of every partition of the
 topic) in its own state file, written atomically together with the adapter it belongs to
 (``streams.commands.train.state``), rather than in a consumer group: a restart then goes on
 from exactly the records the last saved adapter has not seen, whatever the broker committed.
+
+Late labels (``streams.commands.tap.supersede``'s rule, as the tap keeps it): a record that
+``supersedes`` another, or a ``Withdrawn`` one, takes the record it names back. Taken back before
+it is trained, that record is dropped from the round being gathered and never taken later
+(``gone``, kept in the trainer's state); taken back after it was trained, it cannot be untrained:
+its id goes to ``late`` for the trainer to count. A replacement pair is taken like any other.
 """
 from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from typing import Callable, Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.admin import isolation
+from streams.commands.tap.supersede import target
 from streams.security import kafka_options
 from streams.settings import Settings
 from streams.topics import MALFORMED, Topics
@@ -28,14 +35,17 @@ def objective_name(objective: str) -> str:
 
 class Follower:
     """Reads pair records of ``objective`` from ``offsets`` on (partition → next offset;
-    the start of the topic for a partition not named)."""
+    the start of the topic for a partition not named). ``gone``: ids superseded or withdrawn
+    so far, never taken."""
 
     def __init__(self, settings: Settings, topics: Topics, objective: str, offsets: dict[int, int],
-                 keep: Callable[[object], bool] = lambda record: True) -> None:
+                 keep: Callable[[object], bool] = lambda record: True, gone: Iterable[str] = ()) -> None:
         self.settings, self.objective = settings, objective
         self.topic = topics.preferences
         self.offsets = dict(offsets)
         self.keep = keep  # e.g. the staleness bound (``streams.policies.staleness``): False skips a record
+        self.gone: set[str] = set(gone)
+        self.late: list[str] = []  # ids taken back after they were trained (in ``skip``), as read
         self.consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:
@@ -67,9 +77,9 @@ class Follower:
             self.consumer = None
 
     async def take(self, n: int, skip: set[str], idle_s: float | None = None) -> list:
-        """Up to ``n`` new pairs of the objective (ids in ``skip`` passed over), advancing
-        ``self.offsets`` past every message read; returns early after ``idle_s`` seconds with
-        nothing new (``None``: waits for ``n``)."""
+        """Up to ``n`` new pairs of the objective (ids in ``skip``, the ones trained already,
+        and in ``gone`` passed over), advancing ``self.offsets`` past every message read;
+        returns early after ``idle_s`` seconds with nothing new (``None``: waits for ``n``)."""
         out: list = []
         last = time.monotonic()
         while len(out) < n:
@@ -79,25 +89,43 @@ class Follower:
                 for msg in msgs:
                     self.offsets[tp.partition] = msg.offset + 1
                     record = self._decode(msg)
-                    if record is None or record.id in skip or any(r.id == record.id for r in out):
+                    if record is None:
                         continue
-                    out.append(record)
-                    got = True
+                    if (old := target(record)) is not None:
+                        out = self._take_back(old, skip, out)
+                    if self._wanted(record, skip, out):
+                        out.append(record)
+                        got = True
             if got:
                 last = time.monotonic()
             elif idle_s is not None and time.monotonic() - last >= idle_s:
                 break
         return out
 
+    def _take_back(self, old: str, skip: set[str], out: list) -> list:
+        """A late label took ``old`` back: ``out`` without it, and ``old`` gone from now on."""
+        if old in self.gone:
+            return out
+        self.gone.add(old)
+        if old in skip:
+            self.late.append(old)
+        return [r for r in out if r.id != old]
+
+    def _wanted(self, record, skip: set[str], out: list) -> bool:
+        if getattr(record, "kind", None) != "pair" or record.id in skip or record.id in self.gone:
+            return False
+        return not any(r.id == record.id for r in out) and self.keep(record)
+
     def _decode(self, msg):
+        """The objective's record at ``msg`` (any kind: a ``Withdrawn`` one too), else None."""
         try:
             record = self.topic.codec.decode(msg.value)
         except MALFORMED as e:
             logger.error("undecodable record at %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, e)
             return None
-        if getattr(record, "kind", None) != "pair" or objective_name(record.objective) != self.objective:
+        if objective_name(getattr(record, "objective", "")) != self.objective:
             return None
-        return record if self.keep(record) else None
+        return record
 
 
 async def _sleep(s: float) -> None:

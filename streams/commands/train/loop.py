@@ -46,8 +46,8 @@ class Trainer:
     """One policy's trainer: ``open`` (model, adapter and stream position from the state),
     ``round`` as many times as wanted, ``close``."""
 
-    def __init__(self, settings: Settings, job: Job) -> None:
-        self.settings, self.job = settings, job
+    def __init__(self, settings: Settings, job: Job, metrics=None) -> None:
+        self.settings, self.job, self.metrics = settings, job, metrics  # metrics: the stale skips
         self.state = State.load(job.out)
         self.base = self.model = self.follower = None
 
@@ -59,9 +59,10 @@ class Trainer:
         self.model = await asyncio.to_thread(dpo.with_adapter, self.base, self.job.hyper, peft_dir)
         published = await _publish(self.settings, self.job, self.state, resumed=True) if self.state.pending else []
         self.staleness = Staleness(self.job.max_policy_lag,
-                                   lambda name: self.state.version if name == self.job.policy else None)
+                                   lambda name: self.state.version if name == self.job.policy else None,
+                                   self.metrics)
         self.follower = Follower(self.settings, from_settings(self.settings), self.job.objective, self.state.offsets,
-                                 keep=self.staleness.keep)
+                                 keep=self.staleness.keep, gone=self.state.gone)
         await self.follower.start()
         if self.state.adapter is None and await newest_policy(self.settings, self.job.policy) is None:
             # version 1 is the base model (a zero LoRA): generators naming the policy can start
@@ -76,6 +77,7 @@ class Trainer:
         """Trains on up to ``every`` new pairs and publishes the adapter; (None, {}) when the
         stream had none (``idle_s``)."""
         records = await self.follower.take(self.job.every, set(self.state.trained), self.job.idle_s)
+        self._count_late()
         if not records:
             return None, {}
         stats = await asyncio.to_thread(dpo.train, self.model, self.base.tokenizer, [r.trl() for r in records],
@@ -85,6 +87,15 @@ class Trainer:
         logger.info("round %d: %d records, %d steps, loss %.4f → %s", self.state.round, len(records),
                     stats["steps"], stats["loss"], policy.ref)
         return policy, {"records": len(records), **stats}
+
+    def _count_late(self) -> None:
+        """Records a late label took back after they were trained: counted (they cannot be
+        untrained) and logged; the ids taken back go into the state with the round."""
+        late, self.follower.late = self.follower.late, []
+        if late:
+            self.state.trained_then_withdrawn += len(late)
+            logger.warning("%d records trained on before a late label superseded or withdrawn them (%d in all): %s",
+                           len(late), self.state.trained_then_withdrawn, ", ".join(late[:10]))
 
     async def publish(self, ids: list[str], stats: dict) -> Policy:
         """The adapter as it is now (round 0 before any training: the base model's zero LoRA)
@@ -100,6 +111,7 @@ class Trainer:
         _write_json(rdir / "trained.json", {"ids": ids, "offsets": self.follower.offsets, "epoch": state.epoch,
                                             **stats})
         state.offsets, state.adapter, state.sha256 = dict(self.follower.offsets), str(rdir), sha
+        state.gone = sorted(self.follower.gone)
         state.trained += ids
         state.steps += stats.get("steps", 0)
         state.pending, state.version = True, None
@@ -107,11 +119,11 @@ class Trainer:
         return (await _publish(self.settings, job, state, records=len(ids), steps=stats.get("steps", 0)))[0]
 
 
-async def run(settings: Settings, job: Job, stop: asyncio.Event | None = None) -> list[Policy]:
+async def run(settings: Settings, job: Job, stop: asyncio.Event | None = None, metrics=None) -> list[Policy]:
     """``prefstream train``: rounds until ``stop``, ``job.rounds`` or an idle stream; returns
     the policies published by this call."""
     stop = stop or asyncio.Event()
-    trainer = Trainer(settings, job)
+    trainer = Trainer(settings, job, metrics)
     published = await trainer.open()
     done = 0
     try:
@@ -142,6 +154,7 @@ async def _publish(settings: Settings, job: Job, state: State, records: int | No
                       "steps": trained["steps"] if steps is None else steps,
                       "records_total": len(state.trained), "steps_total": state.steps, "round": state.round,
                       "skipped_stale": int(trained.get("skipped_stale", 0)),
+                      "trained_then_withdrawn": state.trained_then_withdrawn,
                       "epoch": state.epoch,
                       **{f"preferences/{p}": o for p, o in sorted(state.offsets.items())}}
         policy = await publish_policy(settings, Policy(

@@ -5,7 +5,10 @@ file, fsync, rename) after the adapter it names is on disk:
 * ``trained``: the ids of the records trained on this epoch (no record is trained twice);
 * ``adapter``: the round directory holding the newest adapter (PEFT + GGUF + ``trained.json``);
 * ``pending``: that adapter is saved but not yet published (a crash between the two publishes
-  it on restart); ``version``: the policy version it was published as.
+  it on restart); ``version``: the policy version it was published as;
+* ``gone``: the ids a late label took back (superseded or withdrawn), never trained from then on;
+* ``trained_then_withdrawn``: how many records were taken back after they were trained (an
+  adapter cannot untrain them; counted, logged and in each version's ``trained_on``).
 
 A kill -9 anywhere leaves either the old state (the round's training is lost and redone from
 the same position, on the same records, from the old adapter) or the new one.
@@ -29,6 +32,8 @@ class State:
     pending: bool = False
     version: int | None = None
     sha256: str | None = None
+    gone: list[str] = field(default_factory=list)
+    trained_then_withdrawn: int = 0
 
     @classmethod
     def load(cls, out: Path) -> "State":
