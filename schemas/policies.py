@@ -37,6 +37,9 @@ class Policy(Wire, tag="policy.v1", kw_only=True, omit_defaults=False):
     # free-form provenance: records, steps, stream offsets ("preferences/0": 1234, ...)
     trained_on: dict[str, int] = {}
     note: Annotated[str, Meta(max_length=4096)] = ""
+    # the training loss the adapter was trained with ("dpo", "kto"; `prefstream train --loss`); None: not said.
+    # Its own field, not in ``trained_on`` (whose values are ints: readers of that shape would refuse a string)
+    loss: Annotated[str, Meta(pattern=r"^[a-z0-9_]{1,32}$")] | None = None
 
     @property
     def ref(self) -> str:

@@ -104,6 +104,24 @@ class UnpairedRecord(Wire, tag="preference.unpaired.v1", kw_only=True):
     # of the first side's policy (a pair of policy and fixed model: the policy side's). None: no policy
     policy: str | None = None
 
+    def trl(self) -> dict:
+        """The line a trainer reads: TRL conversational unpaired preference format (KTO) + provenance."""
+        return {
+            "id": self.id,
+            "prompt_id": self.prompt_id,
+            "prompt": [_msg(m) for m in self.prompt],
+            "completion": [_msg(m) for m in self.completion],
+            "label": self.label,
+            "score": self.side.score,
+            "objective": self.objective,
+            "model": self.side.model,
+            **({"off_policy": True} if self.side.off_policy else {}),
+            **({"step": self.step} if self.step is not None else {}),
+            **({"difficulty": self.difficulty} if self.difficulty is not None else {}),
+            **({"supersedes": self.supersedes} if self.supersedes is not None else {}),
+            **({"policy": self.policy} if self.policy else {}),
+        }
+
 
 class Ranked(Part, kw_only=True):
     """One candidate in a ranking: rank 1 is best; equal scores share a rank."""
