@@ -11,6 +11,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from streams.commands.train.tokenizer import gemma_tokenizer_from_gguf
 
@@ -36,6 +37,7 @@ class Hyper:
     max_length: int = 384
     max_steps: int | None = None  # per training call; None: one pass (epochs) over the new rows
     sft_weight: float = 0.0  # > 0: DPO + this times the chosen side's NLL (RPO, Pang et al. 2024)
+    loss: Literal["dpo", "kto"] = "dpo"  # kto: unpaired records, ``streams.commands.train.kto``
     seed: int = 0
 
 

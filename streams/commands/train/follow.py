@@ -34,17 +34,19 @@ def objective_name(objective: str) -> str:
 
 
 class Follower:
-    """Reads pair records of ``objective`` from ``offsets`` on (partition → next offset;
-    the start of the topic for a partition not named). ``gone``: ids superseded or withdrawn
-    so far, never taken."""
+    """Reads records of ``objective`` of the ``kinds`` trained on (pairs for DPO, unpaired for
+    KTO) from ``offsets`` on (partition → next offset; the start of the topic for a partition not
+    named). ``gone``: ids superseded or withdrawn so far, never taken."""
 
     def __init__(self, settings: Settings, topics: Topics, objective: str, offsets: dict[int, int],
-                 keep: Callable[[object], bool] = lambda record: True, gone: Iterable[str] = ()) -> None:
+                 keep: Callable[[object], bool] = lambda record: True, gone: Iterable[str] = (),
+                 kinds: Iterable[str] = ("pair",)) -> None:
         self.settings, self.objective = settings, objective
         self.topic = topics.preferences
         self.offsets = dict(offsets)
         self.keep = keep  # e.g. the staleness bound (``streams.policies.staleness``): False skips a record
         self.gone: set[str] = set(gone)
+        self.kinds = frozenset(kinds)
         self.late: list[str] = []  # ids taken back after they were trained (in ``skip``), as read
         self.consumer: AIOKafkaConsumer | None = None
 
@@ -77,7 +79,7 @@ class Follower:
             self.consumer = None
 
     async def take(self, n: int, skip: set[str], idle_s: float | None = None) -> list:
-        """Up to ``n`` new pairs of the objective (ids in ``skip``, the ones trained already,
+        """Up to ``n`` new records (of ``kinds``) of the objective (ids in ``skip``, the ones trained already,
         and in ``gone`` passed over), advancing ``self.offsets`` past every message read;
         returns early after ``idle_s`` seconds with nothing new (``None``: waits for ``n``)."""
         out: list = []
@@ -112,7 +114,7 @@ class Follower:
         return [r for r in out if r.id != old]
 
     def _wanted(self, record, skip: set[str], out: list) -> bool:
-        if getattr(record, "kind", None) != "pair" or record.id in skip or record.id in self.gone:
+        if getattr(record, "kind", None) not in self.kinds or record.id in skip or record.id in self.gone:
             return False
         return not any(r.id == record.id for r in out) and self.keep(record)
 

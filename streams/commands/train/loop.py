@@ -1,6 +1,7 @@
-"""``prefstream train``'s loop: follow one objective's pairs, train DPO with LoRA, and every
-``every`` new records save the adapter (PEFT + GGUF LoRA), remember the stream position
-(``state``) and publish the adapter as the policy's next version.
+"""``prefstream train``'s loop: follow one objective's pairs, train DPO with LoRA (or its
+unpaired records, KTO: ``Hyper.loss``), and every ``every`` new records save the adapter
+(PEFT + GGUF LoRA), remember the stream position (``state``) and publish the adapter as the
+policy's next version.
 
 Order per round, so a kill -9 anywhere loses at most the round in progress and never trains a
 record twice into the adapters it publishes: train → write the round's adapter files →
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from schemas import Policy
-from streams.commands.train import dpo, export
+from streams.commands.train import dpo, export, kto
 from streams.commands.train.follow import Follower
 from streams.commands.train.state import State
 from streams.policies import newest_policy
@@ -26,6 +27,8 @@ from streams.settings import Settings
 from streams.topics import from_settings
 
 logger = logging.getLogger(__name__)
+
+KINDS = {"dpo": ("pair",), "kto": ("unpaired",)}  # the records each loss trains on
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class Trainer:
         self.settings, self.job, self.metrics = settings, job, metrics  # metrics: the stale skips
         self.state = State.load(job.out)
         self.base = self.model = self.follower = None
+        self.held: list = []  # read, too few for a KTO round: trained with the next round's
 
     async def open(self) -> list[Policy]:
         """Returns what it published: a pending version (a crash came between save and
@@ -62,7 +66,7 @@ class Trainer:
                                    lambda name: self.state.version if name == self.job.policy else None,
                                    self.metrics)
         self.follower = Follower(self.settings, from_settings(self.settings), self.job.objective, self.state.offsets,
-                                 keep=self.staleness.keep, gone=self.state.gone)
+                                 keep=self.staleness.keep, gone=self.state.gone, kinds=KINDS[self.job.hyper.loss])
         await self.follower.start()
         if self.state.adapter is None and await newest_policy(self.settings, self.job.policy) is None:
             # version 1 is the base model (a zero LoRA): generators naming the policy can start
@@ -74,19 +78,34 @@ class Trainer:
             await self.follower.stop()
 
     async def round(self) -> tuple[Policy | None, dict]:
-        """Trains on up to ``every`` new pairs and publishes the adapter; (None, {}) when the
-        stream had none (``idle_s``)."""
-        records = await self.follower.take(self.job.every, set(self.state.trained), self.job.idle_s)
-        self._count_late()
+        """Trains on up to ``every`` new records and publishes the adapter; (None, {}) when the
+        stream had none (``idle_s``), or too few for KTO (held for the next round: the saved
+        stream position is not past them, so a restart reads them again)."""
+        records = await self._take()
         if not records:
             return None, {}
-        stats = await asyncio.to_thread(dpo.train, self.model, self.base.tokenizer, [r.trl() for r in records],
+        if self.job.hyper.loss == "kto" and len(records) < kto.MIN_ROWS:
+            self.held = records
+            logger.info("holding %d unpaired record(s) for the next round: KTO needs at least %d",
+                        len(records), kto.MIN_ROWS)
+            return None, {}
+        self.held = []
+        train = kto.train if self.job.hyper.loss == "kto" else dpo.train
+        stats = await asyncio.to_thread(train, self.model, self.base.tokenizer, [r.trl() for r in records],
                                         self.job.hyper, self.job.out / "work")
         stats["skipped_stale"] = self.staleness.skipped
         policy = await self.publish([r.id for r in records], stats)
         logger.info("round %d: %d records, %d steps, loss %.4f → %s", self.state.round, len(records),
                     stats["steps"], stats["loss"], policy.ref)
         return policy, {"records": len(records), **stats}
+
+    async def _take(self) -> list:
+        """The records held from the last round (less any a late label took back since) and up to
+        ``every`` in all new ones."""
+        new = await self.follower.take(self.job.every - len(self.held), set(self.state.trained), self.job.idle_s)
+        self._count_late()
+        held = [r for r in self.held if r.id not in self.follower.gone]
+        return held + [r for r in new if r.id not in {h.id for h in held}]
 
     def _count_late(self) -> None:
         """Records a late label took back after they were trained: counted (they cannot be
@@ -156,10 +175,12 @@ async def _publish(settings: Settings, job: Job, state: State, records: int | No
                       "skipped_stale": int(trained.get("skipped_stale", 0)),
                       "trained_then_withdrawn": state.trained_then_withdrawn,
                       "epoch": state.epoch,
+                      **{k: int(trained[k]) for k in ("desirable", "undesirable") if k in trained},  # KTO's labels
                       **{f"preferences/{p}": o for p, o in sorted(state.offsets.items())}}
         policy = await publish_policy(settings, Policy(
             name=job.policy, base_model=job.base_name, adapter_gguf=str((rdir / "adapter.gguf").resolve()),
             adapter_peft=str((rdir / "peft").resolve()), sha256=state.sha256, trained_on=provenance,
+            loss=job.hyper.loss,
             note=f"prefstream train --objective {job.objective}"))
     state.pending, state.version = False, policy.version
     state.save(job.out)
