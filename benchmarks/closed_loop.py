@@ -55,7 +55,7 @@ from streams.settings import load  # noqa: E402
 NAME = "closed-loop"
 
 
-def objective(candidates: int, max_tokens: int, temperature: float) -> ObjectiveSpec:
+def objective(candidates: int, max_tokens: int, temperature: float, pairs: str = "best_vs_worst") -> ObjectiveSpec:
     gen = GeneratorSpec(backend="llamacpp", model="gemma-3-270m", temperature=temperature, top_p=0.95,
                         max_tokens=max_tokens, policy=NAME)
     return ObjectiveSpec(
@@ -64,7 +64,7 @@ def objective(candidates: int, max_tokens: int, temperature: float) -> Objective
                                 generators=[gen, GeneratorSpec(backend="reference", model="reference")]),
         evaluation=EvaluationSpec(aggregation="verifiers_first",
                                   evaluators=[EvaluatorSpec(name="math"), EvaluatorSpec(name="ifeval")]),
-        instantiation=InstantiationSpec(pairs="best_vs_worst", min_margin=0.2))
+        instantiation=InstantiationSpec(pairs=pairs, min_margin=0.2))
 
 
 def split(data: Path, per_round: int, rounds: int, heldout: int, sets: list[str]):
@@ -157,7 +157,7 @@ async def loop(args) -> dict:
                   every=args.max_pairs, idle_s=3.0,
                   hyper=Hyper(beta=args.beta, lr=args.lr, rank=args.rank, alpha=2.0 * args.rank, batch=2,
                               epochs=args.epochs, max_length=512, sft_weight=args.sft_weight))
-        spec = objective(args.candidates, args.max_tokens, args.temperature)
+        spec = objective(args.candidates, args.max_tokens, args.temperature, args.pairs)
         t0 = time.monotonic()
         from streams.admin import create_topics
         from streams.topics import from_settings
@@ -196,7 +196,7 @@ async def loop(args) -> dict:
             "per_round": rows, "gain": paired_gain(base_passes, passes),
             "score_gain": paired_gain(base_scores, scores),
             "hyper": {"beta": args.beta, "lr": args.lr, "sft_weight": args.sft_weight, "rank": args.rank, "epochs": args.epochs,
-                      "candidates": args.candidates, "max_tokens": args.max_tokens, "per_round": args.per_round},
+                      "candidates": args.candidates, "pairs": args.pairs, "max_tokens": args.max_tokens, "per_round": args.per_round},
             "total_minutes": round((time.monotonic() - t0) / 60, 2),
             "adapter_gguf": str(last / "adapter.gguf"), "adapter_peft": str(last / "peft")}
 
@@ -210,6 +210,8 @@ def main() -> None:
     ap.add_argument("--max-pairs", type=int, default=64, help="pairs trained on per round at most")
     ap.add_argument("--sets", default="gsm8k,ifeval")
     ap.add_argument("--candidates", type=int, default=4)
+    ap.add_argument("--pairs", default="best_vs_worst", choices=["best_vs_worst", "best_vs_each", "all_pairs"],
+                    help="pairs per judged set: one, the best against each other candidate, or every pair")
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--temperature", type=float, default=0.9)
     ap.add_argument("--beta", type=float, default=0.1)
