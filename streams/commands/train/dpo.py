@@ -114,6 +114,18 @@ def _drop_ref(model) -> None:
         param.requires_grad = "lora_" in name
 
 
+def common_args(hyper: Hyper, workdir: str | os.PathLike) -> dict:
+    """The trainer arguments DPO and KTO share: one pass, constant learning rate, nothing saved,
+    on the CPU in fp32. TRL's configs default to bf16 autocast and gradient checkpointing; on a
+    CPU without native bf16 both cost time, and bf16 rounds the log-probabilities whose small
+    differences these losses are made of."""
+    return dict(output_dir=str(workdir), per_device_train_batch_size=hyper.batch, num_train_epochs=hyper.epochs,
+                max_steps=hyper.max_steps or -1, learning_rate=hyper.lr, max_length=hyper.max_length,
+                report_to=[], use_cpu=True, bf16=False, gradient_checkpointing=False, save_strategy="no",
+                logging_steps=1, seed=hyper.seed, lr_scheduler_type="constant", disable_tqdm=True,
+                dataloader_num_workers=0)
+
+
 def train(model, tokenizer, rows: list[dict], hyper: Hyper, workdir: str | os.PathLike) -> dict:
     """One DPO round against the adapter as it is now (``_drop_ref``): one pass over ``rows`` (TRL's conversational preference format); returns the steps
     run and the mean loss."""
@@ -122,13 +134,9 @@ def train(model, tokenizer, rows: list[dict], hyper: Hyper, workdir: str | os.Pa
     from trl import DPOConfig, DPOTrainer
 
     data = datasets.Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
-    args = DPOConfig(
-        output_dir=str(workdir), per_device_train_batch_size=hyper.batch, num_train_epochs=hyper.epochs,
-        max_steps=hyper.max_steps or -1, learning_rate=hyper.lr, beta=hyper.beta, max_length=hyper.max_length,
-        report_to=[], use_cpu=True, save_strategy="no", logging_steps=1, seed=hyper.seed,
-        lr_scheduler_type="constant", disable_tqdm=True, dataloader_num_workers=0,
-        loss_type=["sigmoid", "sft"] if hyper.sft_weight else ["sigmoid"],
-        loss_weights=[1.0, hyper.sft_weight] if hyper.sft_weight else None)
+    args = DPOConfig(beta=hyper.beta, loss_type=["sigmoid", "sft"] if hyper.sft_weight else ["sigmoid"],
+                     loss_weights=[1.0, hyper.sft_weight] if hyper.sft_weight else None,
+                     **common_args(hyper, workdir))
     _drop_ref(model)
     trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
     trainer.remove_callback(PrinterCallback)  # the loop logs each round itself

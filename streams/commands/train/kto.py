@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 
-from streams.commands.train.dpo import Hyper, _drop_ref
+from streams.commands.train.dpo import Hyper, _drop_ref, common_args
 
 logger = logging.getLogger(__name__)
 
@@ -53,12 +53,7 @@ def train(model, tokenizer, rows: list[dict], hyper: Hyper, workdir: str | os.Pa
                        len(rows), "desirable" if labels[0] else "undesirable")
     data = datasets.Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"], "label": bool(r["label"])}
                                        for r in rows])
-    args = KTOConfig(
-        output_dir=str(workdir), per_device_train_batch_size=hyper.batch,
-        num_train_epochs=hyper.epochs, max_steps=hyper.max_steps or -1, learning_rate=hyper.lr, beta=hyper.beta,
-        max_length=hyper.max_length, desirable_weight=w_d, undesirable_weight=w_u,
-        report_to=[], use_cpu=True, save_strategy="no", logging_steps=1, seed=hyper.seed,
-        lr_scheduler_type="constant", disable_tqdm=True, dataloader_num_workers=0)
+    args = KTOConfig(beta=hyper.beta, desirable_weight=w_d, undesirable_weight=w_u, **common_args(hyper, workdir))
     _drop_ref(model)
     trainer = KTOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
     trainer.remove_callback(PrinterCallback)  # the loop logs each round itself
