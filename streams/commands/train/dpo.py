@@ -130,15 +130,22 @@ def train(model, tokenizer, rows: list[dict], hyper: Hyper, workdir: str | os.Pa
     """One DPO round against the adapter as it is now (``_drop_ref``): one pass over ``rows`` (TRL's conversational preference format); returns the steps
     run and the mean loss."""
     import datasets
-    from transformers.trainer_callback import PrinterCallback
     from trl import DPOConfig, DPOTrainer
 
     data = datasets.Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
     args = DPOConfig(beta=hyper.beta, loss_type=["sigmoid", "sft"] if hyper.sft_weight else ["sigmoid"],
                      loss_weights=[1.0, hyper.sft_weight] if hyper.sft_weight else None,
                      **common_args(hyper, workdir))
+    return fit(DPOTrainer, model, tokenizer, args, data)
+
+
+def fit(trainer_class, model, tokenizer, args, data) -> dict:
+    """One pass of a TRL trainer (``DPOTrainer``, ``KTOTrainer``) over ``data`` against the
+    adapter as it is now (``_drop_ref``); the steps run and the mean loss."""
+    from transformers.trainer_callback import PrinterCallback
+
     _drop_ref(model)
-    trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    trainer = trainer_class(model=model, args=args, train_dataset=data, processing_class=tokenizer)
     trainer.remove_callback(PrinterCallback)  # the loop logs each round itself
     result = trainer.train()
     _drop_ref(model)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 
-from streams.commands.train.dpo import Hyper, _drop_ref, common_args
+from streams.commands.train.dpo import Hyper, common_args, fit
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ def train(model, tokenizer, rows: list[dict], hyper: Hyper, workdir: str | os.Pa
     conversational unpaired format: ``prompt``, ``completion``, ``label``); returns the steps
     run, the mean loss and the label counts and weights used."""
     import datasets
-    from transformers.trainer_callback import PrinterCallback
     from trl import KTOConfig, KTOTrainer
 
     if len(rows) < MIN_ROWS or hyper.batch < MIN_ROWS:
@@ -54,11 +53,6 @@ def train(model, tokenizer, rows: list[dict], hyper: Hyper, workdir: str | os.Pa
     data = datasets.Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"], "label": bool(r["label"])}
                                        for r in rows])
     args = KTOConfig(beta=hyper.beta, desirable_weight=w_d, undesirable_weight=w_u, **common_args(hyper, workdir))
-    _drop_ref(model)
-    trainer = KTOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
-    trainer.remove_callback(PrinterCallback)  # the loop logs each round itself
-    result = trainer.train()
-    _drop_ref(model)
-    model.eval()
-    return {"steps": int(result.global_step), "loss": float(result.training_loss), "desirable": sum(labels),
+    stats = fit(KTOTrainer, model, tokenizer, args, data)
+    return {**stats, "desirable": sum(labels),
             "undesirable": len(labels) - sum(labels), "desirable_weight": w_d, "undesirable_weight": w_u}
