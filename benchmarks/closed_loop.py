@@ -134,6 +134,14 @@ def figures(passes: list[float], scores: list[float], kinds: list[str]) -> dict:
     return row
 
 
+def keep_answers(out: Path, r: int, held, passes: list[float], scores: list[float]) -> None:
+    """Each held-out prompt's pass and score after round ``r`` (``OUT/heldout-rN.jsonl``), so a
+    run stopped early can still be compared prompt by prompt."""
+    with (out / f"heldout-r{r}.jsonl").open("w") as f:
+        for p, ok, score in zip(held, passes, scores):
+            f.write(json.dumps({"prompt_id": p.id, "kind": p.verification.kind, "pass": ok, "score": score}) + "\n")
+
+
 def paired_gain(before: list[float], after: list[float], n: int = 2000) -> dict:
     diffs = [a - b for a, b in zip(after, before)]
     lo, hi = bootstrap(diffs, n)
@@ -171,6 +179,7 @@ async def loop(args) -> dict:
         heldout = HeldOut(base, trainer.base.tokenizer, held, args.max_tokens)
         kinds = [p.verification.kind for p in held]
         base_passes, base_scores = await asyncio.to_thread(heldout.passes, policy.adapter_gguf)
+        keep_answers(out, 0, held, base_passes, base_scores)
         rows = [{"round": 0, "policy": policy.ref, "pairs": 0, "steps": 0, "minutes": round((time.monotonic() - t0) / 60, 2),
                  **figures(base_passes, base_scores, kinds)}]
         print(json.dumps(rows[-1]), flush=True)
@@ -186,6 +195,7 @@ async def loop(args) -> dict:
                     print(json.dumps(rows[-1]), flush=True)
                     continue
                 passes, scores = await asyncio.to_thread(heldout.passes, policy.adapter_gguf)
+                keep_answers(out, r, held, passes, scores)
                 rows.append({"round": r, "policy": policy.ref, "prompts": len(prompts),
                              "pairs": stats["records"], "pairs_made": summary["records"].get("pair", 0),
                              **{k: stats[k] for k in ("desirable", "undesirable") if k in stats},
