@@ -217,11 +217,13 @@ async def loop(args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="2 rounds of 12 prompts, 30 held out")
-    ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--per-round", type=int, default=24, help="training prompts per round (split over --sets)")
-    ap.add_argument("--heldout", type=int, default=60, help="held-out prompts (split over --sets)")
-    ap.add_argument("--max-pairs", type=int, default=64, help="pairs trained on per round at most")
+    ap.add_argument("--quick", action="store_true", help="2 rounds of 12 prompts, 30 held out, 16 records per round")
+    ap.add_argument("--rounds", type=int, default=None, help="default 4 (--quick: 2)")
+    ap.add_argument("--per-round", type=int, default=None,
+                    help="training prompts per round, split over --sets (default 24; --quick: 12)")
+    ap.add_argument("--heldout", type=int, default=None, help="held-out prompts, split over --sets (default 60; --quick: 30)")
+    ap.add_argument("--max-pairs", type=int, default=None,
+                    help="records trained on per round at most (default 64; --quick: 16)")
     ap.add_argument("--sets", default="gsm8k,ifeval")
     ap.add_argument("--candidates", type=int, default=4)
     ap.add_argument("--pairs", default="best_vs_worst", choices=["best_vs_worst", "best_vs_each", "all_pairs"],
@@ -238,8 +240,9 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--out", default=str(ROOT / "out" / "closed_loop"))
     args = ap.parse_args()
-    if args.quick:
-        args.rounds, args.per_round, args.heldout, args.max_pairs = 2, 12, 30, 16
+    for name, full, quick in (("rounds", 4, 2), ("per_round", 24, 12), ("heldout", 60, 30), ("max_pairs", 64, 16)):
+        if getattr(args, name) is None:  # what is given wins over --quick
+            setattr(args, name, quick if args.quick else full)
     logging.basicConfig(level=logging.WARNING)
     result = asyncio.run(loop(args))
     print(json.dumps(result))
