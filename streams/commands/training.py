@@ -27,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("--every", type=int, default=16, help="records per round (train, export, publish)")
     p.add_argument("--loss", choices=("dpo", "kto"), default="dpo",
                    help="dpo: train on the objective's pairs; kto: on its unpaired records (the objective's "
-                   "instantiation must make kind 'unpaired'), every scored candidate desirable or not")
+                   "instantiation must set kto: true), every scored candidate desirable or not")
     p.add_argument("--beta", type=float, default=0.1, help="DPO's (or KTO's) beta")
     p.add_argument("--lr", type=float, default=5e-5, help="learning rate")
     p.add_argument("--sft-weight", type=float, default=0.0, metavar="A",
