@@ -75,11 +75,7 @@ class PreferenceRecord(Wire, tag="preference.v1", kw_only=True):
             "objective": self.objective,
             "model_chosen": self.chosen_side.model,
             "model_rejected": self.rejected_side.model,
-            **({"off_policy": True} if self.off_policy else {}),
-            **({"step": self.step} if self.step is not None else {}),
-            **({"difficulty": self.difficulty} if self.difficulty is not None else {}),
-            **({"supersedes": self.supersedes} if self.supersedes is not None else {}),
-            **({"policy": self.policy} if self.policy else {}),
+            **_provenance(self, self.off_policy),
         }
 
 
@@ -115,11 +111,7 @@ class UnpairedRecord(Wire, tag="preference.unpaired.v1", kw_only=True):
             "score": self.side.score,
             "objective": self.objective,
             "model": self.side.model,
-            **({"off_policy": True} if self.side.off_policy else {}),
-            **({"step": self.step} if self.step is not None else {}),
-            **({"difficulty": self.difficulty} if self.difficulty is not None else {}),
-            **({"supersedes": self.supersedes} if self.supersedes is not None else {}),
-            **({"policy": self.policy} if self.policy else {}),
+            **_provenance(self, self.side.off_policy),
         }
 
 
@@ -189,6 +181,15 @@ class Withdrawn(Wire, tag="preference.withdrawn.v1", kw_only=True):
 AnyRecord = Union[PreferenceRecord, UnpairedRecord, RankingRecord, RewardRecord, Withdrawn]
 RECORD_TYPES = (PreferenceRecord, UnpairedRecord, RankingRecord, RewardRecord)
 KINDS = ("pair", "unpaired", "ranking", "reward")
+
+
+def _provenance(record, off_policy: bool) -> dict:
+    """A training row's optional provenance: only what the record has."""
+    return {**({"off_policy": True} if off_policy else {}),
+            **({"step": record.step} if record.step is not None else {}),
+            **({"difficulty": record.difficulty} if record.difficulty is not None else {}),
+            **({"supersedes": record.supersedes} if record.supersedes is not None else {}),
+            **({"policy": record.policy} if record.policy else {})}
 
 
 def message_dict(m: Message) -> dict:
