@@ -130,34 +130,38 @@ class OpenAIPolicy:
 
     def __init__(self, make_generator) -> None:
         self._make = make_generator  # served adapter name → OpenAIGenerator (cached by Backends)
-        self._loaded: set[str] = set()
+        self._loads: dict[str, int] = {}  # served name → how many times this worker loaded it
         self._lock = asyncio.Lock()
 
-    async def _ensure(self, policy: Policy):
+    async def _ensure(self, policy: Policy, reload_after: int | None = None):
+        """The generator for ``policy``, its adapter loaded. ``reload_after``: the load count a
+        request saw when the server answered 404 — load again unless another request already did."""
         gen = self._make(policy.served_name)
         inner = getattr(gen, "inner", gen)  # a MeteredGenerator wraps it
-        if policy.served_name in self._loaded:
+        if reload_after is None and policy.served_name in self._loads:
             return gen
         if not policy.adapter_peft:
             raise Blocked("adapter_unavailable", f"policy {policy.ref} has no PEFT adapter for an openai/vLLM server",
                           "publish the version with --peft DIR (the directory the vLLM server reads)")
         async with self._lock:
-            if policy.served_name not in self._loaded:
+            loads = self._loads.get(policy.served_name)
+            if loads is None or loads == reload_after:
                 await load_lora_adapter(inner, policy)
-                self._loaded.add(policy.served_name)
+                self._loads[policy.served_name] = (loads or 0) + 1
         return gen
 
     async def generate(self, policy: Policy, req: GenRequest) -> list[Generation]:
         gen = await self._ensure(policy)
+        loads = self._loads[policy.served_name]
         try:
             return await gen.generate(req)
         except BackendError as e:
             if e.status != 404:
                 raise
-            # the server forgot the adapter (restarted): load it again, once, rather than dead-letter
+            # the server forgot the adapter (restarted): load it again, once for all the requests
+            # that saw the 404, rather than dead-letter
             log.warning("%s answered 404 for adapter %s; loading it again", policy.served_name, policy.ref)
-            self._loaded.discard(policy.served_name)
-            return await (await self._ensure(policy)).generate(req)
+            return await (await self._ensure(policy, reload_after=loads)).generate(req)
 
 
 async def load_lora_adapter(gen, policy: Policy) -> None:

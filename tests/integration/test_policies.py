@@ -163,16 +163,23 @@ def test_tap_skips_and_counts_records_over_the_policy_lag(env, tmp_path, capsys)
     import subprocess
     import sys
 
+    import httpx
+
+    from streams.broker import free_port
     from tests.conftest import ROOT
     from tests.integration.test_blocked import _until
 
     _stream(env, tmp_path)
-    out = tmp_path / "tap"
-    proc = subprocess.Popen([sys.executable, "-m", "streams.commands.cli", "tap", "--out", str(out), "--max-policy-lag", "1"],
+    out, port = tmp_path / "tap", free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "streams.commands.cli", "tap", "--out", str(out), "--max-policy-lag", "1",
+                             "--metrics-port", str(port)],
                             cwd=ROOT, env=settings_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     path = out / "preferences.jsonl"
     try:
         _until(lambda: path.is_file() and '"r-0"' in path.read_text(), timeout=60)
+        # what Prometheus scrapes from the tap (the dashboard's "stale rows skipped" panel)
+        scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert 'prefstream_policy_stale_skipped_total{policy="tutor"} 2.0' in scraped
     finally:
         proc.terminate()
         stdout, stderr = proc.communicate(timeout=60)

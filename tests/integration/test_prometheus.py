@@ -52,6 +52,8 @@ NOT_IN_EPISODE = {
     'figure="swap_consistency"': "needs a pairwise model judge; the episode's objective has only the math verifier",
     'figure="parse_failure_rate"': "needs a model judge; the episode's objective has only the math verifier",
     'figure="length_margin_corr"': "needs pairs of different lengths; the echo backend's candidates have one length",
+    "prefstream_policy_stale_skipped_total": "served by `prefstream tap|train --metrics-port` when --max-policy-lag "
+    "skips a row; the episode runs no policy (test_policies.py scrapes the tap's series)",
 }
 _COMPARISON = re.compile(r"\s*(?:>=|<=|==|!=|>|<)\s*-?[0-9.]+\s*$")
 

@@ -169,13 +169,14 @@ def test_dockerfile_builds_the_package_the_cli_comes_from():
 
 
 def test_prometheus_scrapes_every_agent_service_on_its_metrics_port():
+    """Every worker and the tap (its stale-policy counter) serve /metrics on the port Prometheus scrapes."""
     prom = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
     svc = compose()["services"]
     jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
     [sd] = jobs["prefstream"]["dns_sd_configs"]
-    workers = {n for n, s in svc.items() if s.get("image") == IMAGE and s["command"][0] == "worker"}
-    assert set(sd["names"]) == workers
-    assert {cli(svc[n]["command"]).metrics_port for n in workers} == {sd["port"]}
+    served = {n for n, s in svc.items() if s.get("image") == IMAGE and s["command"][0] in ("worker", "tap")}
+    assert "tap" in served and set(sd["names"]) == served
+    assert {cli(svc[n]["command"]).metrics_port for n in served} == {sd["port"]}
     for job in ("vllm", "kafka-exporter"):
         for target in jobs[job]["static_configs"][0]["targets"]:
             assert target.split(":")[0] in svc, f"{job} scrapes {target}, which compose does not run"

@@ -206,3 +206,43 @@ def test_objectives_check_the_policy_a_generator_names():
     assert any("policy '../x' must be" in p for p in problems(bad_name))
     echo = objective(GeneratorSpec(backend="echo", policy="tutor"))
     assert any("echo backend cannot follow policy" in p for p in problems(echo))
+
+
+def test_requests_that_all_see_a_restarted_servers_404_load_the_adapter_once():
+    """vLLM restarted and forgot the adapter: every request in flight gets 404; one reload serves them all."""
+    from agents.backends.base import BackendError, GenRequest, Generation
+    from agents.backends.policy import OpenAIPolicy
+
+    class Server:
+        loaded: set = set()
+        loads: list = []
+
+    class Gen:
+        base_url = "http://vllm"
+
+        def __init__(self, name):
+            self.name = name
+
+        async def post(self, path, body):
+            Server.loads.append(body["lora_name"])
+            Server.loaded.add(body["lora_name"])
+            return type("R", (), {"status_code": 200, "text": "Success"})()
+
+        async def generate(self, req):
+            known = self.name in Server.loaded
+            await asyncio.sleep(0)  # every request is in flight before any answer
+            if not known:
+                raise BackendError(f"The model `{self.name}` does not exist.", retryable=False, status=404)
+            return [Generation(text="ok")]
+
+    async def main():
+        owner = OpenAIPolicy(Gen)
+        tutor = Policy(name="tutor", version=1, base_model="base", adapter_peft="/adapters/tutor-1")
+        req = GenRequest(messages=[Message(role="user", content="hi")], max_tokens=4)
+        await owner.generate(tutor, req)
+        Server.loaded.clear()  # the restart
+        return await asyncio.gather(*(owner.generate(tutor, req) for _ in range(4)))
+
+    got = asyncio.run(main())
+    assert [g[0].text for g in got] == ["ok"] * 4
+    assert Server.loads == ["tutor-v1", "tutor-v1"]  # the first load, then one after the restart
