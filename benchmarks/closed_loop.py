@@ -244,6 +244,9 @@ def main() -> None:
         if getattr(args, name) is None:  # what is given wins over --quick
             setattr(args, name, quick if args.quick else full)
     logging.basicConfig(level=logging.WARNING)
+    from streams.commands.cli import exit_on_sigterm
+
+    exit_on_sigterm()  # `kill PID` stops the broker and the round's workers too
     result = asyncio.run(loop(args))
     print(json.dumps(result))
 

@@ -28,6 +28,16 @@ def stop_signal():
     return stop
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM raises SystemExit, as ^C raises KeyboardInterrupt, so a command's ``finally``
+    stops the workers and the embedded broker it started (by default SIGTERM ends the process
+    at once and leaves them running)."""
+    def _exit(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+
+
 def wait_for(stop) -> None:
     while not stop.wait(3600):
         pass
@@ -187,6 +197,7 @@ def cmd_run(args) -> int:
     from streams.commands import CliError
     from streams.commands.tap.formats import FormatError
 
+    exit_on_sigterm()
     try:
         result = run(settings, prompts, spec, Path(args.out), progress=not args.quiet,
                      formats=args.format or [], style=args.style)

@@ -421,3 +421,51 @@ def test_status_json_describes_the_live_run(live_run):
     assert st["objectives"][0]["generators"] == ["echo:echo"]
     text = cli(s, "status", process=True)  # the terminal view renders the same facts
     assert text.returncode == 0 and "ops@3" in text.stdout and "curate Rejected: 2" in text.stdout
+
+
+def _children(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (its workers and the embedded broker)."""
+    import psutil
+
+    return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+
+
+def test_sigterm_to_run_stops_its_workers_and_embedded_broker(tmp_path):
+    """`kill PID` (what systemd, a CI timeout or `docker stop` sends) to `prefstream run` leaves no
+    worker or broker behind: the run's own cleanup runs, as on ^C."""
+    import psutil
+
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens: synthesize blocks (backend_down) and the run waits
+    spec = ObjectiveSpec(name="default", version=1, synthesis=SynthesisSpec(candidates=2, generators=[
+        GeneratorSpec(backend="openai", model="m", base_url=down)]),
+        evaluation=EvaluationSpec(evaluators=[EvaluatorSpec(name="math")]))
+    (tmp_path / "obj.yaml").write_text(yaml.safe_dump(msgspec.to_builtins(spec)))
+    (tmp_path / "in.jsonl").write_text(json.dumps({"prompt": "What is 1 + 1?", "answer": "2"}) + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFSTREAM_")}
+    env.update(PREFSTREAM_ALLOWED_ENDPOINTS=down)
+    cmd = [sys.executable, "-m", "streams.commands.cli", "run", "--input", str(tmp_path / "in.jsonl"), "--objective",
+           str(tmp_path / "obj.yaml"), "--out", str(tmp_path / "out"), "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    kids: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:  # the broker and a worker are up
+            kids = _children(proc.pid)
+            if len(kids) >= 2 and (tmp_path / "out" / "worker.log").is_file():
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None and len(kids) >= 2, proc.communicate()[0][-2000:] if proc.poll() is not None else kids
+        kids = _children(proc.pid)
+        proc.terminate()
+        out, _ = proc.communicate(timeout=90)
+        assert proc.returncode == 128 + 15, out[-2000:]
+        alive = [p for p in kids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        assert alive == [], [psutil.Process(p).cmdline() for p in alive]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for p in kids:
+            try:
+                psutil.Process(p).kill()
+            except psutil.Error:
+                pass
