@@ -423,17 +423,12 @@ def test_status_json_describes_the_live_run(live_run):
     assert text.returncode == 0 and "ops@3" in text.stdout and "curate Rejected: 2" in text.stdout
 
 
-def _children(pid: int) -> list[int]:
-    """Every live descendant of ``pid`` (its workers and the embedded broker)."""
-    import psutil
-
-    return [c.pid for c in psutil.Process(pid).children(recursive=True)]
-
-
 def test_sigterm_to_run_stops_its_workers_and_embedded_broker(tmp_path):
     """`kill PID` (what systemd, a CI timeout or `docker stop` sends) to `prefstream run` leaves no
     worker or broker behind: the run's own cleanup runs, as on ^C."""
     import psutil
+
+    from tests.integration.test_blocked import _until
 
     down = f"http://127.0.0.1:{free_port()}"  # nothing listens: synthesize blocks (backend_down) and the run waits
     spec = ObjectiveSpec(name="default", version=1, synthesis=SynthesisSpec(candidates=2, generators=[
@@ -446,16 +441,18 @@ def test_sigterm_to_run_stops_its_workers_and_embedded_broker(tmp_path):
     cmd = [sys.executable, "-m", "streams.commands.cli", "run", "--input", str(tmp_path / "in.jsonl"), "--objective",
            str(tmp_path / "obj.yaml"), "--out", str(tmp_path / "out"), "--quiet"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def started():
+        """the run's embedded broker and worker are up (its descendants), the worker logging: it
+        has read its settings, so the run has started it and is past starting workers"""
+        assert proc.poll() is None, proc.communicate()[0][-2000:]
+        kids = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        log = tmp_path / "out" / "worker.log"
+        return len(kids) >= 2 and log.is_file() and log.stat().st_size > 0 and kids
+
     kids: list[int] = []
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:  # the broker and a worker are up
-            kids = _children(proc.pid)
-            if len(kids) >= 2 and (tmp_path / "out" / "worker.log").is_file():
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None and len(kids) >= 2, proc.communicate()[0][-2000:] if proc.poll() is not None else kids
-        kids = _children(proc.pid)
+        kids = _until(started, timeout=120, every=0.2)
         proc.terminate()
         out, _ = proc.communicate(timeout=90)
         assert proc.returncode == 128 + 15, out[-2000:]
